@@ -1,0 +1,1 @@
+//! User-space PC devices (placeholder).

@@ -1,0 +1,1 @@
+//! Incremental page store (placeholder, see issue 3).

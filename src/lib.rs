@@ -1,0 +1,1 @@
+//! lore-dbg library.

@@ -1,0 +1,1 @@
+//! lore-dbg GDB remote stub (placeholder, see issue 5).
