@@ -1,1 +1,11 @@
-//! lore-dbg library.
+//! lore-dbg: a time-travel debugger for whole KVM virtual machines.
+//!
+//! The crate is organised as DESIGN §8 describes: [`vmm`] holds the KVM objects,
+//! [`boot`] the multiboot loader, [`runner`] the vCPU loop; devices live in the
+//! `lore-devices` crate, snapshots in `snapshots`, the gdb stub in `lore-stub`.
+
+pub mod boot;
+pub mod guests;
+pub mod runner;
+pub mod trace;
+pub mod vmm;

@@ -1,0 +1,480 @@
+//! Multiboot (v1) boot, exactly as `qemu-system-x86_64 -kernel` does it.
+//!
+//! [`load`] places an ELF image in guest memory — through the multiboot header's
+//! address fields when flag bit 16 is set, otherwise through the ELF program headers —
+//! builds the multiboot information structure (memory sizes, memory map, command line,
+//! boot loader name) in low memory, and returns the entry state: 32-bit protected
+//! mode, paging off, `EAX = 0x2BADB002`, `EBX` = the information structure.
+//!
+//! Invariant: every offset and length taken from the image is checked against the
+//! file and against guest memory before use, so a malformed image yields a
+//! [`BootError`], never a panic or a write outside guest memory.
+
+mod elf;
+
+use crate::vmm::memory::{GuestMemory, MemoryError};
+use thiserror::Error;
+
+pub use elf::ElfError;
+
+/// Value of `EAX` at the entry of a multiboot kernel.
+pub const BOOTLOADER_MAGIC: u32 = 0x2BAD_B002;
+/// Magic of the multiboot header inside the image.
+const HEADER_MAGIC: u32 = 0x1BAD_B002;
+/// The header must lie within the first 8 KiB of the file, 4-byte aligned.
+const HEADER_SEARCH_LIMIT: usize = 8192;
+/// Header flag: the load address fields are valid (and take precedence over ELF).
+const HEADER_FLAG_ADDRESSES: u32 = 1 << 16;
+/// Header flag: the kernel wants video mode information (we have no video; ignored).
+const HEADER_FLAG_VIDEO: u32 = 1 << 2;
+/// Header flags a loader must understand or refuse (bits 0–15 are mandatory).
+const HEADER_FLAGS_KNOWN_REQUIRED: u32 = 0b111;
+
+/// Where the multiboot information and everything it points to is built: below
+/// the EBDA, above the real-mode IVT and BDA, where QEMU's own loader puts it.
+const INFO_ADDRESS: u64 = 0x9000;
+const INFO_REGION_END: u64 = 0x9_0000;
+/// Conventional memory ends at 639 KiB (the EBDA follows).
+const LOWER_MEMORY_END: u64 = 0x9_fc00;
+/// The BIOS area from 0xf0000 is reserved in the memory map.
+const BIOS_AREA: u64 = 0xf_0000;
+const HIGH_MEMORY_START: u64 = 0x10_0000;
+const BOOT_LOADER_NAME: &str = concat!("lore-dbg ", env!("CARGO_PKG_VERSION"));
+
+/// Errors a user can act on when an image cannot be booted.
+#[derive(Debug, Error)]
+pub enum BootError {
+    /// The image is not a valid ELF file.
+    #[error("not a bootable ELF image")]
+    Elf(#[from] ElfError),
+    /// No multiboot v1 header in the first 8 KiB.
+    #[error("no multiboot v1 header (magic 0x1BADB002) in the first 8 KiB: lore-dbg boots multiboot v1 kernels, as qemu -kernel does")]
+    NotMultiboot,
+    /// The header's checksum does not add up.
+    #[error("multiboot header at file offset {offset:#x} has a bad checksum")]
+    BadChecksum {
+        /// File offset of the header.
+        offset: usize,
+    },
+    /// The header asks for a feature this loader does not provide.
+    #[error("multiboot header requests unsupported features (flags {flags:#x})")]
+    UnsupportedFlags {
+        /// The header's flags.
+        flags: u32,
+    },
+    /// The address fields of the header are inconsistent.
+    #[error("multiboot address fields are inconsistent: {0}")]
+    BadAddresses(String),
+    /// The image does not fit in guest memory.
+    #[error("the image needs memory up to {end:#x} but the guest has only {memory_size:#x} bytes (use --mem)")]
+    DoesNotFit {
+        /// First byte past the image.
+        end: u64,
+        /// Guest memory size.
+        memory_size: u64,
+    },
+    /// The image overlaps the area where the multiboot information is built.
+    #[error("the image's segment {start:#x}..{end:#x} overlaps low memory used by the boot loader (below 1 MiB)")]
+    OverlapsLowMemory {
+        /// Segment start.
+        start: u64,
+        /// Segment end.
+        end: u64,
+    },
+    /// The command line or memory map does not fit in the information area.
+    #[error("the command line is too long ({len} bytes)")]
+    CommandLineTooLong {
+        /// Its length.
+        len: usize,
+    },
+    /// A guest memory access failed.
+    #[error("cannot write the image to guest memory")]
+    Memory(#[from] MemoryError),
+}
+
+/// The CPU state a multiboot kernel starts in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryState {
+    /// Entry point (EIP).
+    pub entry: u32,
+    /// Address of the multiboot information structure (EBX).
+    pub info_address: u32,
+    /// End of the loaded image, bss included.
+    pub image_end: u64,
+}
+
+/// Parsed multiboot header.
+#[derive(Debug, Clone, Copy)]
+struct MultibootHeader {
+    file_offset: usize,
+    flags: u32,
+    header_addr: u32,
+    load_addr: u32,
+    load_end_addr: u32,
+    bss_end_addr: u32,
+    entry_addr: u32,
+}
+
+fn le_u32(bytes: &[u8], offset: usize) -> Option<u32> {
+    let slice = bytes.get(offset..offset.checked_add(4)?)?;
+    Some(u32::from_le_bytes(slice.try_into().ok()?))
+}
+
+fn find_header(image: &[u8]) -> Result<MultibootHeader, BootError> {
+    let limit = image.len().min(HEADER_SEARCH_LIMIT);
+    let offset = (0..limit.saturating_sub(11))
+        .step_by(4)
+        .find(|&offset| le_u32(image, offset) == Some(HEADER_MAGIC))
+        .ok_or(BootError::NotMultiboot)?;
+    let field = |index: usize| le_u32(image, offset + 4 * index);
+    let (flags, checksum) = match (field(1), field(2)) {
+        (Some(flags), Some(checksum)) => (flags, checksum),
+        _ => return Err(BootError::NotMultiboot),
+    };
+    if HEADER_MAGIC.wrapping_add(flags).wrapping_add(checksum) != 0 {
+        return Err(BootError::BadChecksum { offset });
+    }
+    let unknown_required = flags & 0xffff & !HEADER_FLAGS_KNOWN_REQUIRED;
+    if unknown_required != 0 || flags & HEADER_FLAG_VIDEO != 0 {
+        return Err(BootError::UnsupportedFlags { flags });
+    }
+    let mut header = MultibootHeader {
+        file_offset: offset,
+        flags,
+        header_addr: 0,
+        load_addr: 0,
+        load_end_addr: 0,
+        bss_end_addr: 0,
+        entry_addr: 0,
+    };
+    if flags & HEADER_FLAG_ADDRESSES != 0 {
+        let missing = || BootError::BadAddresses("header truncated".into());
+        header.header_addr = field(3).ok_or_else(missing)?;
+        header.load_addr = field(4).ok_or_else(missing)?;
+        header.load_end_addr = field(5).ok_or_else(missing)?;
+        header.bss_end_addr = field(6).ok_or_else(missing)?;
+        header.entry_addr = field(7).ok_or_else(missing)?;
+    }
+    Ok(header)
+}
+
+/// A piece of the image to copy into guest memory, followed by zeroes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Segment {
+    guest_address: u64,
+    file_range: std::ops::Range<usize>,
+    memory_size: u64,
+}
+
+fn segments_from_addresses(
+    image: &[u8],
+    header: &MultibootHeader,
+) -> Result<(Vec<Segment>, u32), BootError> {
+    let bad = |why: &str| BootError::BadAddresses(why.to_string());
+    if header.load_addr > header.header_addr {
+        return Err(bad("load_addr is above header_addr"));
+    }
+    let header_distance = (header.header_addr - header.load_addr) as usize;
+    let file_start = header
+        .file_offset
+        .checked_sub(header_distance)
+        .ok_or_else(|| bad("header_addr - load_addr exceeds the header's file offset"))?;
+    let load_end = if header.load_end_addr == 0 {
+        u64::from(header.load_addr) + (image.len() - file_start) as u64
+    } else {
+        u64::from(header.load_end_addr)
+    };
+    if load_end < u64::from(header.load_addr) {
+        return Err(bad("load_end_addr is below load_addr"));
+    }
+    let file_len = (load_end - u64::from(header.load_addr)) as usize;
+    let file_end = file_start
+        .checked_add(file_len)
+        .filter(|&end| end <= image.len())
+        .ok_or_else(|| bad("load_end_addr is past the end of the file"))?;
+    let bss_end = if header.bss_end_addr == 0 {
+        load_end
+    } else {
+        u64::from(header.bss_end_addr)
+    };
+    if bss_end < load_end {
+        return Err(bad("bss_end_addr is below load_end_addr"));
+    }
+    let segment = Segment {
+        guest_address: u64::from(header.load_addr),
+        file_range: file_start..file_end,
+        memory_size: bss_end - u64::from(header.load_addr),
+    };
+    Ok((vec![segment], header.entry_addr))
+}
+
+fn segments_from_elf(image: &[u8]) -> Result<(Vec<Segment>, u32), BootError> {
+    let elf = elf::parse(image)?;
+    let entry = u32::try_from(elf.entry).map_err(|_| {
+        BootError::BadAddresses(format!(
+            "ELF entry {:#x} is above 4 GiB; use the multiboot address fields",
+            elf.entry
+        ))
+    })?;
+    let segments = elf
+        .loadable
+        .into_iter()
+        .map(|segment| Segment {
+            guest_address: segment.physical_address,
+            file_range: segment.file_range,
+            memory_size: segment.memory_size,
+        })
+        .collect();
+    Ok((segments, entry))
+}
+
+fn place_segments(
+    memory: &mut GuestMemory,
+    image: &[u8],
+    segments: &[Segment],
+) -> Result<u64, BootError> {
+    let mut image_end = 0;
+    for segment in segments {
+        let end = segment
+            .guest_address
+            .checked_add(segment.memory_size)
+            .ok_or(BootError::DoesNotFit {
+                end: u64::MAX,
+                memory_size: memory.size(),
+            })?;
+        if end > memory.size() {
+            return Err(BootError::DoesNotFit {
+                end,
+                memory_size: memory.size(),
+            });
+        }
+        if segment.memory_size > 0 && segment.guest_address < HIGH_MEMORY_START {
+            return Err(BootError::OverlapsLowMemory {
+                start: segment.guest_address,
+                end,
+            });
+        }
+        let file_bytes = &image[segment.file_range.clone()];
+        let copied = (file_bytes.len() as u64).min(segment.memory_size);
+        memory.write(segment.guest_address, &file_bytes[..copied as usize])?;
+        memory.zero(segment.guest_address + copied, segment.memory_size - copied)?;
+        image_end = image_end.max(end);
+    }
+    Ok(image_end)
+}
+
+/// Little-endian writer for the information area, with its own bounds.
+struct InfoWriter {
+    bytes: Vec<u8>,
+}
+
+impl InfoWriter {
+    fn put_u32(&mut self, offset: usize, value: u32) {
+        self.bytes[offset..offset + 4].copy_from_slice(&value.to_le_bytes());
+    }
+    fn append(&mut self, data: &[u8]) -> u64 {
+        // Keep every appended structure 8-byte aligned, as kernels index them.
+        while self.bytes.len() % 8 != 0 {
+            self.bytes.push(0);
+        }
+        let address = INFO_ADDRESS + self.bytes.len() as u64;
+        self.bytes.extend_from_slice(data);
+        address
+    }
+}
+
+fn memory_map(memory_size: u64) -> Vec<u8> {
+    const AVAILABLE: u32 = 1;
+    const RESERVED: u32 = 2;
+    let regions = [
+        (0, LOWER_MEMORY_END, AVAILABLE),
+        (LOWER_MEMORY_END, 0xa_0000 - LOWER_MEMORY_END, RESERVED),
+        (BIOS_AREA, HIGH_MEMORY_START - BIOS_AREA, RESERVED),
+        (
+            HIGH_MEMORY_START,
+            memory_size.saturating_sub(HIGH_MEMORY_START),
+            AVAILABLE,
+        ),
+    ];
+    let mut map = Vec::new();
+    for (base, length, kind) in regions {
+        if length == 0 {
+            continue;
+        }
+        // Each entry: size (of the rest, 20), base_addr, length, type.
+        map.extend_from_slice(&20u32.to_le_bytes());
+        map.extend_from_slice(&base.to_le_bytes());
+        map.extend_from_slice(&length.to_le_bytes());
+        map.extend_from_slice(&kind.to_le_bytes());
+    }
+    map
+}
+
+fn build_info(memory: &mut GuestMemory, command_line: &str) -> Result<u32, BootError> {
+    const FLAG_MEMORY: u32 = 1 << 0;
+    const FLAG_CMDLINE: u32 = 1 << 2;
+    const FLAG_MMAP: u32 = 1 << 6;
+    const FLAG_LOADER_NAME: u32 = 1 << 9;
+    const INFO_SIZE: usize = 120;
+
+    let memory_size = memory.size();
+    let mut info = InfoWriter {
+        bytes: vec![0; INFO_SIZE],
+    };
+    info.put_u32(0, FLAG_MEMORY | FLAG_CMDLINE | FLAG_MMAP | FLAG_LOADER_NAME);
+    info.put_u32(4, (LOWER_MEMORY_END.min(memory_size) / 1024) as u32);
+    let upper_kib = memory_size.saturating_sub(HIGH_MEMORY_START) / 1024;
+    info.put_u32(8, u32::try_from(upper_kib).unwrap_or(u32::MAX));
+
+    let mut cmdline = command_line.as_bytes().to_vec();
+    cmdline.push(0);
+    let cmdline_address = info.append(&cmdline);
+    info.put_u32(16, cmdline_address as u32);
+
+    let map = memory_map(memory_size);
+    let map_address = info.append(&map);
+    info.put_u32(44, map.len() as u32);
+    info.put_u32(48, map_address as u32);
+
+    let mut name = BOOT_LOADER_NAME.as_bytes().to_vec();
+    name.push(0);
+    let name_address = info.append(&name);
+    info.put_u32(64, name_address as u32);
+
+    if INFO_ADDRESS + info.bytes.len() as u64 > INFO_REGION_END {
+        return Err(BootError::CommandLineTooLong {
+            len: command_line.len(),
+        });
+    }
+    memory.write(INFO_ADDRESS, &info.bytes)?;
+    Ok(INFO_ADDRESS as u32)
+}
+
+/// Loads a multiboot v1 image and its information structure into `memory`.
+pub fn load(
+    memory: &mut GuestMemory,
+    image: &[u8],
+    command_line: &str,
+) -> Result<EntryState, BootError> {
+    let header = find_header(image)?;
+    let (segments, entry) = if header.flags & HEADER_FLAG_ADDRESSES != 0 {
+        segments_from_addresses(image, &header)?
+    } else {
+        segments_from_elf(image)?
+    };
+    let image_end = place_segments(memory, image, &segments)?;
+    let info_address = build_info(memory, command_line)?;
+    Ok(EntryState {
+        entry,
+        info_address,
+        image_end,
+    })
+}
+
+/// Whether `image` is an ELF file (used to tell a bad image from a bad trace path).
+pub fn looks_like_elf(image: &[u8]) -> bool {
+    image.starts_with(b"\x7fELF")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A flat image: a multiboot header with address fields, then code bytes.
+    fn flat_image(load_end_delta: u32, bss: u32) -> Vec<u8> {
+        let load_addr = 0x10_0000u32;
+        let flags = HEADER_FLAG_ADDRESSES | 0b11;
+        let mut image = Vec::new();
+        for word in [
+            HEADER_MAGIC,
+            flags,
+            0u32.wrapping_sub(HEADER_MAGIC.wrapping_add(flags)),
+            load_addr,
+            load_addr,
+            load_addr + load_end_delta,
+            load_addr + load_end_delta + bss,
+            load_addr + 32,
+        ] {
+            image.extend_from_slice(&word.to_le_bytes());
+        }
+        image.resize(64, 0x90);
+        image
+    }
+
+    #[test]
+    fn loads_flat_image_with_address_fields() {
+        let mut memory = GuestMemory::new(4 << 20).unwrap();
+        let entry = load(&mut memory, &flat_image(64, 0x1000), "status=3").unwrap();
+        assert_eq!(entry.entry, 0x10_0020);
+        assert_eq!(entry.info_address, INFO_ADDRESS as u32);
+        assert_eq!(entry.image_end, 0x10_0000 + 64 + 0x1000);
+        let mut code = [0u8; 4];
+        memory.read(0x10_0020, &mut code).unwrap();
+        assert_eq!(code, [0x90; 4]);
+        let mut info = [0u8; 20];
+        memory.read(INFO_ADDRESS, &mut info).unwrap();
+        let mem_upper = u32::from_le_bytes(info[8..12].try_into().unwrap());
+        assert_eq!(mem_upper, 3 * 1024);
+        let cmdline_address = u32::from_le_bytes(info[16..20].try_into().unwrap());
+        let mut cmdline = [0u8; 9];
+        memory
+            .read(u64::from(cmdline_address), &mut cmdline)
+            .unwrap();
+        assert_eq!(&cmdline, b"status=3\0");
+    }
+
+    #[test]
+    fn rejects_non_multiboot_and_bad_checksum() {
+        let mut memory = GuestMemory::new(4 << 20).unwrap();
+        assert!(matches!(
+            load(&mut memory, b"hello world, no header", ""),
+            Err(BootError::NotMultiboot)
+        ));
+        let mut image = flat_image(64, 0);
+        image[8] ^= 1;
+        assert!(matches!(
+            load(&mut memory, &image, ""),
+            Err(BootError::BadChecksum { offset: 0 })
+        ));
+    }
+
+    #[test]
+    fn rejects_images_that_do_not_fit() {
+        let mut memory = GuestMemory::new(2 << 20).unwrap();
+        let result = load(&mut memory, &flat_image(64, 4 << 20), "");
+        assert!(
+            matches!(result, Err(BootError::DoesNotFit { .. })),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn rejects_load_end_past_file() {
+        let mut memory = GuestMemory::new(4 << 20).unwrap();
+        let result = load(&mut memory, &flat_image(4096, 0), "");
+        assert!(
+            matches!(result, Err(BootError::BadAddresses(_))),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn rejects_overlong_command_line() {
+        let mut memory = GuestMemory::new(4 << 20).unwrap();
+        let long = "x".repeat(1 << 20);
+        let result = load(&mut memory, &flat_image(64, 0), &long);
+        assert!(
+            matches!(result, Err(BootError::CommandLineTooLong { .. })),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn truncated_images_never_panic() {
+        let image = flat_image(64, 0);
+        for len in 0..image.len() {
+            let mut memory = GuestMemory::new(4 << 20).unwrap();
+            let _ = load(&mut memory, &image[..len], "");
+        }
+    }
+}

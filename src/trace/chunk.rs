@@ -1,0 +1,383 @@
+//! The chunked, self-checking container every trace file is made of.
+//!
+//! A file starts with a 16-byte preamble (magic, [`TRACE_VERSION`], file kind) and
+//! continues with chunks. Each chunk has a 24-byte header — magic, kind, compression,
+//! sequence number, stored and raw lengths, and a CRC-32 covering the header and the
+//! payload — followed by the payload (zstd-compressed when that pays).
+//!
+//! Invariants: no length read from a file is trusted before it is checked against a
+//! cap ([`MAX_CHUNK_RAW`]) and against the bytes actually present; sequence numbers
+//! count up from 0 with no gap. A file that ends in the middle of a chunk is a
+//! *truncated* trace (what a killed recorder leaves): every complete chunk before it
+//! stays readable and the reader reports where the damage starts.
+
+use std::io::{self, Read, Write};
+use thiserror::Error;
+
+/// Version of the trace format; bump on every change to anything written.
+pub const TRACE_VERSION: u32 = 1;
+const FILE_MAGIC: [u8; 8] = *b"LOREDBG\0";
+const CHUNK_MAGIC: [u8; 4] = *b"CHNK";
+const PREAMBLE_LEN: usize = 16;
+const CHUNK_HEADER_LEN: usize = 24;
+/// Largest uncompressed payload of one chunk.
+pub const MAX_CHUNK_RAW: usize = 16 << 20;
+const COMPRESSION_NONE: u8 = 0;
+const COMPRESSION_ZSTD: u8 = 1;
+/// zstd level: fast enough for the writer thread to keep up with any guest.
+const ZSTD_LEVEL: i32 = 3;
+
+/// What went wrong reading a trace file.
+#[derive(Debug, Error)]
+pub enum ChunkError {
+    /// Reading or writing the file failed.
+    #[error("I/O error")]
+    Io(#[from] io::Error),
+    /// The file is not a lore-dbg trace file at all.
+    #[error("not a lore-dbg trace file (bad magic)")]
+    NotATrace,
+    /// Written by another version of the format.
+    #[error("trace format version {found}, but this lore-dbg reads version {TRACE_VERSION}; replay it with the lore-dbg that recorded it")]
+    Version {
+        /// The file's version.
+        found: u32,
+    },
+    /// The file holds another kind of content than expected.
+    #[error("trace file kind {found}, expected {expected}")]
+    WrongKind {
+        /// Kind found.
+        found: u8,
+        /// Kind expected.
+        expected: u8,
+    },
+    /// The file ends inside a chunk.
+    #[error(
+        "truncated at chunk {chunk} (byte offset {offset}): the recording was interrupted there"
+    )]
+    Truncated {
+        /// Index of the incomplete chunk.
+        chunk: u64,
+        /// Byte offset where it starts.
+        offset: u64,
+    },
+    /// A chunk fails its checks.
+    #[error("chunk {chunk} at byte offset {offset} is corrupt: {why}")]
+    Corrupt {
+        /// Index of the chunk.
+        chunk: u64,
+        /// Byte offset where it starts.
+        offset: u64,
+        /// Which check failed.
+        why: &'static str,
+    },
+}
+
+impl ChunkError {
+    /// Whether the damage is a clean cut at the end (the data before it is intact).
+    pub fn is_truncation(&self) -> bool {
+        matches!(self, Self::Truncated { .. })
+    }
+}
+
+/// One chunk's payload and identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    /// Caller-defined kind.
+    pub kind: u8,
+    /// Position in the file, from 0.
+    pub sequence: u64,
+    /// Uncompressed payload.
+    pub payload: Vec<u8>,
+}
+
+/// Writes the preamble and then chunks.
+#[derive(Debug)]
+pub struct ChunkWriter<W: Write> {
+    out: W,
+    sequence: u32,
+    bytes_written: u64,
+}
+
+impl<W: Write> ChunkWriter<W> {
+    /// Starts a file of `file_kind`.
+    pub fn new(mut out: W, file_kind: u8) -> Result<Self, ChunkError> {
+        let mut preamble = [0u8; PREAMBLE_LEN];
+        preamble[..8].copy_from_slice(&FILE_MAGIC);
+        preamble[8..12].copy_from_slice(&TRACE_VERSION.to_le_bytes());
+        preamble[12] = file_kind;
+        out.write_all(&preamble)?;
+        Ok(Self {
+            out,
+            sequence: 0,
+            bytes_written: PREAMBLE_LEN as u64,
+        })
+    }
+
+    /// Appends one chunk and flushes it to the file.
+    pub fn write_chunk(&mut self, kind: u8, payload: &[u8]) -> Result<(), ChunkError> {
+        if payload.len() > MAX_CHUNK_RAW {
+            return Err(
+                io::Error::new(io::ErrorKind::InvalidInput, "chunk payload too large").into(),
+            );
+        }
+        let compressed = zstd::bulk::compress(payload, ZSTD_LEVEL)?;
+        let (compression, stored): (u8, &[u8]) = if compressed.len() < payload.len() {
+            (COMPRESSION_ZSTD, &compressed)
+        } else {
+            (COMPRESSION_NONE, payload)
+        };
+        let mut header = [0u8; CHUNK_HEADER_LEN];
+        header[..4].copy_from_slice(&CHUNK_MAGIC);
+        header[4] = kind;
+        header[5] = compression;
+        header[8..12].copy_from_slice(&self.sequence.to_le_bytes());
+        header[12..16].copy_from_slice(&(stored.len() as u32).to_le_bytes());
+        header[16..20].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&header[..20]);
+        crc.update(stored);
+        header[20..24].copy_from_slice(&crc.finalize().to_le_bytes());
+        self.out.write_all(&header)?;
+        self.out.write_all(stored)?;
+        self.out.flush()?;
+        self.sequence += 1;
+        self.bytes_written += (CHUNK_HEADER_LEN + stored.len()) as u64;
+        Ok(())
+    }
+
+    /// Bytes written so far, preamble included.
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes_written
+    }
+
+    /// The underlying writer.
+    pub fn into_inner(self) -> W {
+        self.out
+    }
+}
+
+/// Reads chunks back, checking everything.
+#[derive(Debug)]
+pub struct ChunkReader<R: Read> {
+    input: R,
+    next_sequence: u64,
+    offset: u64,
+    finished: bool,
+}
+
+/// Reads as many bytes as available up to `buf.len()`; returns the count.
+fn read_full(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match input.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(count) => filled += count,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(filled)
+}
+
+impl<R: Read> ChunkReader<R> {
+    /// Checks the preamble: magic, version and `file_kind`.
+    pub fn new(mut input: R, file_kind: u8) -> Result<Self, ChunkError> {
+        let mut preamble = [0u8; PREAMBLE_LEN];
+        let read = read_full(&mut input, &mut preamble)?;
+        if read < 8 || preamble[..8] != FILE_MAGIC {
+            return Err(ChunkError::NotATrace);
+        }
+        if read < PREAMBLE_LEN {
+            return Err(ChunkError::Truncated {
+                chunk: 0,
+                offset: 0,
+            });
+        }
+        let version = u32::from_le_bytes([preamble[8], preamble[9], preamble[10], preamble[11]]);
+        if version != TRACE_VERSION {
+            return Err(ChunkError::Version { found: version });
+        }
+        if preamble[13..] != [0, 0, 0] {
+            return Err(ChunkError::Corrupt {
+                chunk: 0,
+                offset: 0,
+                why: "reserved preamble bytes are not zero",
+            });
+        }
+        if preamble[12] != file_kind {
+            return Err(ChunkError::WrongKind {
+                found: preamble[12],
+                expected: file_kind,
+            });
+        }
+        Ok(Self {
+            input,
+            next_sequence: 0,
+            offset: PREAMBLE_LEN as u64,
+            finished: false,
+        })
+    }
+
+    /// The next chunk, `Ok(None)` at a clean end of file.
+    pub fn next_chunk(&mut self) -> Result<Option<Chunk>, ChunkError> {
+        if self.finished {
+            return Ok(None);
+        }
+        let chunk = self.next_sequence;
+        let offset = self.offset;
+        let truncated = ChunkError::Truncated { chunk, offset };
+        let corrupt = |why| ChunkError::Corrupt { chunk, offset, why };
+        let mut header = [0u8; CHUNK_HEADER_LEN];
+        let read = read_full(&mut self.input, &mut header)?;
+        if read == 0 {
+            self.finished = true;
+            return Ok(None);
+        }
+        // From here on any failure ends the file: later chunks cannot be trusted.
+        self.finished = true;
+        if read < CHUNK_HEADER_LEN {
+            return Err(truncated);
+        }
+        if header[..4] != CHUNK_MAGIC {
+            return Err(corrupt("bad chunk magic"));
+        }
+        let field = |at: usize| {
+            u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+        };
+        let (kind, compression) = (header[4], header[5]);
+        let (sequence, stored_len, raw_len, crc) = (field(8), field(12), field(16), field(20));
+        if u64::from(sequence) != chunk {
+            return Err(corrupt("out-of-order sequence number"));
+        }
+        let (stored_len, raw_len) = (stored_len as usize, raw_len as usize);
+        if raw_len > MAX_CHUNK_RAW || stored_len > MAX_CHUNK_RAW + MAX_CHUNK_RAW / 8 {
+            return Err(corrupt("length over the cap"));
+        }
+        let mut stored = vec![0u8; stored_len];
+        if read_full(&mut self.input, &mut stored)? < stored_len {
+            return Err(truncated);
+        }
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&header[..20]);
+        hasher.update(&stored);
+        if hasher.finalize() != crc {
+            return Err(corrupt("checksum mismatch"));
+        }
+        let payload = match compression {
+            COMPRESSION_NONE if stored_len == raw_len => stored,
+            COMPRESSION_ZSTD => {
+                let payload = zstd::bulk::decompress(&stored, raw_len)
+                    .map_err(|_| corrupt("bad zstd data"))?;
+                if payload.len() != raw_len {
+                    return Err(corrupt("decompressed length differs"));
+                }
+                payload
+            }
+            _ => return Err(corrupt("unknown compression")),
+        };
+        self.finished = false;
+        self.next_sequence += 1;
+        self.offset += (CHUNK_HEADER_LEN + stored_len) as u64;
+        Ok(Some(Chunk {
+            kind,
+            sequence: chunk,
+            payload,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_file() -> (Vec<u8>, Vec<Vec<u8>>, Vec<u64>) {
+        let payloads = vec![
+            b"header".to_vec(),
+            vec![7u8; 5000],
+            (0..=255u8).collect(),
+            Vec::new(),
+        ];
+        let mut writer = ChunkWriter::new(Vec::new(), 1).unwrap();
+        let mut boundaries = vec![writer.bytes_written()];
+        for (index, payload) in payloads.iter().enumerate() {
+            writer.write_chunk(index as u8, payload).unwrap();
+            boundaries.push(writer.bytes_written());
+        }
+        (writer.into_inner(), payloads, boundaries)
+    }
+
+    fn read_all(bytes: &[u8]) -> (Vec<Chunk>, Option<ChunkError>) {
+        let mut reader = match ChunkReader::new(bytes, 1) {
+            Ok(reader) => reader,
+            Err(error) => return (Vec::new(), Some(error)),
+        };
+        let mut chunks = Vec::new();
+        loop {
+            match reader.next_chunk() {
+                Ok(Some(chunk)) => chunks.push(chunk),
+                Ok(None) => return (chunks, None),
+                Err(error) => return (chunks, Some(error)),
+            }
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let (bytes, payloads, _) = sample_file();
+        let (chunks, error) = read_all(&bytes);
+        assert!(error.is_none());
+        let read: Vec<Vec<u8>> = chunks.into_iter().map(|chunk| chunk.payload).collect();
+        assert_eq!(read, payloads);
+    }
+
+    #[test]
+    fn truncation_anywhere_keeps_the_complete_prefix() {
+        let (bytes, payloads, boundaries) = sample_file();
+        for cut in 0..bytes.len() {
+            let (chunks, error) = read_all(&bytes[..cut]);
+            let complete = boundaries
+                .iter()
+                .skip(1)
+                .filter(|&&end| end as usize <= cut)
+                .count();
+            assert_eq!(chunks.len(), complete, "cut at {cut}");
+            for (chunk, payload) in chunks.iter().zip(&payloads) {
+                assert_eq!(&chunk.payload, payload);
+            }
+            let at_boundary = boundaries.contains(&(cut as u64));
+            match error {
+                None => assert!(at_boundary, "cut at {cut} went unnoticed"),
+                Some(ChunkError::Truncated { chunk, .. }) => assert_eq!(chunk as usize, complete),
+                Some(ChunkError::NotATrace) => assert!(cut < 8),
+                Some(other) => panic!("cut at {cut}: {other}"),
+            }
+        }
+    }
+
+    #[test]
+    fn every_byte_flip_is_detected() {
+        let (bytes, payloads, _) = sample_file();
+        for position in 0..bytes.len() {
+            let mut damaged = bytes.clone();
+            damaged[position] ^= 0x10;
+            let (chunks, error) = read_all(&damaged);
+            assert!(error.is_some(), "flip at {position} went unnoticed");
+            for (chunk, payload) in chunks.iter().zip(&payloads) {
+                assert_eq!(
+                    &chunk.payload, payload,
+                    "flip at {position} changed data silently"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_other_versions() {
+        let (mut bytes, _, _) = sample_file();
+        bytes[8] = 99;
+        assert!(matches!(
+            read_all(&bytes).1,
+            Some(ChunkError::Version { found: 99 })
+        ));
+    }
+}

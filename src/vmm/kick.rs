@@ -1,0 +1,151 @@
+//! Kicking the vCPU out of `KVM_RUN` from another thread, without races.
+//!
+//! The kick signal is blocked on the vCPU thread at all times except inside
+//! `KVM_RUN`, where `KVM_SET_SIGNAL_MASK` unblocks it. A kick sent while the vCPU is
+//! outside `KVM_RUN` therefore stays pending and makes the next `KVM_RUN` return
+//! `EINTR` at once; a kick sent inside it makes KVM leave the guest. After an `EINTR`
+//! the vCPU thread consumes the pending signal with [`VcpuKickGuard::consume`]
+//! (`sigtimedwait` with a zero timeout), so no signal handler ever runs.
+
+use super::VmmError;
+use kvm_ioctls::VcpuFd;
+use std::os::fd::AsRawFd;
+use vmm_sys_util::ioctl::ioctl_with_ref;
+use vmm_sys_util::ioctl_iow_nr;
+
+const KVMIO: u32 = 0xAE;
+ioctl_iow_nr!(
+    KVM_SET_SIGNAL_MASK,
+    KVMIO,
+    0x8b,
+    kvm_bindings::kvm_signal_mask
+);
+
+/// The signal used for kicks. A standard signal, so that kicks coalesce instead of
+/// queueing.
+fn kick_signal() -> libc::c_int {
+    libc::SIGUSR1
+}
+
+extern "C" fn ignore_kick(_signal: libc::c_int) {}
+
+/// Installs a do-nothing handler, so that a kick that is ever delivered (it should
+/// not be: see the module docs) cannot terminate the process.
+fn install_noop_handler() -> Result<(), VmmError> {
+    // SAFETY: sigaction is plain data; zeroed is a valid starting value.
+    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+    action.sa_sigaction = ignore_kick as *const () as libc::sighandler_t;
+    // SAFETY: `action` is initialised and its handler is async-signal-safe (empty).
+    let result = unsafe { libc::sigaction(kick_signal(), &action, std::ptr::null_mut()) };
+    if result != 0 {
+        return Err(VmmError::Kvm {
+            operation: "sigaction",
+            source: kvm_ioctls::Error::last(),
+        });
+    }
+    Ok(())
+}
+
+/// `struct kvm_signal_mask` followed by the kernel's 8-byte sigset.
+#[repr(C)]
+struct SignalMaskArg {
+    len: u32,
+    sigset: [u8; 8],
+}
+
+fn empty_sigset() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it fully.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid, writable sigset_t.
+    unsafe { libc::sigemptyset(&mut set) };
+    set
+}
+
+/// Handle that lets any thread kick the vCPU thread.
+#[derive(Debug, Clone, Copy)]
+pub struct Kicker {
+    thread: libc::pthread_t,
+}
+
+impl Kicker {
+    /// Makes the vCPU leave (or not enter) `KVM_RUN` as soon as possible.
+    pub fn kick(&self) {
+        // SAFETY: `thread` is the vCPU thread, which outlives every Kicker copy: the
+        // runner joins all threads holding one before the vCPU thread returns.
+        let result = unsafe { libc::pthread_kill(self.thread, kick_signal()) };
+        if result != 0 {
+            tracing::warn!(errno = result, "cannot kick the vCPU thread");
+        }
+    }
+}
+
+/// Set up on the vCPU thread; owns the signal-mask arrangement described above.
+#[derive(Debug)]
+pub struct VcpuKickGuard {
+    kicker: Kicker,
+}
+
+impl VcpuKickGuard {
+    /// Blocks the kick signal on the calling (vCPU) thread and tells KVM to unblock it
+    /// inside `KVM_RUN`.
+    pub fn install(vcpu: &VcpuFd) -> Result<Self, VmmError> {
+        install_noop_handler()?;
+        let mut block = empty_sigset();
+        let mut old = empty_sigset();
+        // SAFETY: both sets are valid sigset_t values owned by this frame.
+        unsafe {
+            libc::sigaddset(&mut block, kick_signal());
+        }
+        // SAFETY: valid pointers to initialised sigsets; only this thread's mask changes.
+        let result = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &block, &mut old) };
+        if result != 0 {
+            return Err(VmmError::Kvm {
+                operation: "pthread_sigmask",
+                source: kvm_ioctls::Error::new(result),
+            });
+        }
+        // Inside KVM_RUN: the thread's previous mask, which does not block the kick.
+        // SAFETY: `old` is an initialised sigset.
+        unsafe { libc::sigdelset(&mut old, kick_signal()) };
+        let mut arg = SignalMaskArg {
+            len: 8,
+            sigset: [0; 8],
+        };
+        // SAFETY: sigset_t is at least 8 bytes on Linux; we copy the kernel's 64 bits.
+        let raw =
+            unsafe { std::slice::from_raw_parts((&old as *const libc::sigset_t).cast::<u8>(), 8) };
+        arg.sigset.copy_from_slice(raw);
+        // SAFETY: the ioctl reads a kvm_signal_mask header followed by `len` bytes,
+        // which `SignalMaskArg` provides; `vcpu` is a valid vCPU fd.
+        let ret = unsafe { ioctl_with_ref(&vcpu.as_raw_fd(), KVM_SET_SIGNAL_MASK(), &arg) };
+        if ret < 0 {
+            return Err(VmmError::Kvm {
+                operation: "KVM_SET_SIGNAL_MASK",
+                source: kvm_ioctls::Error::last(),
+            });
+        }
+        // SAFETY: pthread_self has no preconditions.
+        let thread = unsafe { libc::pthread_self() };
+        Ok(Self {
+            kicker: Kicker { thread },
+        })
+    }
+
+    /// A handle for other threads.
+    pub fn kicker(&self) -> Kicker {
+        self.kicker
+    }
+
+    /// Consumes a pending kick after `KVM_RUN` returned `EINTR`.
+    pub fn consume(&self) {
+        let mut set = empty_sigset();
+        // SAFETY: `set` is a valid sigset.
+        unsafe { libc::sigaddset(&mut set, kick_signal()) };
+        let zero = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: valid sigset and timespec; a null siginfo pointer is allowed.
+        unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &zero) };
+    }
+}

@@ -1,0 +1,227 @@
+//! The KVM objects of one single-vCPU x86-64 machine.
+//!
+//! [`Vm`] opens `/dev/kvm`, creates a VM with no in-kernel irqchip, PIT or clock (every
+//! device is in user space, DESIGN §1), maps guest memory as memslot 0, installs the
+//! fixed CPUID table and the MSR filter, and puts the vCPU in the state a multiboot
+//! kernel expects. It does not run the vCPU: that is [`crate::runner`]'s job.
+//!
+//! Invariant: field order makes the vCPU and VM file descriptors close before the
+//! guest memory mapping they reference is unmapped.
+
+pub mod cpuid;
+pub mod kick;
+pub mod memory;
+pub mod msr;
+pub mod regs;
+
+use cpuid::CpuidTable;
+use kvm_bindings::{
+    kvm_enable_cap, kvm_userspace_memory_region, KVM_CAP_X86_USER_SPACE_MSR, KVM_MAX_CPUID_ENTRIES,
+    KVM_MEM_LOG_DIRTY_PAGES, KVM_MSR_EXIT_REASON_FILTER,
+};
+use kvm_ioctls::{
+    Cap, Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VcpuFd, VmFd,
+};
+use memory::{GuestMemory, MemoryError};
+use thiserror::Error;
+
+/// Where KVM may place the TSS it needs for real-mode emulation on Intel: the top of
+/// the 32-bit space, far from guest RAM.
+const TSS_ADDRESS: usize = 0xfffb_d000;
+
+/// Errors creating or configuring the machine.
+#[derive(Debug, Error)]
+pub enum VmmError {
+    /// `/dev/kvm` does not exist.
+    #[error("the KVM device (/dev/kvm, or $LORE_KVM_DEVICE) does not exist: this host has no KVM (enable virtualization in the firmware and load kvm_intel or kvm_amd, or run on a host with nested virtualization)")]
+    KvmMissing,
+    /// `/dev/kvm` exists but cannot be opened.
+    #[error("no permission to open /dev/kvm: add your user to the 'kvm' group (then log in again) or run as root")]
+    KvmAccess,
+    /// Opening `/dev/kvm` failed for another reason.
+    #[error("cannot open /dev/kvm")]
+    KvmOpen(#[source] kvm_ioctls::Error),
+    /// A KVM ioctl failed.
+    #[error("KVM refused {operation}")]
+    Kvm {
+        /// What was being done.
+        operation: &'static str,
+        /// The errno KVM returned.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// The host KVM lacks a capability lore-dbg needs.
+    #[error("the host's KVM lacks {0}, which lore-dbg needs")]
+    MissingCapability(&'static str),
+    /// Guest memory could not be set up.
+    #[error("guest memory")]
+    Memory(#[from] MemoryError),
+    /// The CPUID table is too large for KVM.
+    #[error("the CPUID table has too many entries")]
+    CpuidTable,
+}
+
+/// Shorthand for mapping a KVM ioctl error.
+pub(crate) fn kvm_op(operation: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
+    move |source| VmmError::Kvm { operation, source }
+}
+
+/// Environment variable naming the KVM device (default `/dev/kvm`).
+pub const KVM_DEVICE_ENV: &str = "LORE_KVM_DEVICE";
+
+/// Opens the KVM device, turning the common failures into advice.
+pub fn open_kvm() -> Result<Kvm, VmmError> {
+    let path = std::env::var_os(KVM_DEVICE_ENV).unwrap_or_else(|| "/dev/kvm".into());
+    let path = std::ffi::CString::new(path.as_encoded_bytes()).map_err(|_| VmmError::KvmMissing)?;
+    Kvm::new_with_path(&path).map_err(|error| match error.errno() {
+        libc::ENOENT | libc::ENODEV | libc::ENXIO => VmmError::KvmMissing,
+        libc::EACCES | libc::EPERM => VmmError::KvmAccess,
+        _ => VmmError::KvmOpen(error),
+    })
+}
+
+/// Which optional host features the VM got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HostFeatures {
+    /// Time-dependent MSRs exit to user space (`KVM_X86_SET_MSR_FILTER`).
+    pub msr_filter: bool,
+}
+
+/// One VM with one vCPU and its memory.
+#[derive(Debug)]
+pub struct Vm {
+    vcpu: VcpuFd,
+    vm: VmFd,
+    _kvm: Kvm,
+    memory: GuestMemory,
+    cpuid: CpuidTable,
+    features: HostFeatures,
+}
+
+impl Vm {
+    /// Creates the VM with `memory_size` bytes of RAM and `cpuid` (or the host-derived
+    /// table when `None`).
+    pub fn new(memory_size: u64, cpuid: Option<CpuidTable>) -> Result<Self, VmmError> {
+        let kvm = open_kvm()?;
+        for (cap, name) in [
+            (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
+            (Cap::ImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"),
+            (Cap::ExtCpuid, "KVM_CAP_EXT_CPUID"),
+        ] {
+            if !kvm.check_extension(cap) {
+                return Err(VmmError::MissingCapability(name));
+            }
+        }
+        let vm = kvm.create_vm().map_err(kvm_op("KVM_CREATE_VM"))?;
+        vm.set_tss_address(TSS_ADDRESS)
+            .map_err(kvm_op("KVM_SET_TSS_ADDR"))?;
+        let memory = GuestMemory::new(memory_size)?;
+        let region = kvm_userspace_memory_region {
+            slot: 0,
+            flags: KVM_MEM_LOG_DIRTY_PAGES,
+            guest_phys_addr: 0,
+            memory_size,
+            userspace_addr: memory.host_address(),
+        };
+        // SAFETY: the region describes exactly the live anonymous mapping owned by
+        // `memory`, which is stored in the same `Vm` and (by field order) outlives
+        // the VM file descriptor that references it.
+        unsafe { vm.set_user_memory_region(region) }
+            .map_err(kvm_op("KVM_SET_USER_MEMORY_REGION"))?;
+        let features = HostFeatures {
+            msr_filter: route_time_msrs(&vm),
+        };
+        let vcpu = vm.create_vcpu(0).map_err(kvm_op("KVM_CREATE_VCPU"))?;
+        let cpuid = match cpuid {
+            Some(table) => table,
+            None => CpuidTable::from_supported(
+                &kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+                    .map_err(kvm_op("KVM_GET_SUPPORTED_CPUID"))?,
+            ),
+        };
+        let kvm_cpuid = cpuid.to_kvm().map_err(|_| VmmError::CpuidTable)?;
+        vcpu.set_cpuid2(&kvm_cpuid)
+            .map_err(kvm_op("KVM_SET_CPUID2"))?;
+        Ok(Self {
+            vcpu,
+            vm,
+            _kvm: kvm,
+            memory,
+            cpuid,
+            features,
+        })
+    }
+
+    /// Guest memory.
+    pub fn memory(&self) -> &GuestMemory {
+        &self.memory
+    }
+
+    /// Guest memory, writable.
+    pub fn memory_mut(&mut self) -> &mut GuestMemory {
+        &mut self.memory
+    }
+
+    /// The vCPU.
+    pub fn vcpu(&self) -> &VcpuFd {
+        &self.vcpu
+    }
+
+    /// The vCPU, for running it.
+    pub fn vcpu_mut(&mut self) -> &mut VcpuFd {
+        &mut self.vcpu
+    }
+
+    /// The VM file descriptor.
+    pub fn vm_fd(&self) -> &VmFd {
+        &self.vm
+    }
+
+    /// The CPUID table the guest sees.
+    pub fn cpuid(&self) -> &CpuidTable {
+        &self.cpuid
+    }
+
+    /// Optional host features this VM got.
+    pub fn features(&self) -> HostFeatures {
+        self.features
+    }
+
+    /// Bitmap of pages written since the last call (bit i = page i).
+    pub fn take_dirty_log(&self) -> Result<Vec<u64>, VmmError> {
+        self.vm
+            .get_dirty_log(0, self.memory.size() as usize)
+            .map_err(kvm_op("KVM_GET_DIRTY_LOG"))
+    }
+}
+
+/// Routes the time-dependent MSRs to user space; returns whether the host allowed it.
+fn route_time_msrs(vm: &VmFd) -> bool {
+    let cap = kvm_enable_cap {
+        cap: KVM_CAP_X86_USER_SPACE_MSR,
+        args: [u64::from(KVM_MSR_EXIT_REASON_FILTER), 0, 0, 0],
+        ..Default::default()
+    };
+    if let Err(error) = vm.enable_cap(&cap) {
+        tracing::warn!(%error, "KVM_CAP_X86_USER_SPACE_MSR unavailable: TSC MSR reads bypass the VMM");
+        return false;
+    }
+    // A zero bit denies the access, and a denied access exits to user space.
+    let deny_one = [0u8; 1];
+    let ranges: Vec<MsrFilterRange<'_>> = msr::ROUTED_MSRS
+        .iter()
+        .map(|&base| MsrFilterRange {
+            flags: MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
+            base,
+            msr_count: 1,
+            bitmap: &deny_one,
+        })
+        .collect();
+    match vm.set_msr_filter(MsrFilterDefaultAction::ALLOW, &ranges) {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::warn!(%error, "KVM_X86_SET_MSR_FILTER refused: TSC MSR reads bypass the VMM");
+            false
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! Helpers shared by the integration tests: the real `lore-dbg` binary, the built
+//! guest corpus, QEMU, and processes with a time limit.
+//!
+//! Tests that need `/dev/kvm` (or QEMU, or gdb) fail with a message saying what is
+//! missing and how to get it; they never pass silently.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// Generous: guest ring-0 code is emulated on our machines (DESIGN §9).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What a finished process left.
+#[derive(Debug)]
+pub struct Finished {
+    /// Exit status.
+    pub status: ExitStatus,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl Finished {
+    /// The exit code; panics (with the output) if the process was killed by a signal.
+    pub fn code(&self) -> i32 {
+        self.status
+            .code()
+            .unwrap_or_else(|| panic!("killed by a signal: {self:#?}"))
+    }
+}
+
+/// Panics with a clear message unless `/dev/kvm` can be opened.
+pub fn require_kvm() {
+    let path = Path::new("/dev/kvm");
+    if let Err(error) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+    {
+        panic!(
+            "this test needs KVM, but /dev/kvm cannot be opened ({error}). Run the tests on a \
+             host with KVM (or nested virtualization) and access to /dev/kvm."
+        );
+    }
+}
+
+/// Panics with a clear message unless `program` is on PATH.
+pub fn require_program(program: &str, package: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "this test needs `{program}` (Debian package {package}); `.ci/run` installs it"
+    );
+}
+
+/// The built `lore-dbg` binary.
+pub fn lore_dbg() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_lore-dbg"))
+}
+
+/// Path of corpus guest `name`.
+pub fn guest(name: &str) -> PathBuf {
+    let path = Path::new(env!("LORE_GUEST_DIR")).join(format!("{name}.elf"));
+    assert!(path.is_file(), "guest {} was not built", path.display());
+    path
+}
+
+/// A scratch directory unique to this test process and `tag`.
+pub fn scratch_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("lore-dbg-test-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+fn drain(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
+/// Runs `command` with `stdin` bytes, killing it after `timeout`.
+pub fn run_with_timeout(mut command: Command, stdin: &[u8], timeout: Duration) -> Finished {
+    let description = format!("{command:?}");
+    let mut child: Child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|error| panic!("cannot start {description}: {error}"));
+    let mut child_stdin = child.stdin.take().expect("stdin piped");
+    let input = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = child_stdin.write_all(&input);
+    });
+    let stdout = drain(child.stdout.take().expect("stdout piped"));
+    let stderr = drain(child.stderr.take().expect("stderr piped"));
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{description} did not finish within {timeout:?}\nstdout:\n{}\nstderr:\n{}",
+                stdout.join().unwrap_or_default(),
+                stderr.join().unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = writer.join();
+    Finished {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    }
+}
+
+/// `lore-dbg ARGS` with no stdin.
+pub fn lore(args: &[&str]) -> Finished {
+    let mut command = lore_dbg();
+    command.args(args);
+    run_with_timeout(command, b"", DEFAULT_TIMEOUT)
+}
+
+/// Boots `image` under QEMU (TCG) as `-kernel`, with isa-debug-exit, serial on stdout.
+pub fn qemu(image: &Path, cmdline: &str, stdin: &[u8]) -> Finished {
+    require_program("qemu-system-x86_64", "qemu-system-x86");
+    let mut command = Command::new("qemu-system-x86_64");
+    command
+        .arg("-kernel")
+        .arg(image)
+        .args(["-append", cmdline])
+        .args([
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+            "-monitor",
+            "none",
+            "-no-reboot",
+        ])
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
+    run_with_timeout(command, stdin, DEFAULT_TIMEOUT)
+}
+
+/// Output lines with QEMU's and terminals' carriage returns removed.
+pub fn lines(text: &str) -> Vec<String> {
+    text.lines()
+        .map(|line| line.trim_end_matches('\r').to_string())
+        .collect()
+}
+
+/// A flat multiboot image (address fields set) whose code is `code`, loaded at 1 MiB.
+/// The 32 bytes of header come first; the entry point is right after them.
+pub fn flat_multiboot_image(code: &[u8]) -> Vec<u8> {
+    const MAGIC: u32 = 0x1BAD_B002;
+    const FLAGS: u32 = 1 << 16;
+    const LOAD: u32 = 0x10_0000;
+    let end = LOAD + 32 + code.len() as u32;
+    let mut image = Vec::new();
+    for word in [
+        MAGIC,
+        FLAGS,
+        0u32.wrapping_sub(MAGIC.wrapping_add(FLAGS)),
+        LOAD,
+        LOAD,
+        end,
+        end,
+        LOAD + 32,
+    ] {
+        image.extend_from_slice(&word.to_le_bytes());
+    }
+    image.extend_from_slice(code);
+    image
+}

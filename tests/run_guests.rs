@@ -1,0 +1,114 @@
+//! `lore-dbg run` on every corpus guest through the real binary and `/dev/kvm`, and
+//! the deterministic guests side by side with QEMU.
+
+mod common;
+
+use common::{guest, lines, lore, qemu, require_kvm, run_with_timeout, DEFAULT_TIMEOUT};
+
+fn run_guest(name: &str, extra: &[&str]) -> common::Finished {
+    require_kvm();
+    let path = guest(name);
+    let mut args = vec!["run", path.to_str().expect("utf-8 path")];
+    args.extend_from_slice(extra);
+    lore(&args)
+}
+
+#[test]
+fn hello_prints_and_exits_with_the_chosen_status() {
+    let finished = run_guest("hello", &["--cmdline", "status=3"]);
+    assert_eq!(finished.code(), (3 << 1) | 1, "{finished:#?}");
+    assert!(
+        finished.stdout.contains("Hello from a lore-dbg guest!"),
+        "{finished:#?}"
+    );
+    assert!(finished.stdout.contains("exit status 3"), "{finished:#?}");
+}
+
+#[test]
+fn demo_guest_runs_with_no_argument() {
+    require_kvm();
+    let finished = lore(&["run"]);
+    assert_eq!(finished.code(), 1, "{finished:#?}");
+    assert!(finished.stdout.contains("canary"), "{finished:#?}");
+}
+
+#[test]
+fn compute_prints_every_round() {
+    let finished = run_guest("compute", &[]);
+    assert_eq!(finished.code(), 1, "{finished:#?}");
+    let rounds = lines(&finished.stdout)
+        .iter()
+        .filter(|line| line.contains("hash"))
+        .count();
+    assert!(rounds >= 4, "{finished:#?}");
+}
+
+#[test]
+fn timer_counts_ticks_while_halted_and_while_computing() {
+    let finished = run_guest("timer", &[]);
+    assert_eq!(finished.code(), 1, "{finished:#?}");
+    assert!(
+        finished.stdout.to_lowercase().contains("tick"),
+        "{finished:#?}"
+    );
+}
+
+#[test]
+fn sched_interleaves_tasks() {
+    let finished = run_guest("sched", &[]);
+    assert_eq!(finished.code(), 1, "{finished:#?}");
+}
+
+#[test]
+fn echo_transforms_serial_input_from_a_file() {
+    require_kvm();
+    let dir = common::scratch_dir("echo");
+    let input = dir.join("input.txt");
+    std::fs::write(&input, "hello there\nquit\n").expect("write input");
+    let path = guest("echo");
+    let finished = lore(&[
+        "run",
+        path.to_str().expect("utf-8 path"),
+        "--serial-in",
+        input.to_str().expect("utf-8 path"),
+    ]);
+    assert_eq!(finished.code(), 1, "{finished:#?}");
+    assert!(finished.stdout.contains("HELLO THERE"), "{finished:#?}");
+}
+
+#[test]
+fn echo_transforms_serial_input_from_stdin() {
+    require_kvm();
+    let mut command = common::lore_dbg();
+    command.arg("run").arg(guest("echo"));
+    let finished = run_with_timeout(command, b"abc\nquit\n", DEFAULT_TIMEOUT);
+    assert_eq!(finished.code(), 1, "{finished:#?}");
+    assert!(finished.stdout.contains("ABC"), "{finished:#?}");
+}
+
+/// The deterministic guests print exactly the same lines under QEMU and lore-dbg.
+#[test]
+fn deterministic_guests_match_qemu() {
+    require_kvm();
+    for (name, cmdline, status) in [
+        ("hello", "status=5", 11),
+        ("compute", "", 1),
+        ("canary", "", 1),
+    ] {
+        let path = guest(name);
+        let ours = lore(&[
+            "run",
+            path.to_str().expect("utf-8 path"),
+            "--cmdline",
+            cmdline,
+        ]);
+        let theirs = qemu(&path, cmdline, b"");
+        assert_eq!(ours.code(), status, "lore-dbg {name}: {ours:#?}");
+        assert_eq!(theirs.code(), status, "qemu {name}: {theirs:#?}");
+        assert_eq!(
+            lines(&ours.stdout),
+            lines(&theirs.stdout),
+            "{name}: lore-dbg vs QEMU"
+        );
+    }
+}
