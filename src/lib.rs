@@ -5,7 +5,10 @@
 //! `lore-devices` crate, snapshots in `snapshots`, the gdb stub in `lore-stub`.
 
 pub mod boot;
+pub mod digest;
 pub mod guests;
+pub mod record;
+pub mod replay;
 pub mod runner;
 pub mod trace;
 pub mod vmm;

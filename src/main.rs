@@ -3,7 +3,11 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use lore_dbg::guests;
+use lore_dbg::record;
 use lore_dbg::runner::{self, RunConfig, SerialInput};
+use lore_dbg::trace::event::Event;
+use lore_dbg::trace::store::format_utc;
+use lore_dbg::trace::{ClockBackend, Store, TraceDir};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,6 +32,62 @@ enum Command {
     /// stdin. The exit status is the guest's isa-debug-exit status ((v << 1) | 1 for a
     /// write of v to port 0xf4). With no GUEST, runs the built-in demo guest.
     Run(RunArgs),
+    /// Run a guest like `run` and record everything it reads from the outside.
+    ///
+    /// Without -o the trace goes to $XDG_DATA_HOME/lore-dbg/<guest>-<n>/ (default
+    /// ~/.local/share/lore-dbg/), and `latest-trace` there points to it, as with rr.
+    Record(RecordArgs),
+    /// Re-run a recorded guest from its trace alone and check it against the recording.
+    ///
+    /// Reproduces the serial output byte for byte and exits with the recorded
+    /// status. Any mismatch (a device read, a register check, the final registers
+    /// or memory) stops the replay with the position, the registers side by side and
+    /// the last events. A trace cut short by a killed recorder replays up to its last
+    /// complete chunk and says so.
+    Replay(ReplayArgs),
+    /// Describe a trace: guest, duration, events by kind, log size, landmarks.
+    Info(InfoArgs),
+    /// List the traces in the default trace directory.
+    Ls,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ClockArg {
+    /// The PMU where the host has one, else landmarks.
+    Auto,
+    /// Guest retired conditional branches from the host PMU.
+    Pmu,
+    /// Hardware breakpoint on RIP plus a digest of registers and written pages.
+    Landmark,
+    /// The software branch counter (single-step; slow, for tests).
+    Soft,
+}
+
+#[derive(Debug, clap::Args)]
+struct RecordArgs {
+    #[command(flatten)]
+    guest: RunArgs,
+    /// Trace directory to create (must not exist or be empty).
+    #[arg(short, long, value_name = "TRACE")]
+    output: Option<PathBuf>,
+    /// How asynchronous points (interrupts between exits) are positioned.
+    #[arg(long, value_enum, default_value = "auto")]
+    clock: ClockArg,
+}
+
+#[derive(Debug, clap::Args)]
+struct ReplayArgs {
+    /// The trace directory. Default: the latest recording.
+    trace: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct InfoArgs {
+    /// The trace directory. Default: the latest recording.
+    trace: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -76,7 +136,7 @@ fn read_guest(guest: &Option<PathBuf>) -> Result<(Vec<u8>, String)> {
     }
 }
 
-fn run(args: RunArgs) -> Result<ExitCode> {
+fn run_config(args: RunArgs) -> Result<(RunConfig, String)> {
     let (image, name) = read_guest(&args.guest)?;
     let serial_input = match &args.serial_in {
         Some(path) => SerialInput::Bytes(
@@ -85,15 +145,21 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         ),
         None => SerialInput::Stdin,
     };
-    tracing::info!(guest = %name, mem = args.mem, "booting");
-    let outcome = runner::run(RunConfig {
+    let config = RunConfig {
         image,
         memory_size: args.mem,
         command_line: args.cmdline,
         serial_input,
         serial_output: Box::new(std::io::stdout()),
-    })
-    .with_context(|| format!("running {name}"))?;
+        rtc_base_unix_secs: runner::host_unix_secs(),
+    };
+    Ok((config, name))
+}
+
+fn run(args: RunArgs) -> Result<ExitCode> {
+    let (config, name) = run_config(args)?;
+    tracing::info!(guest = %name, mem = config.memory_size, "booting");
+    let outcome = runner::run(config).with_context(|| format!("running {name}"))?;
     std::io::stdout()
         .flush()
         .context("cannot flush the guest's serial output")?;
@@ -102,7 +168,223 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         exits = outcome.exits,
         "guest exited"
     );
-    Ok(ExitCode::from((outcome.exit_status & 0xff) as u8))
+    Ok(exit_code(outcome.exit_status))
+}
+
+fn exit_code(status: i32) -> ExitCode {
+    ExitCode::from((status & 0xff) as u8)
+}
+
+fn record(args: RecordArgs) -> Result<ExitCode> {
+    let guest_path = args.guest.guest.clone();
+    let (config, name) = run_config(args.guest)?;
+    let stem = guest_path
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(guests::DEMO_NAME));
+    let trace = match &args.output {
+        Some(path) => TraceDir::create(path)?,
+        None => Store::default_location()?.create_trace(&stem)?,
+    };
+    let clock = match args.clock {
+        // No host PMU backend yet: auto means landmarks everywhere.
+        ClockArg::Auto | ClockArg::Landmark => ClockBackend::Landmark,
+        ClockArg::Pmu => ClockBackend::Pmu,
+        ClockArg::Soft => ClockBackend::Soft,
+    };
+    let guest_name = stem
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_else(|| name.clone());
+    let recorded = record::record(config, &guest_name, clock, &trace)
+        .with_context(|| format!("recording {name} into {}", trace.path().display()))?;
+    std::io::stdout()
+        .flush()
+        .context("cannot flush the guest's serial output")?;
+    eprintln!(
+        "lore-dbg: recorded {} exits, {} events ({} bytes stored) into {}",
+        recorded.outcome.exits,
+        recorded.writer.events,
+        recorded.writer.stored_bytes,
+        trace.path().display()
+    );
+    Ok(exit_code(recorded.outcome.exit_status))
+}
+
+fn resolve_trace(given: &Option<PathBuf>) -> Result<PathBuf> {
+    match given {
+        Some(path) => Ok(path.clone()),
+        None => Ok(Store::default_location()?.resolve(None)?),
+    }
+}
+
+fn replay(args: ReplayArgs) -> Result<ExitCode> {
+    let dir = resolve_trace(&args.trace)?;
+    let outcome = record::replay(&dir, Box::new(std::io::stdout()))
+        .with_context(|| format!("replaying {}", dir.display()))?;
+    std::io::stdout()
+        .flush()
+        .context("cannot flush the guest's serial output")?;
+    eprintln!(
+        "lore-dbg: replay matched the recording: {} exits, exit status {}, {} asynchronous points found with {} breakpoint hits, {} register checks",
+        outcome.exits,
+        outcome.exit_status,
+        outcome.stats.landmarks,
+        outcome.stats.landmark_hits,
+        outcome.stats.register_checks
+    );
+    Ok(exit_code(outcome.exit_status))
+}
+
+fn info(args: InfoArgs) -> Result<ExitCode> {
+    let dir = resolve_trace(&args.trace)?;
+    let (trace, header) = TraceDir::open(&dir)?;
+    let log = trace.read_events(record::MAX_EVENTS)?;
+    let mut by_kind = std::collections::BTreeMap::<&str, u64>::new();
+    let mut end = None;
+    for event in &log.events {
+        *by_kind.entry(event.kind()).or_default() += 1;
+        if let Event::End {
+            status,
+            guest_ns,
+            exit,
+            ..
+        } = event
+        {
+            end = Some((*status, *guest_ns, *exit));
+        }
+    }
+    let events_bytes = std::fs::metadata(trace.events_path())
+        .map(|meta| meta.len())
+        .unwrap_or(0);
+    let total_events = log.events.len() as u64;
+    let guest_secs = end.map(|(_, ns, _)| ns as f64 / 1e9);
+    let per_event = if total_events > 0 {
+        events_bytes as f64 / total_events as f64
+    } else {
+        0.0
+    };
+    let per_second = guest_secs
+        .filter(|&secs| secs > 0.0)
+        .map(|secs| events_bytes as f64 / secs);
+    let async_points = by_kind.get("interrupt-async").copied().unwrap_or(0);
+    if args.json {
+        let kinds: Vec<String> = by_kind
+            .iter()
+            .map(|(kind, count)| format!("\"{kind}\": {count}"))
+            .collect();
+        println!("{{");
+        println!("  \"trace\": {:?},", dir.display().to_string());
+        println!("  \"guest\": {:?},", header.guest_name);
+        println!("  \"command_line\": {:?},", header.command_line);
+        println!("  \"memory_size\": {},", header.memory_size);
+        println!("  \"clock\": {:?},", header.clock.name());
+        println!(
+            "  \"recorded_at\": {:?},",
+            format_utc(header.recorded_at_unix_secs)
+        );
+        println!("  \"lore_version\": {:?},", header.lore_version);
+        println!("  \"complete\": {},", log.truncation.is_none());
+        println!(
+            "  \"exit_status\": {},",
+            end.map(|(status, _, _)| status.to_string())
+                .unwrap_or_else(|| "null".into())
+        );
+        println!(
+            "  \"exits\": {},",
+            end.map(|(_, _, exit)| exit.to_string())
+                .unwrap_or_else(|| "null".into())
+        );
+        println!(
+            "  \"guest_seconds\": {},",
+            guest_secs
+                .map(|secs| format!("{secs:.6}"))
+                .unwrap_or_else(|| "null".into())
+        );
+        println!("  \"events\": {total_events},");
+        println!("  \"events_by_kind\": {{{}}},", kinds.join(", "));
+        println!("  \"event_log_bytes\": {events_bytes},");
+        println!("  \"bytes_per_event\": {per_event:.3},");
+        println!(
+            "  \"bytes_per_guest_second\": {},",
+            per_second
+                .map(|value| format!("{value:.1}"))
+                .unwrap_or_else(|| "null".into())
+        );
+        println!("  \"async_points\": {async_points},");
+        println!(
+            "  \"snapshots\": {},",
+            by_kind.get("snapshot").copied().unwrap_or(0)
+        );
+        println!("  \"trace_bytes\": {}", trace.size_bytes());
+        println!("}}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("trace:        {}", dir.display());
+    println!(
+        "guest:        {} (command line {:?}, {} MiB)",
+        header.guest_name,
+        header.command_line,
+        header.memory_size >> 20
+    );
+    println!(
+        "recorded:     {} by lore-dbg {} on {} ({})",
+        format_utc(header.recorded_at_unix_secs),
+        header.lore_version,
+        header.host.cpu_model,
+        header.host.kernel_release
+    );
+    println!("clock:        {}", header.clock.name());
+    match (end, &log.truncation) {
+        (Some((status, ns, exit)), _) => println!(
+            "ended:        exit status {status} after {exit} exits and {:.3} s of guest time",
+            ns as f64 / 1e9
+        ),
+        (None, Some(error)) => println!("ended:        INCOMPLETE: {error}"),
+        (None, None) => println!("ended:        no end record"),
+    }
+    println!("events:       {total_events}");
+    for (kind, count) in &by_kind {
+        println!("  {kind:<20} {count}");
+    }
+    println!(
+        "event log:    {events_bytes} bytes, {per_event:.2} bytes/event{}",
+        per_second
+            .map(|value| format!(", {value:.0} bytes per second of guest time"))
+            .unwrap_or_default()
+    );
+    println!("async points: {async_points} (each found in replay by landmark: hardware breakpoint + state digest)");
+    println!(
+        "snapshots:    {}",
+        by_kind.get("snapshot").copied().unwrap_or(0)
+    );
+    println!("trace size:   {} bytes", trace.size_bytes());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn list() -> Result<ExitCode> {
+    let store = Store::default_location()?;
+    let traces = store.list()?;
+    if traces.is_empty() {
+        println!("no traces in {}", store.base().display());
+    }
+    for trace in traces {
+        let latest = if trace.is_latest { " (latest)" } else { "" };
+        let problem = trace
+            .problem
+            .map(|problem| format!("  [{problem}]"))
+            .unwrap_or_default();
+        println!(
+            "{:<24} {:<12} {}  {:>10} bytes{latest}{problem}",
+            trace.name,
+            trace.guest_name.unwrap_or_default(),
+            trace
+                .recorded_at_unix_secs
+                .map(format_utc)
+                .unwrap_or_default(),
+            trace.size_bytes
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
@@ -116,6 +398,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(args),
+        Command::Record(args) => record(args),
+        Command::Replay(args) => replay(args),
+        Command::Info(args) => info(args),
+        Command::Ls => list(),
     };
     match result {
         Ok(code) => code,

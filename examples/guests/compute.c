@@ -1,22 +1,39 @@
 /*
- * compute - a deterministic workload with memory writes and no interrupts:
- * 8 rounds of filling a 16 KiB buffer from an LCG (fill_round) and hashing
- * it with FNV-1a over 64-bit words (hash_buffer). Each round's seed comes
- * from the previous round's hash, so any divergence shows in every later
- * line. Output is fully deterministic.
+ * compute - a deterministic workload with memory writes, interrupted by a
+ * 100 Hz timer: 8 rounds of filling a 16 KiB buffer from an LCG
+ * (fill_round) and hashing it with FNV-1a over 64-bit words (hash_buffer).
+ * Each round's seed comes from the previous round's hash, so any divergence
+ * shows in every later line.
  *
- * Debugging hooks: break on fill_round / hash_buffer; watch last_hash
- * (written once per round) or any word of `buffer`.
+ * While it computes, PIT channel 0 raises IRQ 0 at 100 Hz and timer_irq
+ * counts the interrupts in `ticks` (isr_dispatch sends the EOI). The
+ * interrupts land at arbitrary instructions of fill_round / hash_buffer,
+ * which is what recording and replaying this guest exercises. The handler
+ * touches nothing but `ticks`, so the printed output is still fully
+ * deterministic; the tick count depends on the CPU's speed and is never
+ * printed.
+ *
+ * Debugging hooks: break on fill_round / hash_buffer / timer_irq; watch
+ * last_hash (written once per round), `ticks`, or any word of `buffer`.
  */
 #include "lib.h"
 
 #define ROUNDS      8
 #define BUF_BYTES   16384
 #define BUF_WORDS   (BUF_BYTES / sizeof(uint64_t))
+#define TIMER_HZ    100
 
 uint64_t buffer[BUF_WORDS];
 uint64_t last_hash;
 unsigned round_no;
+volatile uint64_t ticks;                /* written only by timer_irq; never printed */
+
+/* IRQ 0: count the tick; isr_dispatch sends the EOI after we return. */
+BREAKABLE struct frame *timer_irq(struct frame *f)
+{
+    ticks++;
+    return f;
+}
 
 /* Knuth's MMIX LCG. */
 static inline uint64_t lcg_next(uint64_t x)
@@ -49,6 +66,13 @@ int main(uint32_t mb_magic, const struct mb_info *mbi)
     (void)mb_magic;
     (void)mbi;
     uint64_t seed = 1;
+
+    pic_remap();
+    irq_set_handler(0, timer_irq);
+    pit_set_hz(TIMER_HZ);
+    pic_unmask(0);
+    sti();
+
     kprintf("compute: %d rounds over a %d-byte buffer\n", ROUNDS, BUF_BYTES);
     for (round_no = 0; round_no < ROUNDS; round_no++) {
         fill_round(buffer, BUF_WORDS, seed);
@@ -56,6 +80,9 @@ int main(uint32_t mb_magic, const struct mb_info *mbi)
         kprintf("round %u hash 0x%016lx\n", round_no, last_hash);
         seed = last_hash ^ round_no;
     }
+
+    cli();
+    pic_mask(0);
     kprintf("compute: done, final hash 0x%016lx\n", last_hash);
     return 0;
 }

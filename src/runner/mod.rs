@@ -1,5 +1,5 @@
-//! The vCPU run loop of `lore-dbg run`: a small explicit state machine around
-//! `KVM_RUN`, with exits dispatched to the user-space devices.
+//! The live vCPU loop of `lore-dbg run` and `lore-dbg record`: a small explicit
+//! state machine around `KVM_RUN`, with exits dispatched to the user-space devices.
 //!
 //! States: `Running` (enter the guest), `Halted` (the guest executed `hlt` with
 //! interrupts enabled: sleep until the next device deadline or serial input, no busy
@@ -9,34 +9,42 @@
 //! kicks the vCPU out of the guest at the PIT's next deadline, so a timer interrupt
 //! reaches a guest that computes without exits (DESIGN §3's asynchronous points).
 //!
+//! When recording, every value the guest reads from the outside and every
+//! injection is logged with its position (see [`crate::trace::event`]). The rules
+//! that decide *when* an interrupt is injected or a window requested depend only on
+//! the vCPU's state at the position, so the replayer applies the same rules to the
+//! logged events and reaches the same states.
+//!
 //! Invariant: the runner is created and run on one thread, which becomes the vCPU
 //! thread (the kick signal mask is per thread).
 
-use crate::boot::{self, BootError};
-use crate::vmm::kick::{Kicker, VcpuKickGuard};
+mod report;
+mod ticker;
+
+pub use report::{ExitHistory, ExitRecord, GuestStop, RunError, RunOutcome};
+
+use crate::boot;
+use crate::digest;
+use crate::trace::event::{Event, Landmark, Position};
+use crate::trace::EventWriter;
+use crate::vmm::cpuid::CpuidTable;
+use crate::vmm::kick::VcpuKickGuard;
 use crate::vmm::msr::TimeMsrs;
 use crate::vmm::regs::{self, RegisterDump};
 use crate::vmm::{Vm, VmmError};
-use kvm_bindings::kvm_interrupt;
 use kvm_ioctls::VcpuExit;
 use lore_devices::board::{Board, BoardConfig, PioOutcome};
-use std::collections::VecDeque;
 use std::fmt;
-use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
+use std::io::Write;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
-use thiserror::Error;
-use vmm_sys_util::ioctl::ioctl_with_ref;
-use vmm_sys_util::ioctl_iow_nr;
+use ticker::{spawn_stdin_reader, Ticker};
 
-const KVMIO: u32 = 0xAE;
-ioctl_iow_nr!(KVM_INTERRUPT, KVMIO, 0x86, kvm_interrupt);
-
-/// How many recent exits an error report shows.
-const EXIT_HISTORY_LEN: usize = 16;
+/// A register check is logged every this many exits.
+pub const REGISTER_CHECK_INTERVAL: u64 = 256;
+/// The recorder hands its buffered events to the writer thread at least this often,
+/// so that a killed recorder loses little.
+const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Where the guest's serial input comes from.
 #[derive(Debug)]
@@ -61,6 +69,8 @@ pub struct RunConfig {
     pub serial_input: SerialInput,
     /// Where serial output goes.
     pub serial_output: Box<dyn Write + Send>,
+    /// The RTC's date and time at boot, in Unix seconds.
+    pub rtc_base_unix_secs: i64,
 }
 
 impl fmt::Debug for RunConfig {
@@ -74,264 +84,12 @@ impl fmt::Debug for RunConfig {
     }
 }
 
-/// One exit, as kept for error reports.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ExitRecord {
-    /// `in` from a port.
-    PioIn {
-        /// Port.
-        port: u16,
-        /// Value returned.
-        value: u32,
-    },
-    /// `out` to a port.
-    PioOut {
-        /// Port.
-        port: u16,
-        /// Value written.
-        value: u32,
-    },
-    /// MMIO access outside RAM.
-    Mmio {
-        /// Guest-physical address.
-        address: u64,
-        /// Whether it was a write.
-        write: bool,
-    },
-    /// `hlt`.
-    Halt,
-    /// `rdmsr`/`wrmsr` of a routed MSR.
-    Msr {
-        /// MSR index.
-        index: u32,
-        /// Whether it was a write.
-        write: bool,
-    },
-    /// An interrupt injected.
-    Interrupt {
-        /// Vector.
-        vector: u8,
-    },
-}
-
-impl fmt::Display for ExitRecord {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::PioIn { port, value } => write!(f, "in  port {port:#06x} -> {value:#x}"),
-            Self::PioOut { port, value } => write!(f, "out port {port:#06x} <- {value:#x}"),
-            Self::Mmio { address, write } => {
-                write!(
-                    f,
-                    "mmio {} {address:#x}",
-                    if *write { "write" } else { "read" }
-                )
-            }
-            Self::Halt => write!(f, "hlt"),
-            Self::Msr { index, write } => {
-                write!(f, "{} {index:#x}", if *write { "wrmsr" } else { "rdmsr" })
-            }
-            Self::Interrupt { vector } => write!(f, "interrupt vector {vector:#x} injected"),
-        }
-    }
-}
-
-/// The last few exits, oldest first, numbered by exit ordinal.
-#[derive(Debug, Clone, Default)]
-pub struct ExitHistory {
-    entries: VecDeque<(u64, ExitRecord)>,
-}
-
-impl ExitHistory {
-    fn push(&mut self, ordinal: u64, record: ExitRecord) {
-        if self.entries.len() == EXIT_HISTORY_LEN {
-            self.entries.pop_front();
-        }
-        self.entries.push_back((ordinal, record));
-    }
-}
-
-impl fmt::Display for ExitHistory {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.entries.is_empty() {
-            return write!(f, "  (no exits yet)");
-        }
-        for (index, (ordinal, record)) in self.entries.iter().enumerate() {
-            if index > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "  #{ordinal:<8} {record}")?;
-        }
-        Ok(())
-    }
-}
-
-/// Why a run stopped without the guest asking to exit.
-#[derive(Debug, Error)]
-pub enum RunError {
-    /// Creating or driving the VM failed.
-    #[error(transparent)]
-    Vmm(#[from] VmmError),
-    /// The image could not be booted.
-    #[error(transparent)]
-    Boot(#[from] BootError),
-    /// The guest triple-faulted (`KVM_EXIT_SHUTDOWN`).
-    #[error("the guest triple-faulted (CPU shutdown) {0}")]
-    TripleFault(Box<GuestStop>),
-    /// The guest halted with interrupts disabled, or with nothing that could wake it.
-    #[error("the guest halted and nothing can wake it ({why}) {stop}")]
-    HaltedForever {
-        /// Why no wake-up can come.
-        why: &'static str,
-        /// Where the guest stood.
-        stop: Box<GuestStop>,
-    },
-    /// KVM could not run the guest (internal error, failed entry, unexpected exit).
-    #[error("KVM stopped the guest: {reason} {stop}")]
-    GuestFailure {
-        /// What KVM reported.
-        reason: String,
-        /// Where the guest stood.
-        stop: Box<GuestStop>,
-    },
-    /// Writing serial output failed (e.g. a full disk or closed pipe).
-    #[error("cannot write the guest's serial output")]
-    SerialOutput(#[source] std::io::Error),
-}
-
-/// Where a guest stood when it stopped for good: for error reports.
-#[derive(Debug, Clone)]
-pub struct GuestStop {
-    /// Exits so far.
-    pub exits: u64,
-    /// Registers then.
-    pub registers: RegisterDump,
-    /// Recent exits.
-    pub history: ExitHistory,
-}
-
-impl fmt::Display for GuestStop {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "after {} exits\nregisters:\n{}\nlast exits:\n{}",
-            self.exits, self.registers, self.history
-        )
-    }
-}
-
-/// How the run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RunOutcome {
-    /// isa-debug-exit status: `(value << 1) | 1`.
-    pub exit_status: i32,
-    /// Exits the guest caused.
-    pub exits: u64,
-}
-
-/// Wakes the vCPU at the next device deadline while the guest runs.
-struct Ticker {
-    shared: Arc<(Mutex<TickerState>, Condvar)>,
-    thread: Option<JoinHandle<()>>,
-    armed: Option<Instant>,
-}
-
-#[derive(Default)]
-struct TickerState {
-    deadline: Option<Instant>,
-    shutdown: bool,
-}
-
-impl Ticker {
-    fn spawn(kicker: Kicker) -> Self {
-        let shared = Arc::new((Mutex::new(TickerState::default()), Condvar::new()));
-        let thread_shared = Arc::clone(&shared);
-        let thread = std::thread::Builder::new()
-            .name("lore-ticker".into())
-            .spawn(move || {
-                let (lock, condvar) = &*thread_shared;
-                let Ok(mut state) = lock.lock() else { return };
-                while !state.shutdown {
-                    match state.deadline {
-                        None => {
-                            state = match condvar.wait(state) {
-                                Ok(state) => state,
-                                Err(_) => return,
-                            }
-                        }
-                        Some(deadline) => {
-                            let now = Instant::now();
-                            if now >= deadline {
-                                state.deadline = None;
-                                kicker.kick();
-                            } else {
-                                state = match condvar.wait_timeout(state, deadline - now) {
-                                    Ok((state, _)) => state,
-                                    Err(_) => return,
-                                }
-                            }
-                        }
-                    }
-                }
-            })
-            .ok();
-        Self {
-            shared,
-            thread,
-            armed: None,
-        }
-    }
-
-    /// Arms the ticker for `deadline`; cheap when it is already armed for it.
-    fn arm(&mut self, deadline: Option<Instant>) {
-        if deadline == self.armed {
-            return;
-        }
-        self.armed = deadline;
-        let (lock, condvar) = &*self.shared;
-        if let Ok(mut state) = lock.lock() {
-            state.deadline = deadline;
-            condvar.notify_one();
-        }
-    }
-}
-
-impl Drop for Ticker {
-    fn drop(&mut self) {
-        let (lock, condvar) = &*self.shared;
-        if let Ok(mut state) = lock.lock() {
-            state.shutdown = true;
-            condvar.notify_one();
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// Reads the host's stdin on a thread and kicks the vCPU when bytes arrive.
-fn spawn_stdin_reader(kicker: Kicker) -> Receiver<Vec<u8>> {
-    let (sender, receiver) = mpsc::channel();
-    let spawned = std::thread::Builder::new()
-        .name("lore-stdin".into())
-        .spawn(move || {
-            let mut stdin = std::io::stdin().lock();
-            let mut buffer = [0u8; 256];
-            loop {
-                match stdin.read(&mut buffer) {
-                    Ok(0) | Err(_) => return,
-                    Ok(len) => {
-                        if sender.send(buffer[..len].to_vec()).is_err() {
-                            return;
-                        }
-                        kicker.kick();
-                    }
-                }
-            }
-        });
-    if let Err(error) = spawned {
-        tracing::warn!(%error, "cannot read stdin: the guest gets no serial input");
-    }
-    receiver
+/// The RTC base for a live run: the host's clock now.
+pub fn host_unix_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|since| since.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -339,6 +97,33 @@ enum VcpuState {
     Running,
     Halted,
     Exited(i32),
+}
+
+/// How the last `KVM_RUN` ended: at an exit (a deterministic point), or at a kick
+/// or an interrupt window (an arbitrary instruction).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LastStop {
+    Exit,
+    Async,
+}
+
+/// Recording state: the log and what positions need.
+struct Recorder {
+    writer: EventWriter,
+    /// Pages written since the last snapshot (accumulated from KVM's dirty log).
+    dirty_since_snapshot: Vec<u64>,
+    next_register_check: u64,
+    last_flush: Instant,
+    /// Kicks whose interrupt was deferred to the next exit because replay could not
+    /// find the point (e.g. guest ring 3, where hardware breakpoints don't fire here).
+    deferred_injections: u64,
+}
+
+/// Statistics of a recording, for `lore-dbg info`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecordStats {
+    /// Async injections deferred to the next exit.
+    pub deferred_injections: u64,
 }
 
 /// A booted machine, ready to run.
@@ -351,13 +136,17 @@ pub struct Runner {
     stdin: Option<Receiver<Vec<u8>>>,
     start: Instant,
     exits: u64,
+    last_stop: LastStop,
+    window_requested: bool,
     history: ExitHistory,
+    recorder: Option<Recorder>,
 }
 
 impl fmt::Debug for Runner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Runner")
             .field("exits", &self.exits)
+            .field("recording", &self.recorder.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -370,13 +159,9 @@ impl Runner {
         let entry = boot::load(vm.memory_mut(), &config.image, &config.command_line)?;
         regs::set_multiboot_entry(vm.vcpu(), &entry)?;
         let kick_guard = VcpuKickGuard::install(vm.vcpu())?;
-        let rtc_base_unix_secs = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|since| since.as_secs() as i64)
-            .unwrap_or(0);
         let mut board = Board::new(BoardConfig {
             serial_out: config.serial_output,
-            rtc_base_unix_secs,
+            rtc_base_unix_secs: config.rtc_base_unix_secs,
             mem_size_bytes: config.memory_size,
         });
         let stdin = match config.serial_input {
@@ -397,8 +182,28 @@ impl Runner {
             stdin,
             start: Instant::now(),
             exits: 0,
+            last_stop: LastStop::Exit,
+            window_requested: false,
             history: ExitHistory::default(),
+            recorder: None,
         })
+    }
+
+    /// The CPUID table the guest sees (for the trace header).
+    pub fn cpuid(&self) -> &CpuidTable {
+        self.vm.cpuid()
+    }
+
+    /// Logs every input of the run to `writer` from now on.
+    pub fn record_to(&mut self, writer: EventWriter) {
+        let pages = self.vm.memory().size() / crate::vmm::memory::PAGE_SIZE;
+        self.recorder = Some(Recorder {
+            writer,
+            dirty_since_snapshot: vec![0; pages.div_ceil(64) as usize],
+            next_register_check: REGISTER_CHECK_INTERVAL,
+            last_flush: Instant::now(),
+            deferred_injections: 0,
+        });
     }
 
     fn now_ns(&self) -> u64 {
@@ -417,53 +222,110 @@ impl Runner {
         })
     }
 
-    /// Moves stdin bytes that arrived into the board; returns false once stdin closed.
-    fn drain_stdin(&mut self) {
-        if let Some(receiver) = &self.stdin {
-            while let Ok(bytes) = receiver.try_recv() {
-                self.board.queue_serial_input(&bytes);
-            }
+    fn log(&mut self, event: Event) -> Result<(), RunError> {
+        if let Some(recorder) = &mut self.recorder {
+            recorder.writer.push(&event)?;
         }
+        Ok(())
     }
 
-    /// Injects a pending interrupt if the guest can take one now, or asks KVM to exit
-    /// as soon as it can.
-    fn deliver_interrupts(&mut self) -> Result<(), RunError> {
-        let pending = self.board.interrupt_pending();
-        let run = self.vm.vcpu_mut().get_kvm_run();
-        if !pending {
-            run.request_interrupt_window = 0;
-            return Ok(());
+    fn registers_now(&self) -> Result<digest::RegisterArray, RunError> {
+        let regs = self
+            .vm
+            .vcpu()
+            .get_regs()
+            .map_err(crate::vmm::kvm_op("KVM_GET_REGS"))?;
+        Ok(digest::register_array(&regs))
+    }
+
+    /// Where the guest stands now, for an event logged before the next entry.
+    fn position(&mut self) -> Result<Position, RunError> {
+        if self.last_stop == LastStop::Exit {
+            return Ok(Position::Exit(self.exits));
         }
-        if run.ready_for_interrupt_injection == 0 || run.if_flag == 0 {
-            run.request_interrupt_window = 1;
-            return Ok(());
-        }
-        run.request_interrupt_window = 0;
-        let vector = self.board.acknowledge_interrupt();
-        let interrupt = kvm_interrupt {
-            irq: u32::from(vector),
-        };
-        // SAFETY: KVM_INTERRUPT reads one `struct kvm_interrupt`, which `interrupt` is;
-        // the fd is our live vCPU.
-        let ret =
-            unsafe { ioctl_with_ref(&self.vm.vcpu().as_raw_fd(), KVM_INTERRUPT(), &interrupt) };
-        if ret < 0 {
-            return Err(VmmError::Kvm {
-                operation: "KVM_INTERRUPT",
-                source: kvm_ioctls::Error::last(),
+        let regs = self.registers_now()?;
+        let memory_digest = match &mut self.recorder {
+            Some(recorder) => {
+                let log = self.vm.take_dirty_log()?;
+                for (accumulated, new) in recorder.dirty_since_snapshot.iter_mut().zip(log) {
+                    *accumulated |= new;
+                }
+                digest::dirty_pages(self.vm.memory().as_slice(), &recorder.dirty_since_snapshot)
             }
-            .into());
+            None => 0,
+        };
+        Ok(Position::Async {
+            after_exit: self.exits,
+            landmark: Landmark {
+                rip: regs[16],
+                regs_digest: digest::registers(&regs),
+                memory_digest,
+                ticks: None,
+            },
+        })
+    }
+
+    /// Whether replay can find the current asynchronous point. On our hosts hardware
+    /// breakpoints do not fire in guest ring 3 (DESIGN §9).
+    fn async_point_findable(&self) -> Result<bool, RunError> {
+        let sregs = self
+            .vm
+            .vcpu()
+            .get_sregs()
+            .map_err(crate::vmm::kvm_op("KVM_GET_SREGS"))?;
+        Ok(sregs.cs.dpl == 0)
+    }
+
+    /// Injects a pending interrupt if the guest can take one now (logging where), or
+    /// asks KVM to exit as soon as it can. That window exit is an asynchronous point
+    /// like a kick: the injection there is logged with a landmark.
+    fn deliver_interrupts(&mut self) -> Result<(), RunError> {
+        if !self.board.interrupt_pending() {
+            return Ok(());
         }
-        self.history
-            .push(self.exits, ExitRecord::Interrupt { vector });
+        if self.recorder.is_some()
+            && self.last_stop == LastStop::Async
+            && !self.async_point_findable()?
+        {
+            if let Some(recorder) = &mut self.recorder {
+                recorder.deferred_injections += 1;
+            }
+            self.set_window_request(false);
+            return Ok(());
+        }
+        let run = self.vm.vcpu_mut().get_kvm_run();
+        let can_inject = run.ready_for_interrupt_injection != 0 && run.if_flag != 0;
+        if can_inject {
+            let at = self.position()?;
+            let vector = self.board.acknowledge_interrupt();
+            self.vm.inject_interrupt(vector)?;
+            self.set_window_request(false);
+            self.log(Event::Interrupt { at, vector })?;
+            self.history
+                .push(self.exits, ExitRecord::Interrupt { vector });
+        } else if !self.window_requested {
+            self.set_window_request(true);
+        }
         Ok(())
+    }
+
+    fn set_window_request(&mut self, requested: bool) {
+        self.window_requested = requested;
+        self.vm.vcpu_mut().get_kvm_run().request_interrupt_window = u8::from(requested);
     }
 
     fn deadline_instant(&self, now_ns: u64) -> Option<Instant> {
         self.board
             .next_deadline_ns(now_ns)
             .map(|deadline| self.start + Duration::from_nanos(deadline))
+    }
+
+    fn drain_stdin(&mut self) {
+        if let Some(receiver) = &self.stdin {
+            while let Ok(bytes) = receiver.try_recv() {
+                self.board.queue_serial_input(&bytes);
+            }
+        }
     }
 
     /// Sleeps while the guest is halted, until an interrupt is pending.
@@ -512,16 +374,63 @@ impl Runner {
         }
     }
 
-    /// Runs the guest until it exits through isa-debug-exit or fails.
-    pub fn run(mut self) -> Result<RunOutcome, RunError> {
+    /// Periodic work of the recorder at an exit: register checks and flushes.
+    fn after_exit(&mut self) -> Result<(), RunError> {
+        let Some(recorder) = &mut self.recorder else {
+            return Ok(());
+        };
+        if self.exits >= recorder.next_register_check {
+            recorder.next_register_check = self.exits + REGISTER_CHECK_INTERVAL;
+            let regs = self.registers_now()?;
+            self.log(Event::RegisterCheck {
+                exit: self.exits,
+                regs,
+            })?;
+        }
+        if let Some(recorder) = &mut self.recorder {
+            if recorder.last_flush.elapsed() >= FLUSH_INTERVAL {
+                recorder.writer.flush()?;
+                recorder.last_flush = Instant::now();
+            }
+        }
+        Ok(())
+    }
+
+    /// Logs the end of the run.
+    fn log_end(&mut self, status: i32) -> Result<(), RunError> {
+        if self.recorder.is_none() {
+            return Ok(());
+        }
+        let regs = self.registers_now()?;
+        let end = Event::End {
+            exit: self.exits,
+            status,
+            regs_digest: digest::registers(&regs),
+            memory_digest: digest::memory(self.vm.memory().as_slice()),
+            guest_ns: self.now_ns(),
+        };
+        self.log(end)
+    }
+
+    /// Runs the guest until it exits through isa-debug-exit or fails. When recording,
+    /// returns the finished writer's statistics too.
+    pub fn run(mut self) -> Result<(RunOutcome, Option<(EventWriter, RecordStats)>), RunError> {
         let mut state = VcpuState::Running;
         loop {
             match state {
                 VcpuState::Exited(exit_status) => {
-                    return Ok(RunOutcome {
+                    self.log_end(exit_status)?;
+                    let outcome = RunOutcome {
                         exit_status,
                         exits: self.exits,
-                    })
+                    };
+                    let recording = self.recorder.take().map(|recorder| {
+                        let stats = RecordStats {
+                            deferred_injections: recorder.deferred_injections,
+                        };
+                        (recorder.writer, stats)
+                    });
+                    return Ok((outcome, recording));
                 }
                 VcpuState::Halted => {
                     self.wait_while_halted()?;
@@ -535,6 +444,9 @@ impl Runner {
                     self.ticker.arm(deadline);
                     self.deliver_interrupts()?;
                     state = self.run_once()?;
+                    if self.last_stop == LastStop::Exit {
+                        self.after_exit()?;
+                    }
                 }
             }
         }
@@ -542,11 +454,11 @@ impl Runner {
 
     /// One `KVM_RUN` and the handling of its exit.
     fn run_once(&mut self) -> Result<VcpuState, RunError> {
-        let now_ns = self.now_ns();
         let exit = match self.vm.vcpu_mut().run() {
             Ok(exit) => exit,
             Err(error) if error.errno() == libc::EINTR || error.errno() == libc::EAGAIN => {
                 self.kick_guard.consume();
+                self.last_stop = LastStop::Async;
                 return Ok(VcpuState::Running);
             }
             Err(source) => {
@@ -557,21 +469,29 @@ impl Runner {
                 .into())
             }
         };
-        let failure = |reason: String| -> Result<VcpuState, String> { Err(reason) };
+        let now_ns = self.start.elapsed().as_nanos() as u64;
+        self.last_stop = LastStop::Exit;
+        // Ordinals count every exit the guest causes, in the order replay meets them.
+        let ordinal = self.exits + 1;
+        let mut event = None;
         let result = match exit {
             VcpuExit::IoIn(port, data) => {
                 self.board.pio_read(port, data, now_ns);
                 let value = le_value(data);
-                self.exits += 1;
+                event = Some(Event::PioIn {
+                    exit: ordinal,
+                    port,
+                    len: data.len() as u8,
+                    value,
+                });
                 self.history
-                    .push(self.exits, ExitRecord::PioIn { port, value });
+                    .push(ordinal, ExitRecord::PioIn { port, value });
                 Ok(VcpuState::Running)
             }
             VcpuExit::IoOut(port, data) => {
                 let value = le_value(data);
-                self.exits += 1;
                 self.history
-                    .push(self.exits, ExitRecord::PioOut { port, value });
+                    .push(ordinal, ExitRecord::PioOut { port, value });
                 match self.board.pio_write(port, data, now_ns) {
                     PioOutcome::Continue => Ok(VcpuState::Running),
                     PioOutcome::Exit(status) => Ok(VcpuState::Exited(status)),
@@ -580,9 +500,14 @@ impl Runner {
             VcpuExit::MmioRead(address, data) => {
                 tracing::debug!(address, len = data.len(), "mmio read outside RAM");
                 data.fill(0xff);
-                self.exits += 1;
+                event = Some(Event::MmioRead {
+                    exit: ordinal,
+                    address,
+                    len: data.len() as u8,
+                    value: u64::MAX >> (64 - 8 * data.len().clamp(1, 8)),
+                });
                 self.history.push(
-                    self.exits,
+                    ordinal,
                     ExitRecord::Mmio {
                         address,
                         write: false,
@@ -592,9 +517,8 @@ impl Runner {
             }
             VcpuExit::MmioWrite(address, data) => {
                 tracing::debug!(address, len = data.len(), "mmio write outside RAM ignored");
-                self.exits += 1;
                 self.history.push(
-                    self.exits,
+                    ordinal,
                     ExitRecord::Mmio {
                         address,
                         write: true,
@@ -603,21 +527,25 @@ impl Runner {
                 Ok(VcpuState::Running)
             }
             VcpuExit::Hlt => {
-                self.exits += 1;
-                self.history.push(self.exits, ExitRecord::Halt);
+                self.history.push(ordinal, ExitRecord::Halt);
                 Ok(VcpuState::Halted)
             }
             VcpuExit::X86Rdmsr(msr) => {
-                match self.msrs.read(msr.index, now_ns) {
+                let value = self.msrs.read(msr.index, now_ns);
+                match value {
                     Some(value) => {
                         *msr.data = value;
                         *msr.error = 0;
                     }
                     None => *msr.error = 1,
                 }
-                self.exits += 1;
+                event = Some(Event::MsrRead {
+                    exit: ordinal,
+                    index: msr.index,
+                    value,
+                });
                 self.history.push(
-                    self.exits,
+                    ordinal,
                     ExitRecord::Msr {
                         index: msr.index,
                         write: false,
@@ -627,9 +555,8 @@ impl Runner {
             }
             VcpuExit::X86Wrmsr(msr) => {
                 *msr.error = u8::from(!self.msrs.write(msr.index, msr.data, now_ns));
-                self.exits += 1;
                 self.history.push(
-                    self.exits,
+                    ordinal,
                     ExitRecord::Msr {
                         index: msr.index,
                         write: true,
@@ -637,25 +564,37 @@ impl Runner {
                 );
                 Ok(VcpuState::Running)
             }
-            VcpuExit::IrqWindowOpen | VcpuExit::Intr => Ok(VcpuState::Running),
-            VcpuExit::Shutdown => {
-                self.exits += 1;
-                return Err(RunError::TripleFault(self.guest_stop()));
+            VcpuExit::IrqWindowOpen => {
+                // Not an exit ordinal: where KVM reports the window differs between
+                // runs on our hosts. The injection that follows is positioned by a
+                // landmark instead.
+                self.last_stop = LastStop::Async;
+                self.set_window_request(false);
+                self.history.push(self.exits, ExitRecord::InterruptWindow);
+                return Ok(VcpuState::Running);
             }
-            VcpuExit::InternalError => {
-                failure("internal error (KVM could not emulate an instruction)".into())
+            VcpuExit::Intr => {
+                // A signal other than our kick interrupted KVM_RUN: not a guest exit.
+                self.last_stop = LastStop::Async;
+                return Ok(VcpuState::Running);
             }
-            VcpuExit::FailEntry(reason, cpu) => failure(format!(
+            VcpuExit::Shutdown => Err(None),
+            VcpuExit::InternalError => Err(Some(
+                "internal error (KVM could not emulate an instruction)".to_string(),
+            )),
+            VcpuExit::FailEntry(reason, cpu) => Err(Some(format!(
                 "VM entry failed (hardware reason {reason:#x} on cpu {cpu})"
-            )),
-            VcpuExit::SystemEvent(kind, data) => failure(format!("system event {kind} {data:?}")),
-            VcpuExit::MemoryFault { flags, gpa, size } => failure(format!(
+            ))),
+            VcpuExit::SystemEvent(kind, data) => Err(Some(format!("system event {kind} {data:?}"))),
+            VcpuExit::MemoryFault { flags, gpa, size } => Err(Some(format!(
                 "memory fault at {gpa:#x}+{size:#x} (flags {flags:#x})"
-            )),
+            ))),
             VcpuExit::Hypercall(hypercall) => {
-                failure(format!("unexpected hypercall {}", hypercall.nr))
+                Err(Some(format!("unexpected hypercall {}", hypercall.nr)))
             }
-            VcpuExit::Debug(debug) => failure(format!("unexpected debug exit at {:#x}", debug.pc)),
+            VcpuExit::Debug(debug) => {
+                Err(Some(format!("unexpected debug exit at {:#x}", debug.pc)))
+            }
             VcpuExit::Unknown
             | VcpuExit::Exception
             | VcpuExit::SetTpr
@@ -673,17 +612,27 @@ impl Runner {
             | VcpuExit::S390Stsi
             | VcpuExit::IoapicEoi(_)
             | VcpuExit::Hyperv
-            | VcpuExit::Unsupported(_) => failure("an exit this VMM never asks for".into()),
+            | VcpuExit::Unsupported(_) => Err(Some("an exit this VMM never asks for".into())),
         };
-        result.map_err(|reason| RunError::GuestFailure {
-            reason,
-            stop: self.guest_stop(),
-        })
+        self.exits = ordinal;
+        match result {
+            Ok(state) => {
+                if let Some(event) = event {
+                    self.log(event)?;
+                }
+                Ok(state)
+            }
+            Err(None) => Err(RunError::TripleFault(self.guest_stop())),
+            Err(Some(reason)) => Err(RunError::GuestFailure {
+                reason,
+                stop: self.guest_stop(),
+            }),
+        }
     }
 }
 
 /// The little-endian value of a 1-, 2- or 4-byte port access.
-fn le_value(data: &[u8]) -> u32 {
+pub fn le_value(data: &[u8]) -> u32 {
     data.iter()
         .take(4)
         .enumerate()
@@ -692,7 +641,7 @@ fn le_value(data: &[u8]) -> u32 {
         })
 }
 
-/// Convenience: boot `config` and run it to the end.
+/// Boots `config` and runs it to the end without recording.
 pub fn run(config: RunConfig) -> Result<RunOutcome, RunError> {
-    Runner::new(config)?.run()
+    Ok(Runner::new(config)?.run()?.0)
 }

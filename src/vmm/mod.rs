@@ -9,6 +9,7 @@
 //! guest memory mapping they reference is unmapped.
 
 pub mod cpuid;
+pub mod debug;
 pub mod kick;
 pub mod memory;
 pub mod msr;
@@ -223,5 +224,55 @@ fn route_time_msrs(vm: &VmFd) -> bool {
             tracing::warn!(%error, "KVM_X86_SET_MSR_FILTER refused: TSC MSR reads bypass the VMM");
             false
         }
+    }
+}
+
+const KVMIO: u32 = 0xAE;
+vmm_sys_util::ioctl_iow_nr!(KVM_INTERRUPT, KVMIO, 0x86, kvm_bindings::kvm_interrupt);
+
+impl Vm {
+    /// Queues external interrupt `vector` for delivery at the next entry
+    /// (`KVM_INTERRUPT`; valid because there is no in-kernel irqchip).
+    pub fn inject_interrupt(&self, vector: u8) -> Result<(), VmmError> {
+        let interrupt = kvm_bindings::kvm_interrupt {
+            irq: u32::from(vector),
+        };
+        // SAFETY: KVM_INTERRUPT reads one `struct kvm_interrupt`, which `interrupt`
+        // is; the fd is our live vCPU.
+        let ret = unsafe {
+            vmm_sys_util::ioctl::ioctl_with_ref(
+                &std::os::fd::AsRawFd::as_raw_fd(&self.vcpu),
+                KVM_INTERRUPT(),
+                &interrupt,
+            )
+        };
+        if ret < 0 {
+            return Err(VmmError::Kvm {
+                operation: "KVM_INTERRUPT",
+                source: kvm_ioctls::Error::last(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Finishes an instruction whose exit is still pending (the `in` that waits for
+    /// its value, the `out` whose RIP is not yet advanced) without running the guest
+    /// further, so that the vCPU state read next is an instruction boundary. KVM's
+    /// documented way: `KVM_RUN` with `immediate_exit` set.
+    pub fn complete_pending_io(&mut self) -> Result<(), VmmError> {
+        self.vcpu.set_kvm_immediate_exit(1);
+        let result = match self.vcpu.run() {
+            Err(error) if error.errno() == libc::EINTR => Ok(()),
+            Err(source) => Err(VmmError::Kvm {
+                operation: "KVM_RUN (immediate exit)",
+                source,
+            }),
+            Ok(_) => Err(VmmError::Kvm {
+                operation: "KVM_RUN (immediate exit)",
+                source: kvm_ioctls::Error::new(libc::EPROTO),
+            }),
+        };
+        self.vcpu.set_kvm_immediate_exit(0);
+        result
     }
 }

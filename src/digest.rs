@@ -1,0 +1,112 @@
+//! Digests of machine state, shared by the recorder and the replayer so that both
+//! sides compute exactly the same values: registers, dirty pages, all of memory.
+
+use kvm_bindings::kvm_regs;
+use xxhash_rust::xxh3::{xxh3_64, Xxh3};
+
+/// Size of a guest page.
+const PAGE_SIZE: usize = 4096;
+
+/// The general-purpose registers, RIP and RFLAGS in KVM's `kvm_regs` order.
+pub type RegisterArray = [u64; 18];
+
+/// Names of [`RegisterArray`]'s entries, for reports.
+pub const REGISTER_NAMES: [&str; 18] = [
+    "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8", "r9", "r10", "r11", "r12", "r13",
+    "r14", "r15", "rip", "rflags",
+];
+
+/// `kvm_regs` as an array.
+pub fn register_array(regs: &kvm_regs) -> RegisterArray {
+    [
+        regs.rax,
+        regs.rbx,
+        regs.rcx,
+        regs.rdx,
+        regs.rsi,
+        regs.rdi,
+        regs.rsp,
+        regs.rbp,
+        regs.r8,
+        regs.r9,
+        regs.r10,
+        regs.r11,
+        regs.r12,
+        regs.r13,
+        regs.r14,
+        regs.r15,
+        regs.rip,
+        regs.rflags,
+    ]
+}
+
+/// Digest of a register array.
+pub fn registers(regs: &RegisterArray) -> u64 {
+    let mut bytes = [0u8; 18 * 8];
+    for (chunk, value) in bytes.chunks_exact_mut(8).zip(regs) {
+        chunk.copy_from_slice(&value.to_le_bytes());
+    }
+    xxh3_64(&bytes)
+}
+
+/// Digest of the pages whose bits are set in `dirty` (bit i = page i), each hashed
+/// with its page number so that moving content between pages changes the digest.
+pub fn dirty_pages(memory: &[u8], dirty: &[u64]) -> u64 {
+    let mut hasher = Xxh3::new();
+    for (word_index, &word) in dirty.iter().enumerate() {
+        let mut bits = word;
+        while bits != 0 {
+            let page = word_index * 64 + bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            let start = page * PAGE_SIZE;
+            if let Some(contents) = memory.get(start..start + PAGE_SIZE) {
+                hasher.update(&(page as u64).to_le_bytes());
+                hasher.update(contents);
+            }
+        }
+    }
+    hasher.digest()
+}
+
+/// Digest of all of guest memory.
+pub fn memory(memory: &[u8]) -> u64 {
+    xxh3_64(memory)
+}
+
+/// Formats two register arrays side by side, marking the entries that differ.
+pub fn register_diff(expected: &RegisterArray, actual: &RegisterArray) -> String {
+    let mut text = String::from("register      recorded           replayed\n");
+    for ((name, want), have) in REGISTER_NAMES.iter().zip(expected).zip(actual) {
+        let mark = if want == have { "" } else { "   <-- differs" };
+        text.push_str(&format!("{name:<8} {want:#018x} {have:#018x}{mark}\n"));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dirty_page_digest_depends_on_page_numbers_and_contents() {
+        let mut memory = vec![0u8; 4 * PAGE_SIZE];
+        memory[PAGE_SIZE] = 1;
+        let first = dirty_pages(&memory, &[0b10]);
+        assert_ne!(first, dirty_pages(&memory, &[0b100]));
+        memory[PAGE_SIZE + 7] = 2;
+        assert_ne!(first, dirty_pages(&memory, &[0b10]));
+        assert_eq!(dirty_pages(&memory, &[0]), dirty_pages(&[], &[]));
+    }
+
+    #[test]
+    fn diff_marks_differences() {
+        let mut actual = [0u64; 18];
+        actual[16] = 5;
+        let text = register_diff(&[0; 18], &actual);
+        assert!(
+            text.contains("rip      0x0000000000000000 0x0000000000000005   <-- differs"),
+            "{text}"
+        );
+        assert_eq!(text.matches("differs").count(), 1);
+    }
+}

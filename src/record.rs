@@ -1,0 +1,133 @@
+//! `lore-dbg record` and the loading side of `lore-dbg replay`: everything between
+//! the CLI and the two loops — creating and opening trace directories, the header,
+//! the guest image copy, and the checks that a trace belongs to its image.
+
+use crate::replay::{ReplayError, ReplayInput, ReplayOutcome, Replayer};
+use crate::runner::{RecordStats, RunConfig, RunError, RunOutcome, Runner};
+use crate::trace::header::image_digest;
+use crate::trace::{ClockBackend, HostFacts, TraceDir, TraceError, TraceHeader, WriterStats};
+use crate::vmm::cpuid::CpuidTable;
+use std::io::Write;
+use thiserror::Error;
+
+/// Largest number of events a replay loads.
+pub const MAX_EVENTS: usize = 200_000_000;
+
+/// Errors of recording or of loading a trace for replay.
+#[derive(Debug, Error)]
+pub enum RecordError {
+    /// The trace could not be written or read.
+    #[error(transparent)]
+    Trace(#[from] TraceError),
+    /// The run itself failed (the trace keeps everything up to the failure).
+    #[error(transparent)]
+    Run(#[from] RunError),
+    /// The replay failed.
+    #[error(transparent)]
+    Replay(#[from] ReplayError),
+    /// The trace's guest image is not the one recorded.
+    #[error("the guest image in {} does not match the digest recorded in its header (the trace is damaged)", .0.display())]
+    ImageMismatch(std::path::PathBuf),
+    /// The recording used a clock backend this build cannot use.
+    #[error(
+        "clock backend '{0}' is not available in this lore-dbg: use --clock landmark (or auto)"
+    )]
+    ClockUnavailable(&'static str),
+}
+
+/// What a recording produced.
+#[derive(Debug)]
+pub struct Recorded {
+    /// How the guest ended.
+    pub outcome: RunOutcome,
+    /// The event log's statistics.
+    pub writer: WriterStats,
+    /// Recorder statistics.
+    pub stats: RecordStats,
+}
+
+/// Records `config` into the (new, empty) trace directory `trace`.
+pub fn record(
+    config: RunConfig,
+    guest_name: &str,
+    clock: ClockBackend,
+    trace: &TraceDir,
+) -> Result<Recorded, RecordError> {
+    if clock != ClockBackend::Landmark {
+        return Err(RecordError::ClockUnavailable(clock.name()));
+    }
+    std::fs::write(trace.image_path(), &config.image).map_err(|source| TraceError::Io {
+        action: "write",
+        path: trace.image_path(),
+        source,
+    })?;
+    let header_base = (
+        image_digest(&config.image),
+        config.command_line.clone(),
+        config.memory_size,
+        config.rtc_base_unix_secs,
+    );
+    let mut runner = Runner::new(config)?;
+    let header = TraceHeader {
+        lore_version: env!("CARGO_PKG_VERSION").to_string(),
+        guest_name: guest_name.to_string(),
+        image_digest: header_base.0,
+        command_line: header_base.1,
+        memory_size: header_base.2,
+        cpuid: runner.cpuid().entries.clone(),
+        clock,
+        rtc_base_unix_secs: header_base.3,
+        recorded_at_unix_secs: crate::runner::host_unix_secs(),
+        host: HostFacts::current(),
+    };
+    trace.write_header(&header)?;
+    runner.record_to(trace.event_writer()?);
+    let (outcome, recording) = runner.run()?;
+    let (writer, stats) = recording.ok_or(RecordError::Trace(TraceError::WriterStopped {
+        path: trace.events_path(),
+    }))?;
+    let writer = writer.finish()?;
+    Ok(Recorded {
+        outcome,
+        writer,
+        stats,
+    })
+}
+
+/// Loads a trace for replay: header, image (checked against its digest), events.
+pub fn load(dir: &std::path::Path) -> Result<(TraceHeader, ReplayInput), RecordError> {
+    let (trace, header) = TraceDir::open(dir)?;
+    if header.clock != ClockBackend::Landmark {
+        return Err(RecordError::ClockUnavailable(header.clock.name()));
+    }
+    let image = std::fs::read(trace.image_path()).map_err(|source| TraceError::Io {
+        action: "read",
+        path: trace.image_path(),
+        source,
+    })?;
+    if image_digest(&image) != header.image_digest {
+        return Err(RecordError::ImageMismatch(trace.image_path()));
+    }
+    let log = trace.read_events(MAX_EVENTS)?;
+    let input = ReplayInput {
+        image,
+        command_line: header.command_line.clone(),
+        memory_size: header.memory_size,
+        cpuid: CpuidTable {
+            entries: header.cpuid.clone(),
+        },
+        rtc_base_unix_secs: header.rtc_base_unix_secs,
+        events: log.events,
+        truncated: log.truncation.map(|error| error.to_string()),
+    };
+    Ok((header, input))
+}
+
+/// Replays the trace in `dir` to its end, serial output to `output`.
+pub fn replay(
+    dir: &std::path::Path,
+    output: Box<dyn Write + Send>,
+) -> Result<ReplayOutcome, RecordError> {
+    let (_, input) = load(dir)?;
+    Ok(Replayer::new(input, output)?.run_to_end()?)
+}

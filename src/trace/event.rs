@@ -1,0 +1,159 @@
+//! The events of a recording, in the order the vCPU met them.
+//!
+//! Every non-deterministic input of DESIGN §2 is one event. Each carries the
+//! **exit ordinal** it belongs to: the count of guest-caused user-space exits
+//! since boot (PIO, MMIO, HLT, MSR), which replay reproduces in the same order.
+//! Events are stored in exit order, so ordinals are delta-encoded.
+//!
+//! Positions (DESIGN §3): an interrupt injected right after exit N was handled is
+//! at [`Position::Exit`]`(N)`. An interrupt injected where a kick stopped the
+//! guest between exits N and N+1, or where an interrupt window opened, is at
+//! [`Position::Async`], identified by a [`Landmark`]: equal landmarks mean equal
+//! machine state, hence equal futures. Window exits are not exit ordinals: on our
+//! hosts (guest ring 0 emulated, DESIGN §9) KVM reports an open window some
+//! instructions after it opened, at a point that differs from run to run.
+
+/// Identity of an asynchronous point between two exits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Landmark {
+    /// Instruction pointer where the guest stopped.
+    pub rip: u64,
+    /// Digest of the general-purpose registers, RIP and RFLAGS.
+    pub regs_digest: u64,
+    /// Digest of the guest pages written since the last snapshot (or boot).
+    pub memory_digest: u64,
+    /// Guest branch count since boot, when the clock backend counts branches.
+    pub ticks: Option<u64>,
+}
+
+/// An instruction boundary of the recorded run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Position {
+    /// Right after exit `N` was handled, before the guest ran again.
+    Exit(u64),
+    /// Between exit `after_exit` and the next one, where `landmark` holds.
+    Async {
+        /// The last exit before the point.
+        after_exit: u64,
+        /// What the machine looked like there.
+        landmark: Landmark,
+    },
+}
+
+impl Position {
+    /// The exit ordinal the position follows.
+    pub fn exit(&self) -> u64 {
+        match self {
+            Self::Exit(exit) => *exit,
+            Self::Async { after_exit, .. } => *after_exit,
+        }
+    }
+}
+
+/// One recorded non-deterministic input or check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The value an `in` returned at exit `exit`.
+    PioIn {
+        /// Exit ordinal of the `in`.
+        exit: u64,
+        /// Port.
+        port: u16,
+        /// Access width in bytes (1, 2 or 4).
+        len: u8,
+        /// Value, little-endian in the low `len` bytes.
+        value: u32,
+    },
+    /// The value an MMIO read outside RAM returned.
+    MmioRead {
+        /// Exit ordinal.
+        exit: u64,
+        /// Guest-physical address.
+        address: u64,
+        /// Access width in bytes (1..=8).
+        len: u8,
+        /// Value, little-endian in the low `len` bytes.
+        value: u64,
+    },
+    /// The value a routed `rdmsr` returned (or `None`: it raised #GP).
+    MsrRead {
+        /// Exit ordinal.
+        exit: u64,
+        /// MSR index.
+        index: u32,
+        /// Value, or `None` for a refused read.
+        value: Option<u64>,
+    },
+    /// An interrupt injected with `KVM_INTERRUPT` at `at`.
+    Interrupt {
+        /// Where.
+        at: Position,
+        /// Vector.
+        vector: u8,
+    },
+    /// A check: the general-purpose registers right after exit `exit` (stored in
+    /// full, so that a divergence report can show both register sets side by side).
+    RegisterCheck {
+        /// Exit ordinal.
+        exit: u64,
+        /// RAX, RBX, RCX, RDX, RSI, RDI, RSP, RBP, R8–R15, RIP, RFLAGS (KVM's order).
+        regs: [u64; 18],
+    },
+    /// A snapshot was written to the trace right after exit `exit`.
+    Snapshot {
+        /// Exit ordinal.
+        exit: u64,
+        /// Index of the snapshot in the trace's snapshot file.
+        index: u32,
+        /// Guest time in nanoseconds at the snapshot.
+        guest_ns: u64,
+    },
+    /// The guest ended the run (isa-debug-exit) at exit `exit`.
+    End {
+        /// Exit ordinal of the exit write.
+        exit: u64,
+        /// The process exit status, `(v << 1) | 1`.
+        status: i32,
+        /// Register digest at the end.
+        regs_digest: u64,
+        /// Digest of all of guest memory at the end.
+        memory_digest: u64,
+        /// Guest run time in nanoseconds.
+        guest_ns: u64,
+    },
+}
+
+impl Event {
+    /// The exit ordinal the event belongs to (events are stored in this order).
+    pub fn exit(&self) -> u64 {
+        match self {
+            Self::PioIn { exit, .. }
+            | Self::MmioRead { exit, .. }
+            | Self::MsrRead { exit, .. }
+            | Self::RegisterCheck { exit, .. }
+            | Self::Snapshot { exit, .. }
+            | Self::End { exit, .. } => *exit,
+            Self::Interrupt { at, .. } => at.exit(),
+        }
+    }
+
+    /// A short name for statistics (`lore-dbg info`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::PioIn { .. } => "pio-in",
+            Self::MmioRead { .. } => "mmio-read",
+            Self::MsrRead { .. } => "msr-read",
+            Self::Interrupt {
+                at: Position::Exit(_),
+                ..
+            } => "interrupt-at-exit",
+            Self::Interrupt {
+                at: Position::Async { .. },
+                ..
+            } => "interrupt-async",
+            Self::RegisterCheck { .. } => "register-check",
+            Self::Snapshot { .. } => "snapshot",
+            Self::End { .. } => "end",
+        }
+    }
+}

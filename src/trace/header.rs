@@ -1,0 +1,429 @@
+//! The trace header: everything replay must know before the first event
+//! (DESIGN §4) — which image ran with which command line, how much memory, the
+//! CPUID table the guest saw, the clock backend, and facts about the recording
+//! host for error messages.
+//!
+//! The encoding is explicit and field by field (no serde), stored as the single
+//! chunk of the `header` file. Invariants: every length read is checked against a
+//! cap before anything is allocated, the encoder refuses what the decoder would
+//! refuse, and decoding consumes the whole payload (trailing bytes are an error).
+//! The format version lives in the chunk preamble ([`super::chunk::TRACE_VERSION`]).
+
+use super::event_codec::{get_varint, put_varint, EventError};
+use crate::vmm::cpuid::CpuidEntry;
+use thiserror::Error;
+
+/// Longest string field, in bytes (command lines included).
+pub const MAX_STRING_LEN: usize = 64 << 10;
+/// Most CPUID entries a header may hold.
+pub const MAX_CPUID_ENTRIES: usize = 256;
+
+/// How asynchronous points are located (DESIGN §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClockBackend {
+    /// Hardware breakpoint on `rip` plus register and memory digests.
+    Landmark,
+    /// Guest branch counts from the host PMU.
+    Pmu,
+    /// Branch counts from single-stepping (slow; for tests without a PMU).
+    Soft,
+}
+
+impl ClockBackend {
+    /// The name used on the command line and in `lore-dbg info`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Landmark => "landmark",
+            Self::Pmu => "pmu",
+            Self::Soft => "soft",
+        }
+    }
+
+    fn code(self) -> u8 {
+        match self {
+            Self::Landmark => 0,
+            Self::Pmu => 1,
+            Self::Soft => 2,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Self> {
+        match code {
+            0 => Some(Self::Landmark),
+            1 => Some(Self::Pmu),
+            2 => Some(Self::Soft),
+            _ => None,
+        }
+    }
+}
+
+/// Facts about the recording host, shown when a replay diverges.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HostFacts {
+    /// `uname -r`.
+    pub kernel_release: String,
+    /// The CPU's model name from `/proc/cpuinfo`.
+    pub cpu_model: String,
+}
+
+impl HostFacts {
+    /// Facts about this host; fields that cannot be read are `"unknown"`.
+    pub fn current() -> Self {
+        let kernel_release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|text| text.trim().to_owned())
+            .unwrap_or_else(|_| "unknown".to_owned());
+        let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .find(|line| line.starts_with("model name"))
+                    .and_then(|line| line.split_once(':'))
+                    .map(|(_, model)| model.trim().to_owned())
+            })
+            .unwrap_or_else(|| "unknown".to_owned());
+        Self {
+            kernel_release,
+            cpu_model,
+        }
+    }
+}
+
+/// What a recording was made of and on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceHeader {
+    /// Version of the lore-dbg that recorded (`CARGO_PKG_VERSION`).
+    pub lore_version: String,
+    /// Name of the guest (the image's file name).
+    pub guest_name: String,
+    /// [`image_digest`] of the guest image.
+    pub image_digest: u64,
+    /// The guest's command line.
+    pub command_line: String,
+    /// Guest memory in bytes.
+    pub memory_size: u64,
+    /// The CPUID table the guest saw.
+    pub cpuid: Vec<CpuidEntry>,
+    /// How asynchronous points were recorded.
+    pub clock: ClockBackend,
+    /// What the guest's RTC read at boot, in seconds since the Unix epoch.
+    pub rtc_base_unix_secs: i64,
+    /// When the recording started, in seconds since the Unix epoch.
+    pub recorded_at_unix_secs: i64,
+    /// The recording host.
+    pub host: HostFacts,
+}
+
+/// The digest of a guest image stored in [`TraceHeader::image_digest`].
+pub fn image_digest(image: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(image)
+}
+
+/// Why a header could not be encoded or decoded.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum HeaderError {
+    /// The payload ends inside a field.
+    #[error("header ends inside field {field}")]
+    Truncated {
+        /// The field being read.
+        field: &'static str,
+    },
+    /// A varint is malformed.
+    #[error("malformed number in field {field}")]
+    BadNumber {
+        /// The field being read.
+        field: &'static str,
+    },
+    /// A string or table is longer than its cap.
+    #[error("field {field} has length {len}, over the cap of {cap}")]
+    TooLong {
+        /// The field.
+        field: &'static str,
+        /// Its length.
+        len: u64,
+        /// The cap.
+        cap: usize,
+    },
+    /// A string is not UTF-8.
+    #[error("field {field} is not UTF-8")]
+    NotUtf8 {
+        /// The field.
+        field: &'static str,
+    },
+    /// The clock backend code is unknown.
+    #[error("unknown clock backend {code}")]
+    UnknownClock {
+        /// The code found.
+        code: u8,
+    },
+    /// Bytes follow the last field.
+    #[error("{count} unexpected bytes after the header")]
+    TrailingBytes {
+        /// How many.
+        count: usize,
+    },
+}
+
+fn put_string(out: &mut Vec<u8>, field: &'static str, text: &str) -> Result<(), HeaderError> {
+    if text.len() > MAX_STRING_LEN {
+        return Err(HeaderError::TooLong {
+            field,
+            len: text.len() as u64,
+            cap: MAX_STRING_LEN,
+        });
+    }
+    put_varint(out, text.len() as u64);
+    out.extend_from_slice(text.as_bytes());
+    Ok(())
+}
+
+fn put_i64(out: &mut Vec<u8>, value: i64) {
+    out.extend_from_slice(&value.to_le_bytes());
+}
+
+/// A cursor over the payload that names the field in every error.
+struct Fields<'a> {
+    input: &'a [u8],
+}
+
+impl Fields<'_> {
+    fn bytes(&mut self, field: &'static str, len: usize) -> Result<&[u8], HeaderError> {
+        if self.input.len() < len {
+            return Err(HeaderError::Truncated { field });
+        }
+        let (head, rest) = self.input.split_at(len);
+        self.input = rest;
+        Ok(head)
+    }
+
+    fn varint(&mut self, field: &'static str) -> Result<u64, HeaderError> {
+        get_varint(&mut self.input).map_err(|error| match error {
+            EventError::Truncated => HeaderError::Truncated { field },
+            _ => HeaderError::BadNumber { field },
+        })
+    }
+
+    fn u32(&mut self, field: &'static str) -> Result<u32, HeaderError> {
+        let bytes = self.bytes(field, 4)?;
+        Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    }
+
+    fn i64(&mut self, field: &'static str) -> Result<i64, HeaderError> {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(self.bytes(field, 8)?);
+        Ok(i64::from_le_bytes(bytes))
+    }
+
+    fn u64(&mut self, field: &'static str) -> Result<u64, HeaderError> {
+        Ok(self.i64(field)? as u64)
+    }
+
+    fn length(&mut self, field: &'static str, cap: usize) -> Result<usize, HeaderError> {
+        let len = self.varint(field)?;
+        if len > cap as u64 {
+            return Err(HeaderError::TooLong { field, len, cap });
+        }
+        Ok(len as usize)
+    }
+
+    fn string(&mut self, field: &'static str) -> Result<String, HeaderError> {
+        let len = self.length(field, MAX_STRING_LEN)?;
+        let bytes = self.bytes(field, len)?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| HeaderError::NotUtf8 { field })
+    }
+}
+
+impl TraceHeader {
+    /// The payload of the header chunk.
+    pub fn encode(&self) -> Result<Vec<u8>, HeaderError> {
+        if self.cpuid.len() > MAX_CPUID_ENTRIES {
+            return Err(HeaderError::TooLong {
+                field: "cpuid",
+                len: self.cpuid.len() as u64,
+                cap: MAX_CPUID_ENTRIES,
+            });
+        }
+        let mut out = Vec::with_capacity(256 + self.cpuid.len() * 28 + self.command_line.len());
+        put_string(&mut out, "lore_version", &self.lore_version)?;
+        put_string(&mut out, "guest_name", &self.guest_name)?;
+        out.extend_from_slice(&self.image_digest.to_le_bytes());
+        put_string(&mut out, "command_line", &self.command_line)?;
+        out.extend_from_slice(&self.memory_size.to_le_bytes());
+        put_varint(&mut out, self.cpuid.len() as u64);
+        for entry in &self.cpuid {
+            for word in [
+                entry.function,
+                entry.index,
+                entry.flags,
+                entry.eax,
+                entry.ebx,
+                entry.ecx,
+                entry.edx,
+            ] {
+                out.extend_from_slice(&word.to_le_bytes());
+            }
+        }
+        out.push(self.clock.code());
+        put_i64(&mut out, self.rtc_base_unix_secs);
+        put_i64(&mut out, self.recorded_at_unix_secs);
+        put_string(&mut out, "kernel_release", &self.host.kernel_release)?;
+        put_string(&mut out, "cpu_model", &self.host.cpu_model)?;
+        Ok(out)
+    }
+
+    /// Parses a header chunk's payload.
+    pub fn decode(payload: &[u8]) -> Result<Self, HeaderError> {
+        let mut fields = Fields { input: payload };
+        let lore_version = fields.string("lore_version")?;
+        let guest_name = fields.string("guest_name")?;
+        let image_digest = fields.u64("image_digest")?;
+        let command_line = fields.string("command_line")?;
+        let memory_size = fields.u64("memory_size")?;
+        let count = fields.length("cpuid", MAX_CPUID_ENTRIES)?;
+        let mut cpuid = Vec::with_capacity(count);
+        for _ in 0..count {
+            cpuid.push(CpuidEntry {
+                function: fields.u32("cpuid")?,
+                index: fields.u32("cpuid")?,
+                flags: fields.u32("cpuid")?,
+                eax: fields.u32("cpuid")?,
+                ebx: fields.u32("cpuid")?,
+                ecx: fields.u32("cpuid")?,
+                edx: fields.u32("cpuid")?,
+            });
+        }
+        let code = fields.bytes("clock", 1)?[0];
+        let clock = ClockBackend::from_code(code).ok_or(HeaderError::UnknownClock { code })?;
+        let rtc_base_unix_secs = fields.i64("rtc_base_unix_secs")?;
+        let recorded_at_unix_secs = fields.i64("recorded_at_unix_secs")?;
+        let kernel_release = fields.string("kernel_release")?;
+        let cpu_model = fields.string("cpu_model")?;
+        if !fields.input.is_empty() {
+            return Err(HeaderError::TrailingBytes {
+                count: fields.input.len(),
+            });
+        }
+        Ok(Self {
+            lore_version,
+            guest_name,
+            image_digest,
+            command_line,
+            memory_size,
+            cpuid,
+            clock,
+            rtc_base_unix_secs,
+            recorded_at_unix_secs,
+            host: HostFacts {
+                kernel_release,
+                cpu_model,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn sample_header() -> TraceHeader {
+        TraceHeader {
+            lore_version: "0.1.0".to_owned(),
+            guest_name: "hello.elf".to_owned(),
+            image_digest: image_digest(b"image bytes"),
+            command_line: "console=ttyS0 quiet".to_owned(),
+            memory_size: 128 << 20,
+            cpuid: (0..20)
+                .map(|leaf| CpuidEntry {
+                    function: leaf,
+                    index: 0,
+                    flags: 1,
+                    eax: leaf * 3,
+                    ebx: u32::MAX,
+                    ecx: 7,
+                    edx: 0,
+                })
+                .collect(),
+            clock: ClockBackend::Landmark,
+            rtc_base_unix_secs: -5,
+            recorded_at_unix_secs: 1_795_000_000,
+            host: HostFacts {
+                kernel_release: "6.1.0-test".to_owned(),
+                cpu_model: "Some CPU @ 2.0GHz".to_owned(),
+            },
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        for clock in [
+            ClockBackend::Landmark,
+            ClockBackend::Pmu,
+            ClockBackend::Soft,
+        ] {
+            let header = TraceHeader {
+                clock,
+                ..sample_header()
+            };
+            let bytes = header.encode().expect("encodes");
+            assert_eq!(TraceHeader::decode(&bytes), Ok(header));
+        }
+    }
+
+    #[test]
+    fn every_cut_and_trailing_byte_is_an_error() {
+        let bytes = sample_header().encode().expect("encodes");
+        for cut in 0..bytes.len() {
+            assert!(TraceHeader::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(
+            TraceHeader::decode(&longer),
+            Err(HeaderError::TrailingBytes { count: 1 })
+        );
+    }
+
+    #[test]
+    fn caps_are_enforced_both_ways() {
+        let mut header = sample_header();
+        header.cpuid = vec![header.cpuid[0]; MAX_CPUID_ENTRIES + 1];
+        assert!(matches!(
+            header.encode(),
+            Err(HeaderError::TooLong { field: "cpuid", .. })
+        ));
+        let mut header = sample_header();
+        header.command_line = "x".repeat(MAX_STRING_LEN + 1);
+        assert!(matches!(
+            header.encode(),
+            Err(HeaderError::TooLong {
+                field: "command_line",
+                ..
+            })
+        ));
+        // A huge declared length is refused before any allocation.
+        let mut bytes = Vec::new();
+        put_varint(&mut bytes, u64::MAX);
+        assert!(matches!(
+            TraceHeader::decode(&bytes),
+            Err(HeaderError::TooLong {
+                field: "lore_version",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn random_payloads_never_panic() {
+        let mut rng = super::super::event_codec::tests::Rng(42);
+        let valid = sample_header().encode().expect("encodes");
+        for _ in 0..5_000 {
+            let mut bytes = valid.clone();
+            let flips = 1 + rng.below(4);
+            for _ in 0..flips {
+                let at = rng.below(bytes.len() as u64) as usize;
+                bytes[at] = rng.next() as u8;
+            }
+            let cut = rng.below(bytes.len() as u64 + 1) as usize;
+            let _ = TraceHeader::decode(&bytes[..cut]);
+        }
+    }
+}

@@ -1,0 +1,852 @@
+//! The trace directory, where traces live by default, and [`TraceError`].
+//!
+//! Layout of one trace (DESIGN §4):
+//! * `header` — chunk file holding one header chunk ([`TraceHeader`]), written
+//!   atomically (temporary file + rename): it exists complete or not at all;
+//! * `events` — chunk file of event chunks ([`EventWriter`], [`EventReader`]);
+//! * `guest.elf` — a copy of the guest image;
+//! * `snapshots` — written by the snapshot store.
+//!
+//! Without `-o`, traces go to `$XDG_DATA_HOME/lore-dbg/<guest-stem>-<n>/`
+//! (`~/.local/share/lore-dbg/` when `XDG_DATA_HOME` is unset), `n` being the
+//! smallest index whose directory does not exist, claimed with an atomic
+//! `mkdir`. A `latest-trace` symlink there names the newest trace; it is replaced
+//! atomically (new symlink under a temporary name, then `rename`), as rr does.
+//! [`Store`] takes its base directory as a value so tests never touch the
+//! process environment.
+
+use super::chunk::{ChunkError, ChunkReader, ChunkWriter, TRACE_VERSION};
+use super::event_codec::EventError;
+use super::header::{image_digest, HeaderError, TraceHeader};
+use super::reader::{read_all, EventLog, EventReader};
+use super::writer::EventWriter;
+use std::ffi::OsString;
+use std::fs::{self, File};
+use std::io::{self, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use thiserror::Error;
+
+/// File kind (chunk preamble) of the header file.
+pub const HEADER_FILE_KIND: u8 = 1;
+/// File kind of the events file.
+pub const EVENTS_FILE_KIND: u8 = 2;
+/// File kind reserved for a snapshots file built on the chunk container.
+pub const SNAPSHOTS_FILE_KIND: u8 = 3;
+/// Chunk kind of the header chunk.
+pub const HEADER_CHUNK_KIND: u8 = 1;
+/// Chunk kind of event chunks.
+pub const EVENT_CHUNK_KIND: u8 = 2;
+
+/// Name of the header file in a trace directory.
+pub const HEADER_FILE: &str = "header";
+/// Name of the events file.
+pub const EVENTS_FILE: &str = "events";
+/// Name of the copy of the guest image.
+pub const IMAGE_FILE: &str = "guest.elf";
+/// Name reserved for the snapshots.
+pub const SNAPSHOTS_FILE: &str = "snapshots";
+/// Name of the symlink to the newest trace in the default directory.
+pub const LATEST_LINK: &str = "latest-trace";
+
+/// Largest header chunk accepted (the header's own caps keep it far below).
+const MAX_HEADER_BYTES: usize = 1 << 20;
+
+/// What went wrong with a trace.
+#[derive(Debug, Error)]
+pub enum TraceError {
+    /// A file operation failed.
+    #[error("cannot {action} {}", .path.display())]
+    Io {
+        /// What was being done ("write", "open", …).
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The trace directory does not exist.
+    #[error("no trace at {}", .path.display())]
+    NoSuchTrace {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// The path is not a lore-dbg trace (or trace file).
+    #[error("{} is not a lore-dbg trace", .path.display())]
+    NotATrace {
+        /// The path.
+        path: PathBuf,
+    },
+    /// Written by another version of the format.
+    #[error("{}: trace format version {found}, but this lore-dbg reads version {TRACE_VERSION}; replay it with the lore-dbg that recorded it", .path.display())]
+    Version {
+        /// The file.
+        path: PathBuf,
+        /// Its version.
+        found: u32,
+    },
+    /// A trace file holds another kind of content than its name says.
+    #[error("{}: file kind {found}, expected {expected}", .path.display())]
+    WrongKind {
+        /// The file.
+        path: PathBuf,
+        /// Kind found.
+        found: u8,
+        /// Kind expected.
+        expected: u8,
+    },
+    /// The recording was interrupted: the file ends early.
+    #[error("{}: the recording was interrupted at chunk {chunk} (byte offset {offset}); {}", .path.display(), stop_text(*.last_exit))]
+    Truncated {
+        /// The file.
+        path: PathBuf,
+        /// Index of the first missing or incomplete chunk.
+        chunk: u64,
+        /// Byte offset where it starts.
+        offset: u64,
+        /// Exit ordinal of the last event before the cut.
+        last_exit: Option<u64>,
+    },
+    /// A chunk fails its checks or holds malformed records.
+    #[error("{}: chunk {chunk} at byte offset {offset} is corrupt: {why}", .path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// Index of the chunk.
+        chunk: u64,
+        /// Byte offset where it starts.
+        offset: u64,
+        /// What is wrong.
+        why: String,
+    },
+    /// The header cannot be encoded or decoded.
+    #[error("bad trace header in {}", .path.display())]
+    Header {
+        /// The header file.
+        path: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: HeaderError,
+    },
+    /// The recorder pushed an event that cannot be stored.
+    #[error("refused event for {}", .path.display())]
+    InvalidEvent {
+        /// The events file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: EventError,
+    },
+    /// The recorder pushed an event after the END event.
+    #[error("event after the end record of {}", .path.display())]
+    AfterEnd {
+        /// The events file.
+        path: PathBuf,
+    },
+    /// The writer already failed and reported why.
+    #[error("the writer of {} stopped after an earlier error", .path.display())]
+    WriterStopped {
+        /// The events file.
+        path: PathBuf,
+    },
+    /// The writer thread panicked (a bug).
+    #[error("the writer thread of {} panicked", .path.display())]
+    WriterPanicked {
+        /// The events file.
+        path: PathBuf,
+    },
+    /// The log holds more events than the caller accepts.
+    #[error("{} holds more than {cap} events", .path.display())]
+    TooManyEvents {
+        /// The events file.
+        path: PathBuf,
+        /// The cap.
+        cap: usize,
+    },
+    /// A new trace would overwrite something.
+    #[error("{} already exists and is not empty", .path.display())]
+    AlreadyExists {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// No trace named and none recorded in the default directory.
+    #[error("no trace recorded yet ({} does not exist); record one or name a trace", .link.display())]
+    NoLatestTrace {
+        /// The `latest-trace` link that is missing.
+        link: PathBuf,
+    },
+    /// Neither `XDG_DATA_HOME` nor `HOME` says where traces go.
+    #[error("cannot find the data directory: neither XDG_DATA_HOME nor HOME is set")]
+    NoDataDir,
+}
+
+fn stop_text(last_exit: Option<u64>) -> String {
+    match last_exit {
+        Some(exit) => format!("replay stops at exit {exit}"),
+        None => "it holds no events".to_owned(),
+    }
+}
+
+impl TraceError {
+    /// Whether the trace is intact up to a clean cut (a killed recorder).
+    pub fn is_truncation(&self) -> bool {
+        matches!(self, Self::Truncated { .. })
+    }
+
+    /// A container error of the file at `path`, read up to `last_exit`.
+    pub(crate) fn from_chunk(path: PathBuf, error: ChunkError, last_exit: Option<u64>) -> Self {
+        match error {
+            ChunkError::Io(source) => Self::Io {
+                action: "read",
+                path,
+                source,
+            },
+            ChunkError::NotATrace => Self::NotATrace { path },
+            ChunkError::Version { found } => Self::Version { path, found },
+            ChunkError::WrongKind { found, expected } => Self::WrongKind {
+                path,
+                found,
+                expected,
+            },
+            ChunkError::Truncated { chunk, offset } => Self::Truncated {
+                path,
+                chunk,
+                offset,
+                last_exit,
+            },
+            ChunkError::Corrupt { chunk, offset, why } => Self::Corrupt {
+                path,
+                chunk,
+                offset,
+                why: why.to_owned(),
+            },
+        }
+    }
+}
+
+fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> TraceError + 'a {
+    move |source| TraceError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Makes temporary names unique among the threads of this process.
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn temp_name(base: &str) -> String {
+    let count = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!(".{base}.tmp-{}-{count}", std::process::id())
+}
+
+/// One trace directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceDir {
+    path: PathBuf,
+}
+
+impl TraceDir {
+    /// Makes a new trace directory at `dir` (parents included). An existing
+    /// empty directory is accepted; anything else there is refused.
+    pub fn create(dir: &Path) -> Result<Self, TraceError> {
+        match fs::create_dir(dir) {
+            Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
+                let mut entries = fs::read_dir(dir).map_err(|_| TraceError::AlreadyExists {
+                    path: dir.to_owned(),
+                })?;
+                if entries.next().is_some() {
+                    return Err(TraceError::AlreadyExists {
+                        path: dir.to_owned(),
+                    });
+                }
+            }
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(dir).map_err(io_error("create directory", dir))?;
+            }
+            Err(error) => return Err(io_error("create directory", dir)(error)),
+        }
+        Ok(Self {
+            path: dir.to_owned(),
+        })
+    }
+
+    /// Opens an existing trace and reads its header (which checks the format
+    /// version).
+    pub fn open(dir: &Path) -> Result<(Self, TraceHeader), TraceError> {
+        let metadata = fs::metadata(dir).map_err(|error| match error.kind() {
+            io::ErrorKind::NotFound => TraceError::NoSuchTrace {
+                path: dir.to_owned(),
+            },
+            _ => io_error("open", dir)(error),
+        })?;
+        if !metadata.is_dir() || !dir.join(HEADER_FILE).is_file() {
+            return Err(TraceError::NotATrace {
+                path: dir.to_owned(),
+            });
+        }
+        let trace = Self {
+            path: dir.to_owned(),
+        };
+        let header = trace.read_header()?;
+        Ok((trace, header))
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The header file.
+    pub fn header_path(&self) -> PathBuf {
+        self.path.join(HEADER_FILE)
+    }
+
+    /// The events file.
+    pub fn events_path(&self) -> PathBuf {
+        self.path.join(EVENTS_FILE)
+    }
+
+    /// The copy of the guest image.
+    pub fn image_path(&self) -> PathBuf {
+        self.path.join(IMAGE_FILE)
+    }
+
+    /// Where the snapshots go.
+    pub fn snapshots_path(&self) -> PathBuf {
+        self.path.join(SNAPSHOTS_FILE)
+    }
+
+    /// Writes the header, atomically.
+    pub fn write_header(&self, header: &TraceHeader) -> Result<(), TraceError> {
+        let path = self.header_path();
+        let payload = header.encode().map_err(|source| TraceError::Header {
+            path: path.clone(),
+            source,
+        })?;
+        let temp = self.path.join(temp_name(HEADER_FILE));
+        let file = File::create(&temp).map_err(io_error("create", &temp))?;
+        let write = || -> Result<File, ChunkError> {
+            let mut chunks = ChunkWriter::new(file, HEADER_FILE_KIND)?;
+            chunks.write_chunk(HEADER_CHUNK_KIND, &payload)?;
+            Ok(chunks.into_inner())
+        };
+        let result = write()
+            .map_err(|error| match error {
+                ChunkError::Io(source) => io_error("write", &temp)(source),
+                other => io_error("write", &temp)(io::Error::other(other.to_string())),
+            })
+            .and_then(|file| file.sync_all().map_err(io_error("sync", &temp)))
+            .and_then(|()| fs::rename(&temp, &path).map_err(io_error("rename", &temp)));
+        if result.is_err() {
+            let _ = fs::remove_file(&temp);
+        }
+        result
+    }
+
+    /// Reads and checks the header.
+    pub fn read_header(&self) -> Result<TraceHeader, TraceError> {
+        let path = self.header_path();
+        let file = File::open(&path).map_err(io_error("open", &path))?;
+        let input = BufReader::new(file).take(MAX_HEADER_BYTES as u64);
+        let mut chunks = ChunkReader::new(input, HEADER_FILE_KIND)
+            .map_err(|error| TraceError::from_chunk(path.clone(), error, None))?;
+        let chunk = match chunks.next_chunk() {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => {
+                return Err(TraceError::Truncated {
+                    path,
+                    chunk: 0,
+                    offset: 16,
+                    last_exit: None,
+                })
+            }
+            Err(error) => return Err(TraceError::from_chunk(path, error, None)),
+        };
+        if chunk.kind != HEADER_CHUNK_KIND {
+            return Err(TraceError::Corrupt {
+                path,
+                chunk: 0,
+                offset: 16,
+                why: format!("chunk kind {} is not a header chunk", chunk.kind),
+            });
+        }
+        TraceHeader::decode(&chunk.payload).map_err(|source| TraceError::Header { path, source })
+    }
+
+    /// Copies the guest image into the trace; returns its [`image_digest`].
+    pub fn copy_image(&self, image: &Path) -> Result<u64, TraceError> {
+        let bytes = fs::read(image).map_err(io_error("read", image))?;
+        let target = self.image_path();
+        let mut file = File::create(&target).map_err(io_error("create", &target))?;
+        file.write_all(&bytes).map_err(io_error("write", &target))?;
+        Ok(image_digest(&bytes))
+    }
+
+    /// Starts the event log.
+    pub fn event_writer(&self) -> Result<EventWriter, TraceError> {
+        EventWriter::create(&self.events_path())
+    }
+
+    /// Iterates over the event log.
+    pub fn event_reader(&self) -> Result<EventReader, TraceError> {
+        EventReader::open(&self.events_path())
+    }
+
+    /// Reads the whole event log, at most `max_events` events.
+    pub fn read_events(&self, max_events: usize) -> Result<EventLog, TraceError> {
+        read_all(&self.events_path(), max_events)
+    }
+
+    /// Bytes of all files in the directory.
+    pub fn size_bytes(&self) -> u64 {
+        let Ok(entries) = fs::read_dir(&self.path) else {
+            return 0;
+        };
+        entries
+            .filter_map(Result::ok)
+            .filter_map(|entry| entry.metadata().ok())
+            .filter(|metadata| metadata.is_file())
+            .map(|metadata| metadata.len())
+            .sum()
+    }
+}
+
+/// One line of `lore-dbg ls`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceSummary {
+    /// The trace directory.
+    pub path: PathBuf,
+    /// Its name in the store (`<guest-stem>-<n>`).
+    pub name: String,
+    /// From the header, when it reads.
+    pub guest_name: Option<String>,
+    /// From the header, when it reads.
+    pub recorded_at_unix_secs: Option<i64>,
+    /// Bytes of its files.
+    pub size_bytes: u64,
+    /// Whether `latest-trace` points at it.
+    pub is_latest: bool,
+    /// Why the header does not read, if it does not.
+    pub problem: Option<String>,
+}
+
+/// The directory holding the traces recorded without `-o`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Store {
+    base: PathBuf,
+}
+
+impl Store {
+    /// A store rooted at `base` (which holds the traces and `latest-trace`).
+    pub fn at(base: impl Into<PathBuf>) -> Self {
+        Self { base: base.into() }
+    }
+
+    /// The default store: `$XDG_DATA_HOME/lore-dbg`, else
+    /// `$HOME/.local/share/lore-dbg`.
+    pub fn default_location() -> Result<Self, TraceError> {
+        Self::from_env_values(std::env::var_os("XDG_DATA_HOME"), std::env::var_os("HOME"))
+    }
+
+    /// [`Store::default_location`] from explicit variable values. A relative or
+    /// empty `XDG_DATA_HOME` is ignored, as the XDG specification says.
+    pub fn from_env_values(
+        xdg_data_home: Option<OsString>,
+        home: Option<OsString>,
+    ) -> Result<Self, TraceError> {
+        let data_home = match xdg_data_home.map(PathBuf::from) {
+            Some(path) if path.is_absolute() => path,
+            _ => match home {
+                Some(home) if !home.is_empty() => PathBuf::from(home).join(".local/share"),
+                _ => return Err(TraceError::NoDataDir),
+            },
+        };
+        Ok(Self::at(data_home.join("lore-dbg")))
+    }
+
+    /// The directory.
+    pub fn base(&self) -> &Path {
+        &self.base
+    }
+
+    /// The `latest-trace` symlink.
+    pub fn latest_link(&self) -> PathBuf {
+        self.base.join(LATEST_LINK)
+    }
+
+    /// Creates `<guest-stem>-<n>` for a recording of `guest` (smallest free `n`)
+    /// and points `latest-trace` at it.
+    pub fn create_trace(&self, guest: &Path) -> Result<TraceDir, TraceError> {
+        fs::create_dir_all(&self.base).map_err(io_error("create directory", &self.base))?;
+        let stem = guest
+            .file_stem()
+            .map(|stem| stem.to_string_lossy().into_owned())
+            .filter(|stem| !stem.is_empty() && !stem.starts_with('.'))
+            .unwrap_or_else(|| "guest".to_owned());
+        for index in 0u64.. {
+            let dir = self.base.join(format!("{stem}-{index}"));
+            // `create_dir` is the atomic claim: two recorders never share an index.
+            match fs::create_dir(&dir) {
+                Ok(()) => {
+                    self.set_latest(&dir)?;
+                    return Ok(TraceDir { path: dir });
+                }
+                Err(error) if error.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(error) => return Err(io_error("create directory", &dir)(error)),
+            }
+        }
+        unreachable!("u64 indices do not run out")
+    }
+
+    /// Points `latest-trace` at `trace`, atomically: a reader sees the old link
+    /// or the new one, never none.
+    pub fn set_latest(&self, trace: &Path) -> Result<(), TraceError> {
+        // Relative when the trace is in the store, so the store can move.
+        let target = match trace.strip_prefix(&self.base) {
+            Ok(relative) if relative.components().count() == 1 => relative.to_owned(),
+            _ => trace.to_owned(),
+        };
+        let temp = self.base.join(temp_name(LATEST_LINK));
+        std::os::unix::fs::symlink(&target, &temp).map_err(io_error("create symlink", &temp))?;
+        let link = self.latest_link();
+        fs::rename(&temp, &link).map_err(|source| {
+            let _ = fs::remove_file(&temp);
+            io_error("replace", &link)(source)
+        })
+    }
+
+    /// Where `latest-trace` points.
+    pub fn latest(&self) -> Result<PathBuf, TraceError> {
+        let link = self.latest_link();
+        let target = fs::read_link(&link).map_err(|error| match error.kind() {
+            io::ErrorKind::NotFound => TraceError::NoLatestTrace { link: link.clone() },
+            _ => io_error("read symlink", &link)(error),
+        })?;
+        let path = self.base.join(target);
+        if !path.exists() {
+            return Err(TraceError::NoSuchTrace { path });
+        }
+        Ok(path)
+    }
+
+    /// The trace the user means: `given`, or else the latest one.
+    pub fn resolve(&self, given: Option<&Path>) -> Result<PathBuf, TraceError> {
+        match given {
+            Some(path) => Ok(path.to_owned()),
+            None => self.latest(),
+        }
+    }
+
+    /// The traces in the store, oldest first (by recording time, then name).
+    /// Directories whose header does not read are listed with a `problem`.
+    pub fn list(&self) -> Result<Vec<TraceSummary>, TraceError> {
+        let entries = match fs::read_dir(&self.base) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(error) => return Err(io_error("list", &self.base)(error)),
+        };
+        let latest = self.latest().ok();
+        let mut traces = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io_error("list", &self.base))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            // `file_type` does not follow symlinks: `latest-trace` is skipped.
+            let is_dir = entry.file_type().is_ok_and(|kind| kind.is_dir());
+            if !is_dir || name.starts_with('.') {
+                continue;
+            }
+            let path = entry.path();
+            let (guest_name, recorded_at_unix_secs, problem) = match TraceDir::open(&path) {
+                Ok((_, header)) => (
+                    Some(header.guest_name),
+                    Some(header.recorded_at_unix_secs),
+                    None,
+                ),
+                Err(error) => (None, None, Some(error.to_string())),
+            };
+            traces.push(TraceSummary {
+                is_latest: latest.as_deref() == Some(path.as_path()),
+                size_bytes: TraceDir { path: path.clone() }.size_bytes(),
+                path,
+                name,
+                guest_name,
+                recorded_at_unix_secs,
+                problem,
+            });
+        }
+        traces.sort_by(|a, b| {
+            (a.recorded_at_unix_secs, &a.name).cmp(&(b.recorded_at_unix_secs, &b.name))
+        });
+        Ok(traces)
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SS` (UTC) for `lore-dbg ls`.
+pub fn format_utc(unix_secs: i64) -> String {
+    let days = unix_secs.div_euclid(86_400);
+    let secs = unix_secs.rem_euclid(86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::event::{Event, Position};
+    use crate::trace::header::tests::sample_header;
+
+    /// A fresh, unique scratch directory, removed on drop.
+    #[derive(Debug)]
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Self {
+            let path = std::env::temp_dir().join(format!(
+                "lore-trace-test-{name}-{}-{}",
+                std::process::id(),
+                TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = fs::remove_dir_all(&path);
+            fs::create_dir_all(&path).expect("temp dir");
+            Self(path)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn end(exit: u64) -> Event {
+        Event::End {
+            exit,
+            status: 1,
+            regs_digest: 2,
+            memory_digest: 3,
+            guest_ns: 4,
+        }
+    }
+
+    #[test]
+    fn create_write_open_read() {
+        let scratch = Scratch::new("trace");
+        let image = scratch.0.join("hello.elf");
+        fs::write(&image, b"\x7fELF image").expect("write image");
+        let dir = scratch.0.join("nested/trace");
+        let trace = TraceDir::create(&dir).expect("create");
+        let mut header = sample_header();
+        header.image_digest = trace.copy_image(&image).expect("copy");
+        trace.write_header(&header).expect("header");
+        let mut writer = trace.event_writer().expect("writer");
+        for exit in 0..1000 {
+            writer
+                .push(&Event::Interrupt {
+                    vector: 0x21,
+                    at: Position::Exit(exit),
+                })
+                .expect("push");
+        }
+        writer.push(&end(1000)).expect("push");
+        writer.finish().expect("finish");
+
+        let (opened, read_header) = TraceDir::open(&dir).expect("open");
+        assert_eq!(read_header, header);
+        assert_eq!(read_header.image_digest, image_digest(b"\x7fELF image"));
+        let log = opened.read_events(10_000).expect("events");
+        assert!(log.truncation.is_none());
+        assert_eq!(log.events.len(), 1001);
+        assert!(opened.size_bytes() > 0);
+        // No temporary file is left behind.
+        let names: Vec<_> = fs::read_dir(&dir)
+            .expect("list")
+            .map(|entry| entry.expect("entry").file_name())
+            .collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+        // A second create on a non-empty directory is refused.
+        assert!(matches!(
+            TraceDir::create(&dir),
+            Err(TraceError::AlreadyExists { .. })
+        ));
+    }
+
+    #[test]
+    fn open_errors_are_clear() {
+        let scratch = Scratch::new("open");
+        let missing = scratch.0.join("missing");
+        assert!(matches!(
+            TraceDir::open(&missing),
+            Err(TraceError::NoSuchTrace { .. })
+        ));
+        assert!(matches!(
+            TraceDir::open(&scratch.0),
+            Err(TraceError::NotATrace { .. })
+        ));
+        let trace = TraceDir::create(&scratch.0.join("t")).expect("create");
+        trace.write_header(&sample_header()).expect("header");
+        // Another format version.
+        let mut bytes = fs::read(trace.header_path()).expect("read");
+        bytes[8] = 99;
+        fs::write(trace.header_path(), &bytes).expect("write");
+        let error = TraceDir::open(trace.path()).expect_err("version");
+        assert!(matches!(error, TraceError::Version { found: 99, .. }));
+        assert!(error.to_string().contains("version 99"), "{error}");
+        // Not a trace file at all.
+        fs::write(trace.header_path(), b"hello, this is text").expect("write");
+        assert!(matches!(
+            TraceDir::open(trace.path()),
+            Err(TraceError::NotATrace { .. })
+        ));
+    }
+
+    #[test]
+    fn store_numbers_links_resolves_and_lists() {
+        let scratch = Scratch::new("store");
+        let store = Store::at(scratch.0.join("lore-dbg"));
+        assert!(matches!(
+            store.resolve(None),
+            Err(TraceError::NoLatestTrace { .. })
+        ));
+        assert!(store.list().expect("empty").is_empty());
+        let guest = Path::new("/somewhere/hello.elf");
+        let first = store.create_trace(guest).expect("first");
+        let second = store.create_trace(guest).expect("second");
+        assert_eq!(first.path(), store.base().join("hello-0"));
+        assert_eq!(second.path(), store.base().join("hello-1"));
+        assert_eq!(store.resolve(None).expect("latest"), second.path());
+        let given = Path::new("/elsewhere");
+        assert_eq!(store.resolve(Some(given)).expect("given"), given);
+        // The link is relative, so the store can move.
+        assert_eq!(
+            fs::read_link(store.latest_link()).expect("link"),
+            Path::new("hello-1")
+        );
+        // A freed index is reused (smallest unused), and becomes the latest.
+        fs::remove_dir(first.path()).expect("remove");
+        let third = store.create_trace(guest).expect("third");
+        assert_eq!(third.path(), store.base().join("hello-0"));
+        assert_eq!(store.latest().expect("latest"), third.path());
+
+        let mut header = sample_header();
+        header.recorded_at_unix_secs = 100;
+        third.write_header(&header).expect("header");
+        let listed = store.list().expect("list");
+        assert_eq!(listed.len(), 2);
+        // The trace without a header sorts first (no date) and says why.
+        assert_eq!(listed[0].name, "hello-1");
+        assert!(listed[0].problem.is_some());
+        assert_eq!(listed[1].name, "hello-0");
+        assert_eq!(listed[1].guest_name.as_deref(), Some("hello.elf"));
+        assert_eq!(listed[1].recorded_at_unix_secs, Some(100));
+        assert!(listed[1].is_latest && !listed[0].is_latest);
+        assert!(listed[1].size_bytes > 0);
+    }
+
+    #[test]
+    fn default_location_follows_xdg() {
+        let store = Store::from_env_values(Some("/xdg".into()), Some("/home/u".into()));
+        assert_eq!(store.expect("xdg").base(), Path::new("/xdg/lore-dbg"));
+        let store = Store::from_env_values(Some("relative".into()), Some("/home/u".into()));
+        assert_eq!(
+            store.expect("home").base(),
+            Path::new("/home/u/.local/share/lore-dbg")
+        );
+        assert!(matches!(
+            Store::from_env_values(None, None),
+            Err(TraceError::NoDataDir)
+        ));
+    }
+
+    #[test]
+    fn killed_recording_reads_as_truncated() {
+        let scratch = Scratch::new("killed");
+        let trace = TraceDir::create(&scratch.0.join("t")).expect("create");
+        let mut writer = trace.event_writer().expect("writer");
+        for exit in 0..100 {
+            writer
+                .push(&Event::Interrupt {
+                    vector: 0x21,
+                    at: Position::Exit(exit),
+                })
+                .expect("push");
+        }
+        writer.flush().expect("flush");
+        writer.finish().expect("finish without end");
+        let log = trace.read_events(1000).expect("readable");
+        assert_eq!(log.events.len(), 100);
+        let message = log.truncation.expect("no end record").to_string();
+        assert!(message.contains("replay stops at exit 99"), "{message}");
+        // SIGKILL: the file ends anywhere; what is left reads as a prefix.
+        let mut writer = EventWriter::with_options(
+            File::create(trace.events_path()).expect("recreate"),
+            trace.events_path(),
+            crate::trace::writer::WriterOptions {
+                chunk_target: 100,
+                queue_depth: 2,
+            },
+        )
+        .expect("writer");
+        for exit in 0..1000 {
+            writer
+                .push(&Event::Interrupt {
+                    vector: 0x21,
+                    at: Position::Exit(exit),
+                })
+                .expect("push");
+        }
+        writer.push(&end(1000)).expect("push");
+        writer.finish().expect("finish");
+        let full_len = fs::metadata(trace.events_path()).expect("size").len();
+        for cut in [full_len - 1, full_len / 2, 17, 16, 3] {
+            let file = fs::OpenOptions::new()
+                .write(true)
+                .open(trace.events_path())
+                .expect("open");
+            file.set_len(cut).expect("truncate");
+            let log = trace.read_events(10_000).expect("readable");
+            assert!(log.events.len() < 1001, "cut at {cut}");
+            for (index, event) in log.events.iter().enumerate() {
+                assert_eq!(event.exit(), index as u64, "cut at {cut}");
+            }
+            assert!(
+                matches!(log.truncation, Some(TraceError::Truncated { .. })),
+                "cut at {cut}"
+            );
+        }
+        // An events file that was never written to.
+        fs::write(trace.events_path(), b"").expect("empty");
+        let log = trace.read_events(1000).expect("readable");
+        assert!(log.events.is_empty());
+        assert!(log.truncation.is_some());
+    }
+
+    #[test]
+    fn formats_dates() {
+        assert_eq!(format_utc(0), "1970-01-01 00:00:00");
+        assert_eq!(format_utc(951_782_400), "2000-02-29 00:00:00");
+        assert_eq!(format_utc(1_795_000_000), "2026-11-18 11:06:40");
+        assert_eq!(format_utc(-1), "1969-12-31 23:59:59");
+    }
+}
