@@ -6,6 +6,7 @@
 
 pub mod boot;
 pub mod digest;
+pub mod gdb;
 pub mod guests;
 pub mod record;
 pub mod replay;

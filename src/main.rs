@@ -45,6 +45,9 @@ enum Command {
     /// the last events. A trace cut short by a killed recorder replays up to its last
     /// complete chunk and says so.
     Replay(ReplayArgs),
+    /// Replay a trace under gdb: serve it on a free local port and start gdb on the
+    /// recorded guest image, already connected (as `rr replay` does).
+    Debug(DebugArgs),
     /// Describe a trace: guest, duration, events by kind, log size, landmarks.
     Info(InfoArgs),
     /// List the traces in the default trace directory.
@@ -79,6 +82,20 @@ struct RecordArgs {
 struct ReplayArgs {
     /// The trace directory. Default: the latest recording.
     trace: Option<PathBuf>,
+    /// Serve the replay to gdb on ADDR (default 127.0.0.1:1234) instead of running
+    /// it: `gdb TRACE/guest.elf -ex 'target remote ADDR'`, then continue, stepi,
+    /// reverse-continue, reverse-stepi, watch, break, `monitor help`.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:1234")]
+    gdb: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct DebugArgs {
+    /// The trace directory. Default: the latest recording.
+    trace: Option<PathBuf>,
+    /// The gdb to run.
+    #[arg(long, default_value = "gdb")]
+    gdb_binary: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -217,8 +234,51 @@ fn resolve_trace(given: &Option<PathBuf>) -> Result<PathBuf> {
     }
 }
 
+fn gdb_session(dir: &std::path::Path) -> Result<lore_dbg::gdb::GdbSession> {
+    let (header, input) = record::load(dir)?;
+    let replayer = lore_dbg::replay::Replayer::new(input, Box::new(std::io::stdout()))
+        .with_context(|| format!("starting the replay of {}", dir.display()))?;
+    let timeline = lore_dbg::replay::timeline::Timeline::new(replayer)
+        .with_context(|| format!("starting the replay of {}", dir.display()))?;
+    Ok(lore_dbg::gdb::GdbSession::new(timeline, header))
+}
+
+fn serve_gdb(dir: &std::path::Path, address: &str) -> Result<ExitCode> {
+    let mut session = gdb_session(dir)?;
+    let listener = std::net::TcpListener::bind(address)
+        .with_context(|| format!("cannot listen for gdb on {address}"))?;
+    let local = listener.local_addr().context("listening address")?;
+    eprintln!(
+        "lore-dbg: waiting for gdb on {local}: gdb {} -ex 'target remote {local}'",
+        dir.join(lore_dbg::trace::store::IMAGE_FILE).display()
+    );
+    let end = lore_stub::serve(&listener, &mut session).context("gdb session")?;
+    tracing::info!(?end, "gdb session ended");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn debug(args: DebugArgs) -> Result<ExitCode> {
+    let dir = resolve_trace(&args.trace)?;
+    let mut session = gdb_session(&dir)?;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("cannot listen for gdb")?;
+    let local = listener.local_addr().context("listening address")?;
+    let image = dir.join(lore_dbg::trace::store::IMAGE_FILE);
+    let mut gdb = std::process::Command::new(&args.gdb_binary)
+        .arg(&image)
+        .args(["-ex", &format!("target remote {local}")])
+        .spawn()
+        .with_context(|| format!("cannot start {} (install gdb)", args.gdb_binary.display()))?;
+    let end = lore_stub::serve(&listener, &mut session).context("gdb session")?;
+    tracing::info!(?end, "gdb session ended");
+    let _ = gdb.wait();
+    Ok(ExitCode::SUCCESS)
+}
+
 fn replay(args: ReplayArgs) -> Result<ExitCode> {
     let dir = resolve_trace(&args.trace)?;
+    if let Some(address) = &args.gdb {
+        return serve_gdb(&dir, address);
+    }
     let outcome = record::replay(&dir, Box::new(std::io::stdout()))
         .with_context(|| format!("replaying {}", dir.display()))?;
     std::io::stdout()
@@ -401,6 +461,7 @@ fn main() -> ExitCode {
         Command::Record(args) => record(args),
         Command::Replay(args) => replay(args),
         Command::Info(args) => info(args),
+        Command::Debug(args) => debug(args),
         Command::Ls => list(),
     };
     match result {

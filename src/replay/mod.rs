@@ -17,6 +17,8 @@
 //! before the next exit, or a different end state is a [`ReplayError::Divergence`]
 //! with the position, both register sets where known, and the last events.
 
+pub mod timeline;
+
 use crate::boot;
 use crate::digest::{self, RegisterArray};
 use crate::runner::{le_value, ExitHistory, ExitRecord};
@@ -24,11 +26,15 @@ use crate::trace::event::{Event, Landmark, Position};
 use crate::vmm::cpuid::CpuidTable;
 use crate::vmm::debug::{self, DebugSetup, HwBreakpoint, HwCondition};
 use crate::vmm::regs;
+use crate::vmm::state::VcpuState;
 use crate::vmm::{kvm_op, Vm, VmmError};
 use kvm_ioctls::VcpuExit;
+use lore_devices::board::BoardState;
 use lore_devices::board::{Board, BoardConfig, PioOutcome};
 use std::fmt;
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use thiserror::Error;
 
 /// How many recent events a divergence report shows.
@@ -64,6 +70,9 @@ pub enum ReplayError {
     /// Writing serial output failed.
     #[error("cannot write the guest's serial output")]
     SerialOutput(#[source] std::io::Error),
+    /// A timeline operation could not be carried out.
+    #[error("{0}")]
+    Timeline(String),
 }
 
 /// What a replay needs from a trace.
@@ -115,14 +124,103 @@ pub struct ReplayStats {
     pub register_checks: u64,
 }
 
+/// Serial output that can be muted while the replay re-executes history it has
+/// already shown (after going backwards), so each byte is printed once.
+#[derive(Clone)]
+struct GatedOutput {
+    inner: Arc<std::sync::Mutex<Box<dyn Write + Send>>>,
+    enabled: Arc<AtomicBool>,
+}
+
+impl Write for GatedOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if !self.enabled.load(Ordering::Relaxed) {
+            return Ok(buf.len());
+        }
+        match self.inner.lock() {
+            Ok(mut inner) => inner.write(buf),
+            Err(_) => Ok(buf.len()),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self.inner.lock() {
+            Ok(mut inner) => inner.flush(),
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+/// Where the replay stands in the log: the part of a checkpoint that is not
+/// machine state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    /// Index of the next event to apply.
+    pub next_event: usize,
+    /// Exits replayed so far.
+    pub exits: u64,
+    /// The last exit was handled but its instruction is not completed and the
+    /// events positioned at it are not applied yet.
+    pub at_boundary: bool,
+    /// The guest ended with this status.
+    pub ended: Option<i32>,
+    /// Pages written since boot (what landmark memory digests cover).
+    pub dirty_since_boot: Vec<u64>,
+}
+
+/// A full machine state of the replay, restorable with [`Replayer::restore`].
+/// Guest memory is kept by the caller (the timeline's snapshot store).
+#[derive(Debug, Clone)]
+pub struct MachineState {
+    /// vCPU registers and pending events.
+    pub vcpu: VcpuState,
+    /// Device models.
+    pub board: BoardState,
+    /// Position in the log.
+    pub cursor: Cursor,
+}
+
+/// Why [`Replayer::resume`] stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineStop {
+    /// Before the instruction at a user execution breakpoint.
+    Breakpoint {
+        /// Its address.
+        address: u64,
+    },
+    /// After an access that hit a user data breakpoint.
+    Watchpoint {
+        /// The breakpoint that fired.
+        breakpoint: HwBreakpoint,
+    },
+    /// One instruction was executed.
+    Stepped,
+    /// The requested exit boundary was reached.
+    Boundary,
+    /// The guest ended (isa-debug-exit) with this status; the end state matched.
+    Ended {
+        /// Exit status.
+        status: i32,
+    },
+    /// The caller's interrupt check said stop.
+    Interrupted,
+}
+
+/// Debug-register slots a caller may use; one is kept for finding landmarks.
+pub const USER_HW_SLOTS: usize = debug::HW_BREAKPOINT_SLOTS - 1;
+
 /// A replay in progress.
 pub struct Replayer {
     vm: Vm,
     board: Board,
-    events: Vec<Event>,
-    next_event: usize,
-    exits: u64,
-    dirty_since_snapshot: Vec<u64>,
+    output: GatedOutput,
+    /// Highest exit whose serial output was shown.
+    output_shown_until: u64,
+    events: Arc<Vec<Event>>,
+    cursor: Cursor,
+    /// Pages written since the caller last took them (see
+    /// [`Replayer::take_dirty_since_mark`]); every read of KVM's dirty log feeds it.
+    dirty_since_mark: Vec<u64>,
     truncated: Option<String>,
     history: ExitHistory,
     stats: ReplayStats,
@@ -131,13 +229,13 @@ pub struct Replayer {
 impl fmt::Debug for Replayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Replayer")
-            .field("exits", &self.exits)
-            .field("next_event", &self.next_event)
+            .field("cursor.exits", &self.cursor.exits)
+            .field("cursor.next_event", &self.cursor.next_event)
             .finish_non_exhaustive()
     }
 }
 
-/// What one step of the replay loop did.
+/// What handling one exit did.
 enum Progress {
     Continue,
     Ended(i32),
@@ -152,8 +250,12 @@ impl Replayer {
         let mut vm = Vm::new(input.memory_size, Some(input.cpuid))?;
         let entry = boot::load(vm.memory_mut(), &input.image, &input.command_line)?;
         regs::set_multiboot_entry(vm.vcpu(), &entry)?;
+        let output = GatedOutput {
+            inner: Arc::new(std::sync::Mutex::new(serial_output)),
+            enabled: Arc::new(AtomicBool::new(true)),
+        };
         let board = Board::new(BoardConfig {
-            serial_out: serial_output,
+            serial_out: Box::new(output.clone()),
             rtc_base_unix_secs: input.rtc_base_unix_secs,
             mem_size_bytes: input.memory_size,
         });
@@ -161,46 +263,308 @@ impl Replayer {
         Ok(Self {
             vm,
             board,
-            events: input.events,
-            next_event: 0,
-            exits: 0,
-            dirty_since_snapshot: vec![0; pages.div_ceil(64) as usize],
+            output,
+            output_shown_until: 0,
+            events: Arc::new(input.events),
+            cursor: Cursor {
+                next_event: 0,
+                exits: 0,
+                at_boundary: true,
+                ended: None,
+                dirty_since_boot: vec![0; pages.div_ceil(64) as usize],
+            },
+            dirty_since_mark: vec![0; pages.div_ceil(64) as usize],
             truncated: input.truncated,
             history: ExitHistory::default(),
             stats: ReplayStats::default(),
         })
     }
 
+    /// Statistics so far.
+    pub fn stats(&self) -> &ReplayStats {
+        &self.stats
+    }
+
+    /// Exits replayed so far.
+    pub fn exits(&self) -> u64 {
+        self.cursor.exits
+    }
+
+    /// The exit status, once the guest ended.
+    pub fn ended(&self) -> Option<i32> {
+        self.cursor.ended
+    }
+
+    /// The exit ordinal of the recorded end (or of the last event of a truncated log).
+    pub fn last_exit(&self) -> u64 {
+        self.events.last().map(Event::exit).unwrap_or(0)
+    }
+
+    /// The VM, for reading registers and memory.
+    pub fn vm(&self) -> &Vm {
+        &self.vm
+    }
+
+    /// Guest memory, writable: only for restoring checkpoints.
+    pub fn memory_mut(&mut self) -> &mut [u8] {
+        self.vm.memory_mut().as_mut_slice()
+    }
+
+    /// Reads KVM's dirty log into both accumulations.
+    fn collect_dirty_log(&mut self) -> Result<(), ReplayError> {
+        let log = self.vm.take_dirty_log()?;
+        for ((since_boot, since_mark), new) in self
+            .cursor
+            .dirty_since_boot
+            .iter_mut()
+            .zip(self.dirty_since_mark.iter_mut())
+            .zip(&log)
+        {
+            *since_boot |= new;
+            *since_mark |= new;
+        }
+        Ok(())
+    }
+
+    /// The pages the guest wrote since the last call (or since [`Replayer::restore`]),
+    /// and starts a new accumulation.
+    pub fn take_dirty_since_mark(&mut self) -> Result<Vec<u64>, ReplayError> {
+        self.collect_dirty_log()?;
+        let empty = vec![0; self.dirty_since_mark.len()];
+        Ok(std::mem::replace(&mut self.dirty_since_mark, empty))
+    }
+
+    /// Brings the machine to a clean instruction boundary (boundary events applied,
+    /// the last exit's instruction completed) and captures it. Memory is not part
+    /// of it: the caller snapshots `vm().memory()`.
+    pub fn capture(&mut self) -> Result<MachineState, ReplayError> {
+        self.settle()?;
+        Ok(MachineState {
+            vcpu: VcpuState::capture(self.vm.vcpu())?,
+            board: self.board.state(),
+            cursor: self.cursor.clone(),
+        })
+    }
+
+    /// Restores a captured state. The caller has already restored guest memory.
+    pub fn restore(&mut self, state: &MachineState) -> Result<(), ReplayError> {
+        // Pages KVM logged before the restore describe the old timeline; the caller
+        // took what it needed with `take_dirty_since_mark` before restoring memory.
+        self.vm.take_dirty_log()?;
+        self.dirty_since_mark.iter_mut().for_each(|word| *word = 0);
+        debug::apply(self.vm.vcpu(), &DebugSetup::default())?;
+        state.vcpu.restore(self.vm.vcpu())?;
+        self.board =
+            Board::from_state(&state.board, Box::new(self.output.clone())).map_err(|error| {
+                ReplayError::Divergence {
+                    exit: state.cursor.exits,
+                    what: format!("cannot restore the device state of a checkpoint: {error}"),
+                    details: String::new(),
+                }
+            })?;
+        self.cursor = state.cursor.clone();
+        Ok(())
+    }
+
     /// Replays to the recorded end and checks the end state.
     pub fn run_to_end(mut self) -> Result<ReplayOutcome, ReplayError> {
         loop {
-            match self.step()? {
-                Progress::Continue => {}
-                Progress::Ended(exit_status) => {
+            match self.resume(false, &[], None, &mut || false)? {
+                EngineStop::Ended { status } => {
                     return Ok(ReplayOutcome {
-                        exit_status,
-                        exits: self.exits,
+                        exit_status: status,
+                        exits: self.cursor.exits,
                         stats: self.stats,
                     })
                 }
+                EngineStop::Breakpoint { .. }
+                | EngineStop::Watchpoint { .. }
+                | EngineStop::Stepped
+                | EngineStop::Boundary
+                | EngineStop::Interrupted => {}
             }
         }
     }
 
     fn peek(&self) -> Option<&Event> {
-        self.events.get(self.next_event)
+        self.events.get(self.cursor.next_event)
     }
 
-    fn registers_now(&self) -> Result<RegisterArray, ReplayError> {
+    /// Applies the events positioned at the exit just handled and completes its
+    /// instruction, so that the vCPU sits at a clean instruction boundary.
+    fn settle(&mut self) -> Result<(), ReplayError> {
+        if self.cursor.at_boundary {
+            self.apply_boundary_events()?;
+            self.vm.complete_pending_io()?;
+            self.cursor.at_boundary = false;
+        }
+        Ok(())
+    }
+
+    /// The landmark of the next event if it lies between the current exit and the next.
+    fn pending_landmark(&self) -> Option<Landmark> {
+        match self.peek() {
+            Some(Event::Interrupt {
+                at:
+                    Position::Async {
+                        after_exit,
+                        landmark,
+                    },
+                ..
+            }) if *after_exit == self.cursor.exits => Some(*landmark),
+            _ => None,
+        }
+    }
+
+    /// Runs forward until a stop: one instruction when `single_step`, a user
+    /// breakpoint or watchpoint of `stops` (at most [`USER_HW_SLOTS`]), the end of
+    /// exit `stop_at_exit`, the guest's end, or `interrupted()`. Never stops at a
+    /// breakpoint at the starting position. Recorded events are applied on the way.
+    pub fn resume(
+        &mut self,
+        single_step: bool,
+        stops: &[HwBreakpoint],
+        stop_at_exit: Option<u64>,
+        interrupted: &mut dyn FnMut() -> bool,
+    ) -> Result<EngineStop, ReplayError> {
+        let stops = &stops[..stops.len().min(USER_HW_SLOTS)];
+        self.settle()?;
+        if let Some(status) = self.cursor.ended {
+            return Ok(EngineStop::Ended { status });
+        }
+        if stop_at_exit.is_some_and(|exit| exit <= self.cursor.exits) {
+            return Ok(EngineStop::Boundary);
+        }
+        let rip = self.registers_now()?[16];
+        let mut step_over = stops
+            .iter()
+            .any(|stop| stop.condition == HwCondition::Execute && stop.address == rip);
+        loop {
+            self.settle()?;
+            if interrupted() {
+                return Ok(EngineStop::Interrupted);
+            }
+            let landmark = self.pending_landmark();
+            if let Some(landmark) = &landmark {
+                if self.at_landmark(landmark)? {
+                    let vector = self.take_async_injection();
+                    self.inject(vector)?;
+                    self.stats.landmarks += 1;
+                    continue;
+                }
+            }
+            if self.peek().is_none() && self.truncated.is_some() {
+                return Err(self.out_of_events());
+            }
+            let mut setup = DebugSetup {
+                breakpoints: Vec::new(),
+                single_step: single_step || step_over,
+            };
+            if !step_over {
+                setup.breakpoints.extend_from_slice(stops);
+                if let Some(landmark) = &landmark {
+                    setup.breakpoints.push(HwBreakpoint {
+                        address: landmark.rip,
+                        condition: HwCondition::Execute,
+                        len: 1,
+                    });
+                }
+            }
+            debug::apply(self.vm.vcpu(), &setup)?;
+            let ordinal = self.cursor.exits + 1;
+            let debug_status = match self.vm.vcpu_mut().run() {
+                Ok(VcpuExit::Debug(arch)) => Ok(arch.dr6),
+                Ok(exit) => Err(serve_exit(
+                    exit,
+                    ordinal,
+                    &self.events,
+                    self.cursor.next_event,
+                    &mut self.board,
+                    &mut self.history,
+                    &self.output,
+                    &mut self.output_shown_until,
+                )),
+                Err(error) if error.errno() == libc::EINTR || error.errno() == libc::EAGAIN => {
+                    continue
+                }
+                Err(source) => {
+                    return Err(VmmError::Kvm {
+                        operation: "KVM_RUN",
+                        source,
+                    }
+                    .into())
+                }
+            };
+            let dr6 = match debug_status {
+                Ok(dr6) => dr6,
+                // A signal, not a guest exit.
+                Err(None) => continue,
+                Err(Some(served)) => {
+                    if let Progress::Ended(status) = self.finish_exit(served)? {
+                        return Ok(EngineStop::Ended { status });
+                    }
+                    if stop_at_exit == Some(self.cursor.exits) {
+                        self.settle()?;
+                        return Ok(EngineStop::Boundary);
+                    }
+                    continue;
+                }
+            };
+            if setup.single_step {
+                if single_step {
+                    return Ok(EngineStop::Stepped);
+                }
+                step_over = false;
+                continue;
+            }
+            // Which debug registers fired: DR6 bits 0-3.
+            let fired: Vec<usize> = (0..setup.breakpoints.len())
+                .filter(|slot| dr6 & (1 << slot) != 0)
+                .collect();
+            if let Some(&slot) = fired.iter().find(|&&slot| slot < stops.len()) {
+                let breakpoint = setup.breakpoints[slot];
+                return Ok(match breakpoint.condition {
+                    HwCondition::Execute => EngineStop::Breakpoint {
+                        address: breakpoint.address,
+                    },
+                    HwCondition::Write | HwCondition::Access => {
+                        EngineStop::Watchpoint { breakpoint }
+                    }
+                });
+            }
+            if let Some(landmark) = &landmark {
+                self.stats.landmark_hits += 1;
+                if self.at_landmark(landmark)? {
+                    let vector = self.take_async_injection();
+                    self.inject(vector)?;
+                    self.stats.landmarks += 1;
+                } else {
+                    step_over = true;
+                }
+            }
+        }
+    }
+
+    /// Consumes the pending asynchronous injection and returns its vector.
+    fn take_async_injection(&mut self) -> u8 {
+        let vector = match self.peek() {
+            Some(Event::Interrupt { vector, .. }) => *vector,
+            _ => 0,
+        };
+        self.cursor.next_event += 1;
+        vector
+    }
+
+    pub(crate) fn registers_now(&self) -> Result<RegisterArray, ReplayError> {
         let regs = self.vm.vcpu().get_regs().map_err(kvm_op("KVM_GET_REGS"))?;
         Ok(digest::register_array(&regs))
     }
 
     /// The last events before the current one, for reports.
     fn recent_events(&self) -> String {
-        let start = self.next_event.saturating_sub(REPORT_EVENTS);
+        let start = self.cursor.next_event.saturating_sub(REPORT_EVENTS);
         let mut text = String::from("last events (recorded):\n");
-        for (index, event) in self.events[start..self.next_event.min(self.events.len())]
+        for (index, event) in self.events[start..self.cursor.next_event.min(self.events.len())]
             .iter()
             .enumerate()
         {
@@ -232,7 +596,7 @@ impl Replayer {
         }
         details.push_str(&self.recent_events());
         ReplayError::Divergence {
-            exit: self.exits,
+            exit: self.cursor.exits,
             what,
             details,
         }
@@ -242,7 +606,7 @@ impl Replayer {
     fn out_of_events(&self) -> ReplayError {
         match &self.truncated {
             Some(reason) => ReplayError::Truncated {
-                exit: self.exits,
+                exit: self.cursor.exits,
                 reason: reason.clone(),
             },
             None => self.divergence(
@@ -262,18 +626,15 @@ impl Replayer {
         }
         self.vm.inject_interrupt(vector)?;
         self.history
-            .push(self.exits, ExitRecord::Interrupt { vector });
+            .push(self.cursor.exits, ExitRecord::Interrupt { vector });
         Ok(())
     }
 
-    fn memory_digest_since_snapshot(&mut self) -> Result<u64, ReplayError> {
-        let log = self.vm.take_dirty_log()?;
-        for (accumulated, new) in self.dirty_since_snapshot.iter_mut().zip(log) {
-            *accumulated |= new;
-        }
+    pub(crate) fn memory_digest_since_boot(&mut self) -> Result<u64, ReplayError> {
+        self.collect_dirty_log()?;
         Ok(digest::dirty_pages(
             self.vm.memory().as_slice(),
-            &self.dirty_since_snapshot,
+            &self.cursor.dirty_since_boot,
         ))
     }
 
@@ -282,115 +643,22 @@ impl Replayer {
         let regs = self.registers_now()?;
         Ok(regs[16] == landmark.rip
             && digest::registers(&regs) == landmark.regs_digest
-            && self.memory_digest_since_snapshot()? == landmark.memory_digest)
+            && self.memory_digest_since_boot()? == landmark.memory_digest)
     }
 
-    /// Runs the guest to the asynchronous point `landmark`, which lies before the
-    /// next exit.
-    fn reach_landmark(&mut self, landmark: &Landmark) -> Result<(), ReplayError> {
-        // The recorder's kick may have stopped the guest before it ran a single
-        // instruction past the exit (with an injected interrupt still queued in KVM).
-        // That state is the current one: check it before running, with the exit's
-        // instruction completed as the recorder's KVM_RUN completed it.
-        self.vm.complete_pending_io()?;
-        if self.at_landmark(landmark)? {
-            self.stats.landmarks += 1;
-            return Ok(());
-        }
-        let at_landmark = DebugSetup {
-            breakpoints: vec![HwBreakpoint {
-                address: landmark.rip,
-                condition: HwCondition::Execute,
-                len: 1,
-            }],
-            single_step: false,
-        };
-        let step_over = DebugSetup {
-            breakpoints: Vec::new(),
-            single_step: true,
-        };
-        debug::apply(self.vm.vcpu(), &at_landmark)?;
-        loop {
-            let exit = self.vm.vcpu_mut().run();
-            match exit {
-                Ok(VcpuExit::Debug(_)) => {}
-                Err(error) if error.errno() == libc::EINTR => continue,
-                Err(source) => {
-                    return Err(VmmError::Kvm {
-                        operation: "KVM_RUN",
-                        source,
-                    }
-                    .into())
-                }
-                Ok(other) => {
-                    let what = format!(
-                        "the guest reached its next exit ({}) without passing the recorded asynchronous point at rip {:#x}",
-                        exit_name(&other),
-                        landmark.rip
-                    );
-                    let _ = debug::apply(self.vm.vcpu(), &DebugSetup::default());
-                    return Err(self.divergence(what, None));
-                }
-            }
-            self.stats.landmark_hits += 1;
-            if self.at_landmark(landmark)? {
-                debug::apply(self.vm.vcpu(), &DebugSetup::default())?;
-                self.stats.landmarks += 1;
-                return Ok(());
-            }
-            // Not this pass: execute the instruction under the breakpoint, re-arm.
-            debug::apply(self.vm.vcpu(), &step_over)?;
-            loop {
-                match self.vm.vcpu_mut().run() {
-                    Ok(VcpuExit::Debug(_)) => break,
-                    Err(error) if error.errno() == libc::EINTR => continue,
-                    Err(source) => {
-                        return Err(VmmError::Kvm {
-                            operation: "KVM_RUN",
-                            source,
-                        }
-                        .into())
-                    }
-                    Ok(other) => {
-                        let what = format!(
-                            "the guest reached its next exit ({}) without passing the recorded asynchronous point at rip {:#x}",
-                            exit_name(&other),
-                            landmark.rip
-                        );
-                        let _ = debug::apply(self.vm.vcpu(), &DebugSetup::default());
-                        return Err(self.divergence(what, None));
-                    }
-                }
-            }
-            debug::apply(self.vm.vcpu(), &at_landmark)?;
-        }
-    }
-
-    /// Applies every event positioned at or after the current exit and before the
-    /// guest's next exit.
-    fn apply_events_before_entry(&mut self) -> Result<(), ReplayError> {
+    /// Applies the events positioned right after the current exit: register checks
+    /// and injections at the exit.
+    fn apply_boundary_events(&mut self) -> Result<(), ReplayError> {
         while let Some(event) = self.peek().cloned() {
             match &event {
                 Event::Interrupt {
                     at: Position::Exit(exit),
                     vector,
-                } if *exit == self.exits => {
-                    self.next_event += 1;
+                } if *exit == self.cursor.exits => {
+                    self.cursor.next_event += 1;
                     self.inject(*vector)?;
                 }
-                Event::Interrupt {
-                    at:
-                        Position::Async {
-                            after_exit,
-                            landmark,
-                        },
-                    vector,
-                } if *after_exit == self.exits => {
-                    self.reach_landmark(landmark)?;
-                    self.next_event += 1;
-                    self.inject(*vector)?;
-                }
-                Event::RegisterCheck { exit, regs } if *exit == self.exits => {
+                Event::RegisterCheck { exit, regs } if *exit == self.cursor.exits => {
                     let actual = self.registers_now()?;
                     if actual != *regs {
                         return Err(self.divergence(
@@ -399,10 +667,10 @@ impl Replayer {
                         ));
                     }
                     self.stats.register_checks += 1;
-                    self.next_event += 1;
+                    self.cursor.next_event += 1;
                 }
-                Event::Snapshot { exit, .. } if *exit == self.exits => {
-                    self.next_event += 1;
+                Event::Snapshot { exit, .. } if *exit == self.cursor.exits => {
+                    self.cursor.next_event += 1;
                 }
                 _ => return Ok(()),
             }
@@ -410,152 +678,16 @@ impl Replayer {
         Ok(())
     }
 
-    /// Applies pending events, runs to the next exit and handles it.
-    fn step(&mut self) -> Result<Progress, ReplayError> {
-        self.apply_events_before_entry()?;
-        if self.peek().is_none() && self.truncated.is_some() {
-            return Err(self.out_of_events());
+    /// Records a served exit: advances the cursor, turns a mismatch into a
+    /// divergence, and checks the end.
+    fn finish_exit(&mut self, served: Served) -> Result<Progress, ReplayError> {
+        let ordinal = self.cursor.exits + 1;
+        self.cursor.exits = ordinal;
+        self.cursor.at_boundary = true;
+        if served.consumed {
+            self.cursor.next_event += 1;
         }
-        let exit = match self.vm.vcpu_mut().run() {
-            Ok(exit) => exit,
-            Err(error) if error.errno() == libc::EINTR || error.errno() == libc::EAGAIN => {
-                return Ok(Progress::Continue)
-            }
-            Err(source) => {
-                return Err(VmmError::Kvm {
-                    operation: "KVM_RUN",
-                    source,
-                }
-                .into())
-            }
-        };
-        let ordinal = self.exits + 1;
-        // The recorded event this exit consumes, if it needs one. Fields are borrowed
-        // one by one: `exit` holds the vCPU.
-        let recorded = self
-            .events
-            .get(self.next_event)
-            .filter(|event| event.exit() == ordinal);
-        let mut consumed = false;
-        let handled: Result<Option<PioOutcome>, String> = match exit {
-            VcpuExit::IoIn(port, data) => match recorded {
-                Some(Event::PioIn {
-                    port: recorded_port,
-                    len,
-                    value,
-                    ..
-                }) if *recorded_port == port && usize::from(*len) == data.len() => {
-                    data.copy_from_slice(&value.to_le_bytes()[..data.len()]);
-                    consumed = true;
-                    self.history.push(
-                        ordinal,
-                        ExitRecord::PioIn {
-                            port,
-                            value: *value,
-                        },
-                    );
-                    Ok(None)
-                }
-                other => Err(format!(
-                    "the guest read {} bytes from port {port:#x}; the recording has {}",
-                    data.len(),
-                    describe(other)
-                )),
-            },
-            VcpuExit::IoOut(port, data) => {
-                self.history.push(
-                    ordinal,
-                    ExitRecord::PioOut {
-                        port,
-                        value: le_value(data),
-                    },
-                );
-                Ok(Some(self.board.pio_write(port, data, 0)))
-            }
-            VcpuExit::MmioRead(address, data) => match recorded {
-                Some(Event::MmioRead {
-                    address: recorded_address,
-                    value,
-                    ..
-                }) if *recorded_address == address && data.len() <= 8 => {
-                    data.copy_from_slice(&value.to_le_bytes()[..data.len()]);
-                    consumed = true;
-                    self.history.push(
-                        ordinal,
-                        ExitRecord::Mmio {
-                            address,
-                            write: false,
-                        },
-                    );
-                    Ok(None)
-                }
-                other => Err(format!(
-                    "the guest read MMIO address {address:#x}; the recording has {}",
-                    describe(other)
-                )),
-            },
-            VcpuExit::MmioWrite(address, _) => {
-                self.history.push(
-                    ordinal,
-                    ExitRecord::Mmio {
-                        address,
-                        write: true,
-                    },
-                );
-                Ok(None)
-            }
-            VcpuExit::Hlt => {
-                self.history.push(ordinal, ExitRecord::Halt);
-                Ok(None)
-            }
-            VcpuExit::X86Rdmsr(msr) => match recorded {
-                Some(Event::MsrRead { index, value, .. }) if *index == msr.index => {
-                    match value {
-                        Some(value) => {
-                            *msr.data = *value;
-                            *msr.error = 0;
-                        }
-                        None => *msr.error = 1,
-                    }
-                    consumed = true;
-                    self.history.push(
-                        ordinal,
-                        ExitRecord::Msr {
-                            index: *index,
-                            write: false,
-                        },
-                    );
-                    Ok(None)
-                }
-                other => Err(format!(
-                    "the guest read MSR {:#x}; the recording has {}",
-                    msr.index,
-                    describe(other)
-                )),
-            },
-            VcpuExit::X86Wrmsr(msr) => {
-                // Writes to the routed MSRs always succeeded at record time.
-                *msr.error = 0;
-                self.history.push(
-                    ordinal,
-                    ExitRecord::Msr {
-                        index: msr.index,
-                        write: true,
-                    },
-                );
-                Ok(None)
-            }
-            VcpuExit::Intr => return Ok(Progress::Continue),
-            other => Err(format!(
-                "the guest stopped with {} (not in the recording)",
-                exit_name(&other)
-            )),
-        };
-        self.exits = ordinal;
-        if consumed {
-            self.next_event += 1;
-        }
-        match handled {
+        match served.handled {
             Err(what) => {
                 if self.peek().is_none() && self.truncated.is_some() {
                     return Err(self.out_of_events());
@@ -571,7 +703,7 @@ impl Replayer {
 
     /// The guest wrote to isa-debug-exit: compare with the recorded end.
     fn check_end(&mut self, status: i32) -> Result<(), ReplayError> {
-        self.apply_events_before_entry()?;
+        self.apply_boundary_events()?;
         self.board
             .serial_output_mut()
             .flush()
@@ -592,13 +724,13 @@ impl Replayer {
                 None,
             ));
         };
-        self.next_event += 1;
+        self.cursor.next_event += 1;
         let regs = self.registers_now()?;
         let mut differences = Vec::new();
-        if exit != self.exits {
+        if exit != self.cursor.exits {
             differences.push(format!(
                 "ended at exit {}, recorded at exit {exit}",
-                self.exits
+                self.cursor.exits
             ));
         }
         if status != recorded_status {
@@ -616,6 +748,157 @@ impl Replayer {
             Err(self.divergence(differences.join("; "), None))
         }
     }
+}
+
+/// What serving one exit from the log produced.
+struct Served {
+    /// The exit consumed the next event.
+    consumed: bool,
+    /// A device outcome, or why the exit does not match the recording.
+    handled: Result<Option<PioOutcome>, String>,
+}
+
+/// Answers guest exit `exit` (ordinal `ordinal`) from the log, field by field:
+/// the caller's `exit` borrows the vCPU, so this cannot take the whole replayer.
+/// Returns `None` for an exit that is not the guest's (a signal).
+#[allow(clippy::too_many_arguments)]
+fn serve_exit(
+    exit: VcpuExit<'_>,
+    ordinal: u64,
+    events: &[Event],
+    next_event: usize,
+    board: &mut Board,
+    history: &mut ExitHistory,
+    output: &GatedOutput,
+    output_shown_until: &mut u64,
+) -> Option<Served> {
+    // The recorded event this exit consumes, if it needs one. Fields are borrowed
+    // one by one: `exit` holds the vCPU.
+    let recorded = events
+        .get(next_event)
+        .filter(|event| event.exit() == ordinal);
+    let mut consumed = false;
+    let handled: Result<Option<PioOutcome>, String> = match exit {
+        VcpuExit::IoIn(port, data) => match recorded {
+            Some(Event::PioIn {
+                port: recorded_port,
+                len,
+                value,
+                ..
+            }) if *recorded_port == port && usize::from(*len) == data.len() => {
+                data.copy_from_slice(&value.to_le_bytes()[..data.len()]);
+                consumed = true;
+                history.push(
+                    ordinal,
+                    ExitRecord::PioIn {
+                        port,
+                        value: *value,
+                    },
+                );
+                Ok(None)
+            }
+            other => Err(format!(
+                "the guest read {} bytes from port {port:#x}; the recording has {}",
+                data.len(),
+                describe(other)
+            )),
+        },
+        VcpuExit::IoOut(port, data) => {
+            history.push(
+                ordinal,
+                ExitRecord::PioOut {
+                    port,
+                    value: le_value(data),
+                },
+            );
+            {
+                output
+                    .enabled
+                    .store(ordinal > *output_shown_until, Ordering::Relaxed);
+                *output_shown_until = (*output_shown_until).max(ordinal);
+                Ok(Some(board.pio_write(port, data, 0)))
+            }
+        }
+        VcpuExit::MmioRead(address, data) => match recorded {
+            Some(Event::MmioRead {
+                address: recorded_address,
+                value,
+                ..
+            }) if *recorded_address == address && data.len() <= 8 => {
+                data.copy_from_slice(&value.to_le_bytes()[..data.len()]);
+                consumed = true;
+                history.push(
+                    ordinal,
+                    ExitRecord::Mmio {
+                        address,
+                        write: false,
+                    },
+                );
+                Ok(None)
+            }
+            other => Err(format!(
+                "the guest read MMIO address {address:#x}; the recording has {}",
+                describe(other)
+            )),
+        },
+        VcpuExit::MmioWrite(address, _) => {
+            history.push(
+                ordinal,
+                ExitRecord::Mmio {
+                    address,
+                    write: true,
+                },
+            );
+            Ok(None)
+        }
+        VcpuExit::Hlt => {
+            history.push(ordinal, ExitRecord::Halt);
+            Ok(None)
+        }
+        VcpuExit::X86Rdmsr(msr) => match recorded {
+            Some(Event::MsrRead { index, value, .. }) if *index == msr.index => {
+                match value {
+                    Some(value) => {
+                        *msr.data = *value;
+                        *msr.error = 0;
+                    }
+                    None => *msr.error = 1,
+                }
+                consumed = true;
+                history.push(
+                    ordinal,
+                    ExitRecord::Msr {
+                        index: *index,
+                        write: false,
+                    },
+                );
+                Ok(None)
+            }
+            other => Err(format!(
+                "the guest read MSR {:#x}; the recording has {}",
+                msr.index,
+                describe(other)
+            )),
+        },
+        VcpuExit::X86Wrmsr(msr) => {
+            // Writes to the routed MSRs always succeeded at record time.
+            *msr.error = 0;
+            history.push(
+                ordinal,
+                ExitRecord::Msr {
+                    index: msr.index,
+                    write: true,
+                },
+            );
+            Ok(None)
+        }
+        VcpuExit::Intr => return None,
+        other => Err(format!(
+            "the guest stopped with {} (not in the recording)",
+            exit_name(&other)
+        )),
+    };
+    Some(Served { consumed, handled })
 }
 
 fn describe(event: Option<&Event>) -> String {

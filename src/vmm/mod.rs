@@ -13,7 +13,9 @@ pub mod debug;
 pub mod kick;
 pub mod memory;
 pub mod msr;
+pub mod paging;
 pub mod regs;
+pub mod state;
 
 use cpuid::CpuidTable;
 use kvm_bindings::{
@@ -260,6 +262,8 @@ impl Vm {
     /// further, so that the vCPU state read next is an instruction boundary. KVM's
     /// documented way: `KVM_RUN` with `immediate_exit` set.
     pub fn complete_pending_io(&mut self) -> Result<(), VmmError> {
+        // A single-step request would turn the completion into a debug exit.
+        debug::apply(&self.vcpu, &debug::DebugSetup::default())?;
         self.vcpu.set_kvm_immediate_exit(1);
         let result = match self.vcpu.run() {
             Err(error) if error.errno() == libc::EINTR => Ok(()),

@@ -1,0 +1,900 @@
+//! The replay timeline (DESIGN §6, after rr's `ReplayTimeline`): one replay
+//! session, its checkpoints, and the operations a debugger needs — seek, step,
+//! continue, and their reverse.
+//!
+//! **Moments.** A point of the history is named by the exit it follows and, within
+//! that exit's interval, either the number of single steps from the interval's
+//! start (`steps`, when known) or the state there (`landmark`: rip, register and
+//! memory digests; equal state means equal future, so a landmark names one point
+//! of an interval). Moments reached by single-stepping know their steps; moments
+//! where a breakpoint stopped a free run know only their landmark, and learn their
+//! steps when a reverse step needs them.
+//!
+//! **Checkpoints** are full machine states at interval starts (after an exit,
+//! its instruction completed), plus fine ones taken every [`FINE_STEPS`] steps
+//! while single-stepping. Guest memory lives in the `snapshots` crate's in-memory
+//! store, incremental against the state the memory was last restored to or
+//! captured at; interval checkpoints are thinned rr-style so that their number
+//! grows like the log of the history length.
+//!
+//! **Reverse continue** from X: restore the latest checkpoint before X, run forward
+//! to X noting breakpoint and watchpoint hits, and seek to the last one; with no
+//! hit, repeat from the checkpoint before; at the first checkpoint, stop at the
+//! beginning of history. **Reverse step** from X: seek to the moment one step
+//! before. Debugger state (breakpoints, watchpoints) is passed with every call and
+//! never stored in checkpoints.
+
+use super::{EngineStop, MachineState, ReplayError, Replayer, USER_HW_SLOTS};
+use crate::digest;
+use crate::vmm::debug::{HwBreakpoint, HwCondition};
+use crate::vmm::paging;
+use snapshots::{
+    Compression, DirtyPages, MemoryState, MemoryStore, SnapshotId, SnapshotSink, SnapshotSource,
+    ThinningPolicy,
+};
+use std::fmt;
+
+/// Interval checkpoints are taken at least every this many exits.
+pub const CHECKPOINT_EXITS: u64 = 32;
+/// While single-stepping, a fine checkpoint is taken every this many steps.
+pub const FINE_STEPS: u64 = 256;
+
+/// The state at a point, as far as telling points apart needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateDigest {
+    /// Instruction pointer.
+    pub rip: u64,
+    /// Digest of the general-purpose registers, RIP and RFLAGS.
+    pub regs: u64,
+    /// Digest of the pages written since boot.
+    pub memory: u64,
+}
+
+/// A point of the replayed history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Moment {
+    /// The last exit before the point.
+    pub exit: u64,
+    /// Single steps from the start of the interval, when known.
+    pub steps: Option<u64>,
+    /// The state at the point.
+    pub state: StateDigest,
+}
+
+impl fmt::Display for Moment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.steps {
+            Some(steps) => write!(f, "{}:{}", self.exit, steps),
+            None => write!(f, "{}:rip={:#x}", self.exit, self.state.rip),
+        }
+    }
+}
+
+/// A checkpoint: memory in the store, the rest as plain data.
+#[derive(Debug, Clone)]
+struct Checkpoint {
+    memory: SnapshotId,
+    machine: MachineState,
+    moment: Moment,
+    /// Made by `monitor checkpoint`: never thinned.
+    pinned: bool,
+}
+
+/// A write watchpoint: `len` bytes at guest-virtual `address`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Watch {
+    /// First byte.
+    pub address: u64,
+    /// 1, 2, 4 or 8.
+    pub len: u8,
+}
+
+/// What should stop a run: breakpoints (instruction addresses, honoured with
+/// hardware breakpoints) and write watchpoints. Watchpoints are checked in software
+/// by single-stepping and comparing the watched bytes, because the hosts we run on
+/// (guest ring 0 emulated, DESIGN §9) do not deliver data breakpoints; like gdb, a
+/// watchpoint fires when the value changes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stops {
+    /// Instruction addresses.
+    pub breakpoints: Vec<u64>,
+    /// Watched ranges.
+    pub watches: Vec<Watch>,
+}
+
+impl Stops {
+    fn hardware(&self) -> Vec<HwBreakpoint> {
+        self.breakpoints
+            .iter()
+            .take(USER_HW_SLOTS)
+            .map(|&address| HwBreakpoint {
+                address,
+                condition: HwCondition::Execute,
+                len: 1,
+            })
+            .collect()
+    }
+}
+
+/// What a timeline operation ended with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimelineStop {
+    /// One instruction done (either direction).
+    Stepped,
+    /// At a breakpoint (before the instruction).
+    Breakpoint {
+        /// Its address.
+        address: u64,
+    },
+    /// A watched value changed (forward: just after the write; backward: just
+    /// before it).
+    Watchpoint {
+        /// The watch's address.
+        address: u64,
+    },
+    /// At the first instruction of the history.
+    HistoryBegin,
+    /// At the guest's end.
+    HistoryEnd {
+        /// The recorded exit status.
+        status: i32,
+    },
+    /// Interrupted by the caller.
+    Interrupted,
+}
+
+/// The timeline of one replay.
+pub struct Timeline {
+    replayer: Replayer,
+    store: MemoryStore,
+    checkpoints: Vec<Checkpoint>,
+    /// The snapshot guest memory equalled when it was last captured or restored.
+    memory_base: Option<SnapshotId>,
+    /// Pages written since then (from KVM's dirty log).
+    dirty_since_base: Vec<u64>,
+    position: Moment,
+    thinning: ThinningPolicy,
+}
+
+impl fmt::Debug for Timeline {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Timeline")
+            .field("position", &self.position)
+            .field("checkpoints", &self.checkpoints.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn or_bitmaps(into: &mut [u64], from: &[u64]) {
+    for (word, new) in into.iter_mut().zip(from) {
+        *word |= new;
+    }
+}
+
+impl Timeline {
+    /// Starts a timeline at the beginning of `replayer`'s history.
+    pub fn new(replayer: Replayer) -> Result<Self, ReplayError> {
+        let memory_len = replayer.vm().memory().as_slice().len();
+        let store = MemoryStore::new(memory_len, Compression::None).map_err(snapshot_error)?;
+        let words = memory_len.div_ceil(4096).div_ceil(64);
+        let mut timeline = Self {
+            replayer,
+            store,
+            checkpoints: Vec::new(),
+            memory_base: None,
+            dirty_since_base: vec![0; words],
+            position: Moment {
+                exit: 0,
+                steps: Some(0),
+                state: StateDigest {
+                    rip: 0,
+                    regs: 0,
+                    memory: 0,
+                },
+            },
+            thinning: ThinningPolicy {
+                min_spacing: CHECKPOINT_EXITS,
+                per_band: 4,
+            },
+        };
+        timeline.position = timeline.current_moment(Some(0))?;
+        timeline.checkpoint(false)?;
+        Ok(timeline)
+    }
+
+    /// The replayer (registers, memory, statistics).
+    pub fn replayer(&self) -> &Replayer {
+        &self.replayer
+    }
+
+    /// Where the timeline stands.
+    pub fn position(&self) -> Moment {
+        self.position
+    }
+
+    /// The exit of the recorded end.
+    pub fn last_exit(&self) -> u64 {
+        self.replayer.last_exit()
+    }
+
+    fn state_digest(&mut self) -> Result<StateDigest, ReplayError> {
+        let regs = self.replayer.registers_now()?;
+        let memory = self.replayer.memory_digest_since_boot()?;
+        Ok(StateDigest {
+            rip: regs[16],
+            regs: digest::registers(&regs),
+            memory,
+        })
+    }
+
+    /// Whether the machine is in `state` now; the memory digest is computed only
+    /// when the registers already match.
+    fn matches_state(&mut self, state: &StateDigest) -> Result<bool, ReplayError> {
+        let regs = self.replayer.registers_now()?;
+        if regs[16] != state.rip || digest::registers(&regs) != state.regs {
+            return Ok(false);
+        }
+        Ok(self.replayer.memory_digest_since_boot()? == state.memory)
+    }
+
+    fn current_moment(&mut self, steps: Option<u64>) -> Result<Moment, ReplayError> {
+        Ok(Moment {
+            exit: self.replayer.exits(),
+            steps,
+            state: self.state_digest()?,
+        })
+    }
+
+    /// Adds the pages written since the last look to those written since the base.
+    fn collect_dirty(&mut self) -> Result<(), ReplayError> {
+        let written = self.replayer.take_dirty_since_mark()?;
+        or_bitmaps(&mut self.dirty_since_base, &written);
+        Ok(())
+    }
+
+    /// Takes a checkpoint at the current position; returns its index.
+    fn checkpoint(&mut self, pinned: bool) -> Result<usize, ReplayError> {
+        let machine = self.replayer.capture()?;
+        self.collect_dirty()?;
+        let state = match self.memory_base {
+            Some(snapshot) => MemoryState::At {
+                snapshot,
+                dirty: DirtyPages::Bitmap(&self.dirty_since_base),
+            },
+            None => MemoryState::Unknown,
+        };
+        let memory = self
+            .store
+            .take(
+                self.replayer.vm().memory().as_slice(),
+                state,
+                self.position.exit,
+                &[],
+            )
+            .map_err(snapshot_error)?;
+        self.memory_base = Some(memory);
+        self.dirty_since_base.iter_mut().for_each(|word| *word = 0);
+        let checkpoint = Checkpoint {
+            memory,
+            machine,
+            moment: self.position,
+            pinned,
+        };
+        let index = self
+            .checkpoints
+            .iter()
+            .position(|existing| before(&checkpoint.moment, &existing.moment))
+            .unwrap_or(self.checkpoints.len());
+        self.checkpoints.insert(index, checkpoint);
+        if !pinned {
+            self.thin()?;
+        }
+        Ok(self
+            .checkpoints
+            .iter()
+            .position(|existing| existing.memory == memory)
+            .unwrap_or(index))
+    }
+
+    /// Drops interval checkpoints rr-style; the first and pinned ones stay.
+    fn thin(&mut self) -> Result<(), ReplayError> {
+        let candidates: Vec<usize> = (1..self.checkpoints.len())
+            .filter(|&index| !self.checkpoints[index].pinned)
+            .collect();
+        let positions: Vec<u64> = candidates
+            .iter()
+            .map(|&index| self.checkpoints[index].moment.exit)
+            .collect();
+        let drop: Vec<usize> = self
+            .thinning
+            .to_drop(&positions, self.position.exit)
+            .into_iter()
+            .filter_map(|slot| candidates.get(slot).copied())
+            .collect();
+        for &index in drop.iter().rev() {
+            let checkpoint = self.checkpoints.remove(index);
+            if Some(checkpoint.memory) == self.memory_base {
+                // Keep the base: memory is described relative to it.
+                self.checkpoints.insert(index, checkpoint);
+                continue;
+            }
+            self.store
+                .drop_snapshot(checkpoint.memory)
+                .map_err(snapshot_error)?;
+        }
+        Ok(())
+    }
+
+    fn restore(&mut self, index: usize) -> Result<(), ReplayError> {
+        let checkpoint = self.checkpoints[index].clone();
+        self.collect_dirty()?;
+        let state = match self.memory_base {
+            Some(snapshot) => MemoryState::At {
+                snapshot,
+                dirty: DirtyPages::Bitmap(&self.dirty_since_base),
+            },
+            None => MemoryState::Unknown,
+        };
+        let memory = self.replayer.memory_mut();
+        let restored = self.store.restore(checkpoint.memory, memory, state);
+        if let Err(error) = restored {
+            self.memory_base = None;
+            return Err(snapshot_error(error));
+        }
+        self.memory_base = Some(checkpoint.memory);
+        self.dirty_since_base.iter_mut().for_each(|word| *word = 0);
+        self.replayer.restore(&checkpoint.machine)?;
+        self.position = checkpoint.moment;
+        Ok(())
+    }
+
+    /// Index of the latest checkpoint strictly before `moment` (by exit, then steps;
+    /// a moment of unknown steps is after its interval's start).
+    fn checkpoint_before(&self, moment: &Moment) -> Option<usize> {
+        self.checkpoints
+            .iter()
+            .rposition(|checkpoint| before(&checkpoint.moment, moment))
+    }
+
+    /// Runs forward to the start of interval `exit` (exit handled, instruction
+    /// completed), taking interval checkpoints on the way.
+    fn run_to_exit(
+        &mut self,
+        exit: u64,
+        interrupted: &mut dyn FnMut() -> bool,
+    ) -> Result<Option<TimelineStop>, ReplayError> {
+        while self.replayer.exits() < exit {
+            let next_checkpoint = (self.replayer.exits() / CHECKPOINT_EXITS + 1) * CHECKPOINT_EXITS;
+            let target = exit.min(next_checkpoint);
+            match self
+                .replayer
+                .resume(false, &[], Some(target), interrupted)?
+            {
+                EngineStop::Boundary => {
+                    self.position = self.current_moment(Some(0))?;
+                    if self.replayer.exits() % CHECKPOINT_EXITS == 0
+                        && !self.checkpoints.iter().any(|checkpoint| {
+                            checkpoint.moment.exit == self.replayer.exits()
+                                && checkpoint.moment.steps == Some(0)
+                        })
+                    {
+                        self.checkpoint(false)?;
+                    }
+                }
+                EngineStop::Ended { status } => {
+                    // The end is the start of the last interval: nothing runs after it.
+                    self.position = self.current_moment(Some(0))?;
+                    if self.replayer.exits() < exit {
+                        return Ok(Some(TimelineStop::HistoryEnd { status }));
+                    }
+                }
+                EngineStop::Interrupted => {
+                    self.position = self.current_moment(None)?;
+                    return Ok(Some(TimelineStop::Interrupted));
+                }
+                EngineStop::Breakpoint { .. }
+                | EngineStop::Watchpoint { .. }
+                | EngineStop::Stepped => {}
+            }
+        }
+        Ok(None)
+    }
+
+    /// Moves to `moment`, which must be a point of the history.
+    pub fn seek(&mut self, moment: &Moment) -> Result<(), ReplayError> {
+        if same_point(&self.position, moment) {
+            return Ok(());
+        }
+        let mut never = || false;
+        let start = self.checkpoint_before(moment).unwrap_or(0);
+        let from_checkpoint = self.checkpoints[start].moment;
+        // Going on from here beats restoring when here lies between the checkpoint
+        // and the target.
+        let here = self.position;
+        let go_on = here.steps.is_some()
+            && (before(&from_checkpoint, &here) || same_point(&from_checkpoint, &here))
+            && before(&here, moment);
+        if !go_on {
+            self.restore(start)?;
+        }
+        if let Some(stop) = self.run_to_exit(moment.exit, &mut never)? {
+            return Err(ReplayError::Timeline(format!(
+                "seeking {moment} stopped early ({stop:?})"
+            )));
+        }
+        match moment.steps {
+            Some(target) => {
+                let mut steps = self.position.steps.unwrap_or(0);
+                while steps < target {
+                    self.step_once(&[])?;
+                    steps += 1;
+                    self.position.steps = Some(steps);
+                }
+                self.position = self.current_moment(Some(target))?;
+            }
+            None => {
+                // Find the landmark: single-step the interval, comparing states.
+                let mut steps = self.position.steps.unwrap_or(0);
+                loop {
+                    if self.matches_state(&moment.state)? {
+                        let state = moment.state;
+                        self.position = Moment {
+                            exit: moment.exit,
+                            steps: Some(steps),
+                            state,
+                        };
+                        return Ok(());
+                    }
+                    if self.replayer.exits() != moment.exit {
+                        return Err(ReplayError::Timeline(format!(
+                            "the point {moment} is not in its interval"
+                        )));
+                    }
+                    self.step_once(&[])?;
+                    steps += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The current contents of the watched ranges (`None` where unmapped).
+    fn watched_values(&self, watches: &[Watch]) -> Vec<Option<u64>> {
+        let vm = self.replayer.vm();
+        let Ok(sregs) = vm.vcpu().get_sregs() else {
+            return vec![None; watches.len()];
+        };
+        watches
+            .iter()
+            .map(|watch| {
+                let physical = paging::translate(vm.memory(), &sregs, watch.address)?;
+                let mut bytes = [0u8; 8];
+                let len = usize::from(watch.len.clamp(1, 8));
+                vm.memory().read(physical, &mut bytes[..len]).ok()?;
+                Some(u64::from_le_bytes(bytes))
+            })
+            .collect()
+    }
+
+    /// Index of the first watch whose value differs between `before` and `after`.
+    fn changed_watch(before: &[Option<u64>], after: &[Option<u64>]) -> Option<usize> {
+        before.iter().zip(after).position(|(old, new)| old != new)
+    }
+
+    /// One instruction forward; takes fine checkpoints while stepping.
+    fn step_once(&mut self, stops: &[HwBreakpoint]) -> Result<EngineStop, ReplayError> {
+        let exit_before = self.replayer.exits();
+        let stop = self.replayer.resume(true, stops, None, &mut || false)?;
+        let steps = if self.replayer.exits() != exit_before {
+            Some(0)
+        } else {
+            self.position.steps.map(|steps| steps + 1)
+        };
+        self.position = Moment {
+            exit: self.replayer.exits(),
+            steps,
+            state: self.position.state,
+        };
+        if let Some(steps) = steps {
+            if steps > 0 && steps % FINE_STEPS == 0 {
+                self.position.state = self.state_digest()?;
+                self.checkpoint(false)?;
+            }
+        }
+        Ok(stop)
+    }
+
+    /// The current position with its steps known (single-stepping its interval if
+    /// needed).
+    fn resolve_steps(&mut self) -> Result<Moment, ReplayError> {
+        if self.position.steps.is_some() {
+            return Ok(self.position);
+        }
+        let target = self.position;
+        let start = self
+            .checkpoint_before(&Moment {
+                steps: None,
+                ..target
+            })
+            .unwrap_or(0);
+        self.restore(start)?;
+        self.seek(&target)?;
+        Ok(self.position)
+    }
+
+    /// `stepi`.
+    pub fn step_forward(&mut self, stops: &Stops) -> Result<TimelineStop, ReplayError> {
+        let before = self.watched_values(&stops.watches);
+        let stop = self.step_once(&[])?;
+        self.position.state = self.state_digest()?;
+        if let EngineStop::Ended { status } = stop {
+            self.position.steps = Some(0);
+            return Ok(TimelineStop::HistoryEnd { status });
+        }
+        let after = self.watched_values(&stops.watches);
+        Ok(match Self::changed_watch(&before, &after) {
+            Some(index) => TimelineStop::Watchpoint {
+                address: stops.watches[index].address,
+            },
+            None => TimelineStop::Stepped,
+        })
+    }
+
+    /// `continue`.
+    pub fn continue_forward(
+        &mut self,
+        stops: &Stops,
+        interrupted: &mut dyn FnMut() -> bool,
+    ) -> Result<TimelineStop, ReplayError> {
+        if !stops.watches.is_empty() {
+            return self.continue_stepping(stops, interrupted);
+        }
+        let hardware = stops.hardware();
+        let stops = hardware.as_slice();
+        loop {
+            let exit_before = self.replayer.exits();
+            let next_checkpoint = (exit_before / CHECKPOINT_EXITS + 1) * CHECKPOINT_EXITS;
+            let stop = self
+                .replayer
+                .resume(false, stops, Some(next_checkpoint), interrupted)?;
+            match stop {
+                EngineStop::Boundary => {
+                    self.position = self.current_moment(Some(0))?;
+                    self.checkpoint(false)?;
+                }
+                EngineStop::Breakpoint { address } => {
+                    self.position = self.current_moment(None)?;
+                    return Ok(TimelineStop::Breakpoint { address });
+                }
+                EngineStop::Ended { status } => {
+                    self.position = self.current_moment(Some(0))?;
+                    return Ok(TimelineStop::HistoryEnd { status });
+                }
+                EngineStop::Watchpoint { .. } => {}
+                EngineStop::Interrupted => {
+                    self.position = self.current_moment(None)?;
+                    return Ok(TimelineStop::Interrupted);
+                }
+                EngineStop::Stepped => {}
+            }
+        }
+    }
+
+    /// `continue` with watchpoints: single steps, comparing the watched values.
+    fn continue_stepping(
+        &mut self,
+        stops: &Stops,
+        interrupted: &mut dyn FnMut() -> bool,
+    ) -> Result<TimelineStop, ReplayError> {
+        let mut values = self.watched_values(&stops.watches);
+        let mut count: u64 = 0;
+        loop {
+            count += 1;
+            if count % 1024 == 0 && interrupted() {
+                self.position.state = self.state_digest()?;
+                return Ok(TimelineStop::Interrupted);
+            }
+            if let EngineStop::Ended { status } = self.step_once(&[])? {
+                self.position = self.current_moment(Some(0))?;
+                return Ok(TimelineStop::HistoryEnd { status });
+            }
+            let now = self.watched_values(&stops.watches);
+            if let Some(index) = Self::changed_watch(&values, &now) {
+                self.position.state = self.state_digest()?;
+                return Ok(TimelineStop::Watchpoint {
+                    address: stops.watches[index].address,
+                });
+            }
+            values = now;
+            let rip = self.replayer.registers_now()?[16];
+            if stops.breakpoints.contains(&rip) {
+                self.position.state = self.state_digest()?;
+                return Ok(TimelineStop::Breakpoint { address: rip });
+            }
+        }
+    }
+
+    /// `reverse-stepi`.
+    pub fn step_backward(&mut self) -> Result<TimelineStop, ReplayError> {
+        let here = self.resolve_steps()?;
+        let steps = here.steps.unwrap_or(0);
+        if here.exit == 0 && steps == 0 {
+            return Ok(TimelineStop::HistoryBegin);
+        }
+        if steps > 0 {
+            self.seek_steps(here.exit, steps - 1)?;
+            return Ok(TimelineStop::Stepped);
+        }
+        // The instruction before an interval's start is the one that caused its
+        // exit: count the steps of the previous interval up to it.
+        let previous = here.exit - 1;
+        self.seek_steps(previous, 0)?;
+        let mut count = 0;
+        loop {
+            self.step_once(&[])?;
+            if self.replayer.exits() != previous {
+                break;
+            }
+            count += 1;
+        }
+        self.seek_steps(previous, count)?;
+        Ok(TimelineStop::Stepped)
+    }
+
+    fn seek_steps(&mut self, exit: u64, steps: u64) -> Result<(), ReplayError> {
+        let target = Moment {
+            exit,
+            steps: Some(steps),
+            state: self.position.state,
+        };
+        if !(self.position.exit == exit
+            && self.position.steps.is_some_and(|current| current <= steps))
+        {
+            let start = self
+                .checkpoint_before(&Moment {
+                    steps: Some(steps + 1),
+                    ..target
+                })
+                .unwrap_or(0);
+            self.restore(start)?;
+        }
+        self.seek(&target)
+    }
+
+    /// `reverse-continue`: the last breakpoint or watchpoint hit before the current
+    /// position, or the beginning of history.
+    pub fn continue_backward(
+        &mut self,
+        stops: &Stops,
+        interrupted: &mut dyn FnMut() -> bool,
+    ) -> Result<TimelineStop, ReplayError> {
+        let target = self.resolve_steps()?;
+        let mut upper = target;
+        loop {
+            if interrupted() {
+                return Ok(TimelineStop::Interrupted);
+            }
+            let Some(start) = self.checkpoint_before(&upper) else {
+                self.restore(0)?;
+                return Ok(TimelineStop::HistoryBegin);
+            };
+            self.restore(start)?;
+            let start_moment = self.position;
+            let hits = self.scan_hits(stops, &upper, interrupted)?;
+            if let Some(last) = hits.last().copied() {
+                self.restore(start)?;
+                self.seek_hit(stops, &last)?;
+                return Ok(match last.1 {
+                    Some(address) => {
+                        // Backwards, a watchpoint stops before the write.
+                        self.step_backward()?;
+                        TimelineStop::Watchpoint { address }
+                    }
+                    None => TimelineStop::Breakpoint {
+                        address: last.0.state.rip,
+                    },
+                });
+            }
+            if start_moment.exit == 0 && start_moment.steps == Some(0) {
+                // Nothing between the beginning and the target.
+                return Ok(TimelineStop::HistoryBegin);
+            }
+            upper = start_moment;
+        }
+    }
+
+    /// Runs from the current position to `upper` (exclusive), returning every stop
+    /// hit on the way: `(moment, Some(watch address))` for watchpoints.
+    fn scan_hits(
+        &mut self,
+        stops: &Stops,
+        upper: &Moment,
+        interrupted: &mut dyn FnMut() -> bool,
+    ) -> Result<Vec<(Moment, Option<u64>)>, ReplayError> {
+        let mut hits = Vec::new();
+        let upper_steps = upper.steps.unwrap_or(0);
+        if stops.watches.is_empty() {
+            // Free runs with hardware breakpoints up to the upper moment's interval.
+            let hardware = stops.hardware();
+            while self.replayer.exits() < upper.exit {
+                match self
+                    .replayer
+                    .resume(false, &hardware, Some(upper.exit), interrupted)?
+                {
+                    EngineStop::Breakpoint { .. } => {
+                        let moment = self.current_moment(None)?;
+                        hits.push((moment, None));
+                    }
+                    EngineStop::Boundary => {
+                        self.position = self.current_moment(Some(0))?;
+                    }
+                    EngineStop::Interrupted => return Ok(hits),
+                    EngineStop::Ended { .. }
+                    | EngineStop::Stepped
+                    | EngineStop::Watchpoint { .. } => break,
+                }
+            }
+            if self.replayer.exits() > upper.exit {
+                return Ok(hits);
+            }
+        }
+        // Single steps (the whole way with watchpoints, else within the upper
+        // interval), checking breakpoints by rip and watches by value.
+        let mut values = self.watched_values(&stops.watches);
+        let mut first = true;
+        loop {
+            let here = self.position;
+            let reached = here.exit > upper.exit
+                || (here.exit == upper.exit && here.steps.unwrap_or(0) >= upper_steps);
+            if reached {
+                break;
+            }
+            let rip = self.replayer.registers_now()?[16];
+            if !first && stops.breakpoints.contains(&rip) {
+                let moment = self.current_moment(here.steps)?;
+                hits.push((moment, None));
+            }
+            first = false;
+            if let EngineStop::Ended { .. } = self.step_once(&[])? {
+                break;
+            }
+            let now = self.watched_values(&stops.watches);
+            if let Some(index) = Self::changed_watch(&values, &now) {
+                let moment = self.current_moment(self.position.steps)?;
+                hits.push((moment, Some(stops.watches[index].address)));
+            }
+            values = now;
+            if self.position.steps.is_some_and(|steps| steps % 1024 == 0) && interrupted() {
+                break;
+            }
+        }
+        Ok(hits)
+    }
+
+    /// Seeks to a hit found by [`Timeline::scan_hits`] from the same checkpoint.
+    fn seek_hit(&mut self, stops: &Stops, hit: &(Moment, Option<u64>)) -> Result<(), ReplayError> {
+        let (moment, _) = hit;
+        if moment.steps.is_some() {
+            return self.seek(moment);
+        }
+        let stops = stops.hardware();
+        let stops = stops.as_slice();
+        let mut never = || false;
+        while self.replayer.exits() < moment.exit {
+            self.replayer
+                .resume(false, &[], Some(moment.exit), &mut never)?;
+        }
+        loop {
+            if self.matches_state(&moment.state)? {
+                self.position = Moment {
+                    steps: None,
+                    ..*moment
+                };
+                return Ok(());
+            }
+            match self
+                .replayer
+                .resume(false, stops, Some(moment.exit + 1), &mut never)?
+            {
+                EngineStop::Breakpoint { .. } | EngineStop::Watchpoint { .. } => {}
+                other => {
+                    return Err(ReplayError::Timeline(format!(
+                        "the breakpoint hit at {moment} did not happen again ({other:?})"
+                    )))
+                }
+            }
+        }
+    }
+
+    /// `monitor goto`: a position as `EXIT` or `EXIT:STEPS`.
+    pub fn goto(&mut self, exit: u64, steps: u64) -> Result<(), ReplayError> {
+        if exit > self.last_exit() {
+            return Err(ReplayError::Timeline(format!(
+                "exit {exit} is past the end of the recording (exit {})",
+                self.last_exit()
+            )));
+        }
+        self.seek_steps(exit, steps)
+    }
+
+    /// `monitor checkpoint`: returns the checkpoint's number.
+    pub fn pin_checkpoint(&mut self) -> Result<usize, ReplayError> {
+        self.resolve_steps()?;
+        self.checkpoint(true)?;
+        Ok(self.pinned().len())
+    }
+
+    fn pinned(&self) -> Vec<&Checkpoint> {
+        self.checkpoints
+            .iter()
+            .filter(|checkpoint| checkpoint.pinned)
+            .collect()
+    }
+
+    /// `monitor restart N`.
+    pub fn restart(&mut self, number: usize) -> Result<Moment, String> {
+        let pinned = self.pinned();
+        let Some(checkpoint) = number.checked_sub(1).and_then(|index| pinned.get(index)) else {
+            return Err(format!(
+                "no checkpoint {number} (there are {})",
+                pinned.len()
+            ));
+        };
+        let memory = checkpoint.memory;
+        let index = self
+            .checkpoints
+            .iter()
+            .position(|checkpoint| checkpoint.memory == memory)
+            .ok_or_else(|| format!("checkpoint {number} is gone"))?;
+        self.restore(index).map_err(|error| error.to_string())?;
+        Ok(self.position)
+    }
+
+    /// `monitor info checkpoints`.
+    pub fn describe_checkpoints(&self) -> String {
+        let mut text = String::new();
+        for (number, checkpoint) in self.pinned().iter().enumerate() {
+            text.push_str(&format!(
+                "{}  at {} (rip {:#x})\n",
+                number + 1,
+                checkpoint.moment,
+                checkpoint.moment.state.rip
+            ));
+        }
+        if text.is_empty() {
+            text.push_str("no checkpoints (create one with `monitor checkpoint`)\n");
+        }
+        text.push_str(&format!(
+            "{} automatic checkpoints, {} bytes of pages stored\n",
+            self.checkpoints.len() - self.pinned().len(),
+            self.store.stats().page_bytes
+        ));
+        text
+    }
+}
+
+/// Whether `a` is strictly before `b` in the history. Within one interval, unknown
+/// steps count as "somewhere after the start".
+fn before(a: &Moment, b: &Moment) -> bool {
+    match a.exit.cmp(&b.exit) {
+        std::cmp::Ordering::Less => true,
+        std::cmp::Ordering::Greater => false,
+        std::cmp::Ordering::Equal => match (a.steps, b.steps) {
+            (Some(a), Some(b)) => a < b,
+            (Some(0), None) => true,
+            _ => false,
+        },
+    }
+}
+
+fn same_point(a: &Moment, b: &Moment) -> bool {
+    a.exit == b.exit
+        && match (a.steps, b.steps) {
+            (Some(x), Some(y)) => x == y,
+            _ => a.state == b.state,
+        }
+}
+
+fn snapshot_error(error: snapshots::SnapshotError) -> ReplayError {
+    ReplayError::Timeline(format!("checkpoint store: {error}"))
+}
