@@ -76,6 +76,29 @@ struct RecordArgs {
     /// How asynchronous points (interrupts between exits) are positioned.
     #[arg(long, value_enum, default_value = "auto")]
     clock: ClockArg,
+    /// Guest run time between snapshots in the trace (e.g. 1s, 250ms; 0 for none).
+    /// A snapshot is also taken at the start and the end.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    snapshot_every: std::time::Duration,
+}
+
+/// Parses `1s`, `250ms`, `2m` or plain seconds.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(index) => text.split_at(index),
+        None => (text, "s"),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration like 1s or 250ms"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("'{text}': use ms, s or m")),
+    };
+    std::time::Duration::try_from_secs_f64(seconds).map_err(|_| format!("'{text}' is out of range"))
 }
 
 #[derive(Debug, clap::Args)]
@@ -87,6 +110,9 @@ struct ReplayArgs {
     /// reverse-continue, reverse-stepi, watch, break, `monitor help`.
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:1234")]
     gdb: Option<String>,
+    /// Start from snapshot N of the trace instead of from boot (see `lore-dbg info`).
+    #[arg(long, value_name = "N", conflicts_with = "gdb")]
+    from_snapshot: Option<u32>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -212,7 +238,8 @@ fn record(args: RecordArgs) -> Result<ExitCode> {
         .file_name()
         .map(|name| name.to_string_lossy().into_owned())
         .unwrap_or_else(|| name.clone());
-    let recorded = record::record(config, &guest_name, clock, &trace)
+    let snapshot_every = (!args.snapshot_every.is_zero()).then_some(args.snapshot_every);
+    let recorded = record::record(config, &guest_name, clock, snapshot_every, &trace)
         .with_context(|| format!("recording {name} into {}", trace.path().display()))?;
     std::io::stdout()
         .flush()
@@ -279,7 +306,7 @@ fn replay(args: ReplayArgs) -> Result<ExitCode> {
     if let Some(address) = &args.gdb {
         return serve_gdb(&dir, address);
     }
-    let outcome = record::replay(&dir, Box::new(std::io::stdout()))
+    let outcome = record::replay(&dir, args.from_snapshot, Box::new(std::io::stdout()))
         .with_context(|| format!("replaying {}", dir.display()))?;
     std::io::stdout()
         .flush()

@@ -3,7 +3,7 @@
 //! the guest image copy, and the checks that a trace belongs to its image.
 
 use crate::replay::{ReplayError, ReplayInput, ReplayOutcome, Replayer};
-use crate::runner::{RecordStats, RunConfig, RunError, RunOutcome, Runner};
+use crate::runner::{RecordStats, RunConfig, RunError, RunOutcome, Runner, SnapshotSchedule};
 use crate::trace::header::image_digest;
 use crate::trace::{ClockBackend, HostFacts, TraceDir, TraceError, TraceHeader, WriterStats};
 use crate::vmm::cpuid::CpuidTable;
@@ -28,6 +28,17 @@ pub enum RecordError {
     /// The trace's guest image is not the one recorded.
     #[error("the guest image in {} does not match the digest recorded in its header (the trace is damaged)", .0.display())]
     ImageMismatch(std::path::PathBuf),
+    /// The trace's snapshots cannot be written or read.
+    #[error("trace snapshots")]
+    Snapshots(#[source] snapshots::SnapshotError),
+    /// The trace has no such snapshot.
+    #[error("the trace has no snapshot {index} (it has {count}; see `lore-dbg info`)")]
+    NoSuchSnapshot {
+        /// Requested index.
+        index: u32,
+        /// Snapshots present.
+        count: usize,
+    },
     /// The recording used a clock backend this build cannot use.
     #[error(
         "clock backend '{0}' is not available in this lore-dbg: use --clock landmark (or auto)"
@@ -51,6 +62,7 @@ pub fn record(
     config: RunConfig,
     guest_name: &str,
     clock: ClockBackend,
+    snapshot_every: Option<std::time::Duration>,
     trace: &TraceDir,
 ) -> Result<Recorded, RecordError> {
     if clock != ClockBackend::Landmark {
@@ -81,7 +93,19 @@ pub fn record(
         host: HostFacts::current(),
     };
     trace.write_header(&header)?;
-    runner.record_to(trace.event_writer()?);
+    let schedule = match snapshot_every {
+        Some(interval) => Some(SnapshotSchedule {
+            writer: snapshots::DiskWriter::create(
+                trace.snapshots_path(),
+                header.memory_size as usize,
+                snapshots::WriterOptions::default(),
+            )
+            .map_err(RecordError::Snapshots)?,
+            interval,
+        }),
+        None => None,
+    };
+    runner.record_to(trace.event_writer()?, schedule);
     let (outcome, recording) = runner.run()?;
     let (writer, stats) = recording.ok_or(RecordError::Trace(TraceError::WriterStopped {
         path: trace.events_path(),
@@ -123,11 +147,26 @@ pub fn load(dir: &std::path::Path) -> Result<(TraceHeader, ReplayInput), RecordE
     Ok((header, input))
 }
 
-/// Replays the trace in `dir` to its end, serial output to `output`.
+/// Replays the trace in `dir` to its end, serial output to `output`; from trace
+/// snapshot `from_snapshot` when given.
 pub fn replay(
     dir: &std::path::Path,
+    from_snapshot: Option<u32>,
     output: Box<dyn Write + Send>,
 ) -> Result<ReplayOutcome, RecordError> {
     let (_, input) = load(dir)?;
-    Ok(Replayer::new(input, output)?.run_to_end()?)
+    let mut replayer = Replayer::new(input, output)?;
+    if let Some(index) = from_snapshot {
+        let path = dir.join(crate::trace::store::SNAPSHOTS_FILE);
+        let reader = snapshots::DiskReader::open(&path).map_err(RecordError::Snapshots)?;
+        if let Some(damage) = reader.damage() {
+            tracing::warn!(%damage, "the trace's snapshot file is damaged after its intact prefix");
+        }
+        let count = snapshots::SnapshotSource::snapshots(&reader).len();
+        if index as usize >= count {
+            return Err(RecordError::NoSuchSnapshot { index, count });
+        }
+        replayer.start_from_snapshot(&reader, index)?;
+    }
+    Ok(replayer.run_to_end()?)
 }

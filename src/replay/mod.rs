@@ -280,6 +280,69 @@ impl Replayer {
         })
     }
 
+    /// Moves to trace snapshot `index` (taken by the recorder right after an exit)
+    /// instead of replaying from boot.
+    pub fn start_from_snapshot(
+        &mut self,
+        source: &dyn snapshots::SnapshotSource,
+        index: u32,
+    ) -> Result<(), ReplayError> {
+        use crate::runner::blob;
+        let bad = |what: &str| ReplayError::Timeline(format!("trace snapshot {index}: {what}"));
+        let blobs = source
+            .restore(
+                snapshots::SnapshotId(u64::from(index)),
+                self.vm.memory_mut().as_mut_slice(),
+                snapshots::MemoryState::Unknown,
+            )
+            .map_err(|error| bad(&error.to_string()))?;
+        let vcpu = blobs
+            .get(blob::VCPU)
+            .ok_or_else(|| bad("no vCPU state"))
+            .and_then(|bytes| {
+                VcpuState::from_bytes(bytes).map_err(|error| bad(&error.to_string()))
+            })?;
+        let board = blobs
+            .get(blob::DEVICES)
+            .ok_or_else(|| bad("no device state"))
+            .and_then(|bytes| {
+                BoardState::from_bytes(bytes).map_err(|error| bad(&error.to_string()))
+            })?;
+        let dirty = blobs
+            .get(blob::DIRTY_SINCE_BOOT)
+            .ok_or_else(|| bad("no dirty-page bitmap"))?;
+        if dirty.len() != self.cursor.dirty_since_boot.len() * 8 {
+            return Err(bad("dirty-page bitmap of the wrong size"));
+        }
+        let event_index = self
+            .events
+            .iter()
+            .position(|event| matches!(event, Event::Snapshot { index: at, .. } if *at == index))
+            .ok_or_else(|| bad("not in the event log"))?;
+        let exit = self.events[event_index].exit();
+        let mut cursor = self.cursor.clone();
+        cursor.next_event = event_index + 1;
+        cursor.exits = exit;
+        cursor.at_boundary = true;
+        cursor.ended = None;
+        for (word, bytes) in cursor
+            .dirty_since_boot
+            .iter_mut()
+            .zip(dirty.chunks_exact(8))
+        {
+            let mut array = [0u8; 8];
+            array.copy_from_slice(bytes);
+            *word = u64::from_le_bytes(array);
+        }
+        self.restore(&MachineState {
+            vcpu,
+            board,
+            cursor,
+        })?;
+        self.output_shown_until = exit;
+        Ok(())
+    }
+
     /// Statistics so far.
     pub fn stats(&self) -> &ReplayStats {
         &self.stats

@@ -107,11 +107,47 @@ enum LastStop {
     Async,
 }
 
+/// Periodic snapshots into the trace.
+pub struct SnapshotSchedule {
+    /// The trace's snapshot file.
+    pub writer: snapshots::DiskWriter<std::fs::File>,
+    /// Guest run time between snapshots.
+    pub interval: Duration,
+}
+
+impl fmt::Debug for SnapshotSchedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SnapshotSchedule")
+            .field("interval", &self.interval)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Names of the state blobs in a trace snapshot.
+pub mod blob {
+    /// [`crate::vmm::state::VcpuState::to_bytes`].
+    pub const VCPU: &str = "vcpu";
+    /// `lore_devices::BoardState::to_bytes`.
+    pub const DEVICES: &str = "devices";
+    /// Bitmap (little-endian u64 words) of the pages written since boot.
+    pub const DIRTY_SINCE_BOOT: &str = "dirty-since-boot";
+}
+
+/// The recorder's snapshot state.
+struct SnapshotState {
+    schedule: SnapshotSchedule,
+    last_ns: u64,
+    last: Option<snapshots::SnapshotId>,
+    dirty_since_last: Vec<u64>,
+}
+
 /// Recording state: the log and what positions need.
 struct Recorder {
     writer: EventWriter,
-    /// Pages written since the last snapshot (accumulated from KVM's dirty log).
-    dirty_since_snapshot: Vec<u64>,
+    /// Pages written since boot (accumulated from KVM's dirty log): what landmark
+    /// memory digests cover.
+    dirty_since_boot: Vec<u64>,
+    snapshots: Option<SnapshotState>,
     next_register_check: u64,
     last_flush: Instant,
     /// Kicks whose interrupt was deferred to the next exit because replay could not
@@ -194,12 +230,20 @@ impl Runner {
         self.vm.cpuid()
     }
 
-    /// Logs every input of the run to `writer` from now on.
-    pub fn record_to(&mut self, writer: EventWriter) {
+    /// Logs every input of the run to `writer` from now on, and takes snapshots as
+    /// `snapshots` says.
+    pub fn record_to(&mut self, writer: EventWriter, snapshots: Option<SnapshotSchedule>) {
         let pages = self.vm.memory().size() / crate::vmm::memory::PAGE_SIZE;
+        let words = pages.div_ceil(64) as usize;
         self.recorder = Some(Recorder {
             writer,
-            dirty_since_snapshot: vec![0; pages.div_ceil(64) as usize],
+            dirty_since_boot: vec![0; words],
+            snapshots: snapshots.map(|schedule| SnapshotState {
+                schedule,
+                last_ns: 0,
+                last: None,
+                dirty_since_last: vec![0; words],
+            }),
             next_register_check: REGISTER_CHECK_INTERVAL,
             last_flush: Instant::now(),
             deferred_injections: 0,
@@ -244,13 +288,10 @@ impl Runner {
             return Ok(Position::Exit(self.exits));
         }
         let regs = self.registers_now()?;
-        let memory_digest = match &mut self.recorder {
+        self.collect_dirty()?;
+        let memory_digest = match &self.recorder {
             Some(recorder) => {
-                let log = self.vm.take_dirty_log()?;
-                for (accumulated, new) in recorder.dirty_since_snapshot.iter_mut().zip(log) {
-                    *accumulated |= new;
-                }
-                digest::dirty_pages(self.vm.memory().as_slice(), &recorder.dirty_since_snapshot)
+                digest::dirty_pages(self.vm.memory().as_slice(), &recorder.dirty_since_boot)
             }
             None => 0,
         };
@@ -262,6 +303,74 @@ impl Runner {
                 memory_digest,
                 ticks: None,
             },
+        })
+    }
+
+    /// Folds KVM's dirty log into the recorder's accumulations.
+    fn collect_dirty(&mut self) -> Result<(), RunError> {
+        let Some(recorder) = &mut self.recorder else {
+            return Ok(());
+        };
+        let log = self.vm.take_dirty_log()?;
+        for (word, new) in recorder.dirty_since_boot.iter_mut().zip(&log) {
+            *word |= new;
+        }
+        if let Some(snapshots) = &mut recorder.snapshots {
+            for (word, new) in snapshots.dirty_since_last.iter_mut().zip(&log) {
+                *word |= new;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a snapshot of the whole machine into the trace and logs it.
+    fn take_snapshot(&mut self, now_ns: u64) -> Result<(), RunError> {
+        // A clean instruction boundary: the exit's instruction completed.
+        self.vm.complete_pending_io()?;
+        self.collect_dirty()?;
+        let vcpu = crate::vmm::state::VcpuState::capture(self.vm.vcpu())?.to_bytes();
+        let devices = self.board.state().to_bytes();
+        let Some(recorder) = &mut self.recorder else {
+            return Ok(());
+        };
+        let Some(state) = &mut recorder.snapshots else {
+            return Ok(());
+        };
+        let dirty_since_boot: Vec<u8> = recorder
+            .dirty_since_boot
+            .iter()
+            .flat_map(|word| word.to_le_bytes())
+            .collect();
+        let memory_state = match state.last {
+            Some(snapshot) => snapshots::MemoryState::At {
+                snapshot,
+                dirty: snapshots::DirtyPages::Bitmap(&state.dirty_since_last),
+            },
+            None => snapshots::MemoryState::Unknown,
+        };
+        use snapshots::SnapshotSink;
+        let id = state
+            .schedule
+            .writer
+            .take(
+                self.vm.memory().as_slice(),
+                memory_state,
+                self.exits,
+                &[
+                    (blob::VCPU, &vcpu),
+                    (blob::DEVICES, &devices),
+                    (blob::DIRTY_SINCE_BOOT, &dirty_since_boot),
+                ],
+            )
+            .map_err(RunError::Snapshot)?;
+        state.last = Some(id);
+        state.last_ns = now_ns;
+        state.dirty_since_last.iter_mut().for_each(|word| *word = 0);
+        let index = u32::try_from(id.0).unwrap_or(u32::MAX);
+        self.log(Event::Snapshot {
+            exit: self.exits,
+            index,
+            guest_ns: now_ns,
         })
     }
 
@@ -387,6 +496,17 @@ impl Runner {
                 regs,
             })?;
         }
+        let now_ns = self.now_ns();
+        let snapshot_due = self.recorder.as_ref().is_some_and(|recorder| {
+            recorder.snapshots.as_ref().is_some_and(|state| {
+                state.last.is_none()
+                    || now_ns.saturating_sub(state.last_ns)
+                        >= state.schedule.interval.as_nanos() as u64
+            })
+        });
+        if snapshot_due {
+            self.take_snapshot(now_ns)?;
+        }
         if let Some(recorder) = &mut self.recorder {
             if recorder.last_flush.elapsed() >= FLUSH_INTERVAL {
                 recorder.writer.flush()?;
@@ -396,12 +516,20 @@ impl Runner {
         Ok(())
     }
 
-    /// Logs the end of the run.
+    /// Logs the end of the run (after a last snapshot).
     fn log_end(&mut self, status: i32) -> Result<(), RunError> {
         if self.recorder.is_none() {
             return Ok(());
         }
         let regs = self.registers_now()?;
+        let has_snapshots = self
+            .recorder
+            .as_ref()
+            .is_some_and(|recorder| recorder.snapshots.is_some());
+        if has_snapshots {
+            let now_ns = self.now_ns();
+            self.take_snapshot(now_ns)?;
+        }
         let end = Event::End {
             exit: self.exits,
             status,

@@ -135,6 +135,9 @@ pub enum RunError {
     /// Writing the trace failed (e.g. a full disk).
     #[error("cannot write the trace")]
     Trace(#[from] crate::trace::TraceError),
+    /// Writing a snapshot into the trace failed.
+    #[error("cannot write a snapshot into the trace")]
+    Snapshot(#[source] snapshots::SnapshotError),
     /// Writing serial output failed (e.g. a full disk or closed pipe).
     #[error("cannot write the guest's serial output")]
     SerialOutput(#[source] std::io::Error),

@@ -104,3 +104,179 @@ impl VcpuState {
             .map_err(kvm_op("KVM_SET_MP_STATE"))
     }
 }
+
+/// Version of [`VcpuState::to_bytes`]'s encoding.
+const STATE_VERSION: u8 = 1;
+
+/// Why a saved vCPU state cannot be read back.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StateBytesError {
+    /// Another encoding version.
+    #[error("vCPU state encoding version {0}, expected {STATE_VERSION}")]
+    Version(u8),
+    /// Shorter than its fields, or with bytes left over.
+    #[error("vCPU state has the wrong length")]
+    Length,
+}
+
+struct ByteReader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> ByteReader<'a> {
+    fn take(&mut self, len: usize) -> Result<&'a [u8], StateBytesError> {
+        if self.bytes.len() < len {
+            return Err(StateBytesError::Length);
+        }
+        let (head, tail) = self.bytes.split_at(len);
+        self.bytes = tail;
+        Ok(head)
+    }
+    fn pod<T: zerocopy::FromBytes>(&mut self) -> Result<T, StateBytesError> {
+        let bytes = self.take(std::mem::size_of::<T>())?;
+        T::read_from_bytes(bytes).map_err(|_| StateBytesError::Length)
+    }
+    fn u64(&mut self) -> Result<u64, StateBytesError> {
+        let bytes = self.take(8)?;
+        let mut array = [0u8; 8];
+        array.copy_from_slice(bytes);
+        Ok(u64::from_le_bytes(array))
+    }
+}
+
+impl VcpuState {
+    /// The state as bytes (for snapshots in a trace).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        use zerocopy::IntoBytes;
+        let mut out = vec![STATE_VERSION];
+        out.extend_from_slice(self.regs.as_bytes());
+        out.extend_from_slice(self.sregs.as_bytes());
+        out.extend_from_slice(self.events.as_bytes());
+        out.extend_from_slice(self.mp_state.as_bytes());
+        let fpu = &self.fpu;
+        for register in &fpu.fpr {
+            out.extend_from_slice(register);
+        }
+        out.extend_from_slice(&fpu.fcw.to_le_bytes());
+        out.extend_from_slice(&fpu.fsw.to_le_bytes());
+        out.push(fpu.ftwx);
+        out.extend_from_slice(&fpu.last_opcode.to_le_bytes());
+        out.extend_from_slice(&fpu.last_ip.to_le_bytes());
+        out.extend_from_slice(&fpu.last_dp.to_le_bytes());
+        for register in &fpu.xmm {
+            out.extend_from_slice(register);
+        }
+        out.extend_from_slice(&fpu.mxcsr.to_le_bytes());
+        out.extend_from_slice(&(self.msrs.len() as u64).to_le_bytes());
+        for (index, value) in &self.msrs {
+            out.extend_from_slice(&u64::from(*index).to_le_bytes());
+            out.extend_from_slice(&value.to_le_bytes());
+        }
+        out
+    }
+
+    /// Reads [`VcpuState::to_bytes`]'s encoding back; never panics on bad input.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, StateBytesError> {
+        let mut reader = ByteReader { bytes };
+        let version = reader.take(1)?[0];
+        if version != STATE_VERSION {
+            return Err(StateBytesError::Version(version));
+        }
+        let regs = reader.pod()?;
+        let sregs = reader.pod()?;
+        let events = reader.pod()?;
+        let mp_state = reader.pod()?;
+        let mut fpu = kvm_fpu::default();
+        for register in &mut fpu.fpr {
+            register.copy_from_slice(reader.take(16)?);
+        }
+        let word = |reader: &mut ByteReader<'_>| -> Result<u16, StateBytesError> {
+            let bytes = reader.take(2)?;
+            Ok(u16::from_le_bytes([bytes[0], bytes[1]]))
+        };
+        fpu.fcw = word(&mut reader)?;
+        fpu.fsw = word(&mut reader)?;
+        fpu.ftwx = reader.take(1)?[0];
+        fpu.last_opcode = word(&mut reader)?;
+        fpu.last_ip = reader.u64()?;
+        fpu.last_dp = reader.u64()?;
+        for register in &mut fpu.xmm {
+            register.copy_from_slice(reader.take(16)?);
+        }
+        let mxcsr = reader.take(4)?;
+        fpu.mxcsr = u32::from_le_bytes([mxcsr[0], mxcsr[1], mxcsr[2], mxcsr[3]]);
+        let count = reader.u64()?;
+        if count > SAVED_MSRS.len() as u64 {
+            return Err(StateBytesError::Length);
+        }
+        let mut msrs = Vec::new();
+        for _ in 0..count {
+            let index = u32::try_from(reader.u64()?).map_err(|_| StateBytesError::Length)?;
+            msrs.push((index, reader.u64()?));
+        }
+        if !reader.bytes.is_empty() {
+            return Err(StateBytesError::Length);
+        }
+        Ok(Self {
+            regs,
+            sregs,
+            fpu,
+            events,
+            mp_state,
+            msrs,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> VcpuState {
+        let mut state = VcpuState {
+            regs: kvm_regs {
+                rip: 0x1234,
+                rax: 7,
+                ..Default::default()
+            },
+            sregs: kvm_sregs::default(),
+            fpu: kvm_fpu::default(),
+            events: kvm_vcpu_events::default(),
+            mp_state: kvm_mp_state::default(),
+            msrs: vec![(0xc000_0082, 0xffff_8000_0000_0000)],
+        };
+        state.sregs.cr0 = 0x8000_0011;
+        state.fpu.mxcsr = 0x1f80;
+        state.fpu.xmm[3][5] = 9;
+        state
+    }
+
+    #[test]
+    fn round_trip() {
+        let state = sample();
+        let back = VcpuState::from_bytes(&state.to_bytes()).unwrap();
+        assert_eq!(back.to_bytes(), state.to_bytes());
+        assert_eq!(back.regs.rip, 0x1234);
+        assert_eq!(back.msrs, state.msrs);
+    }
+
+    #[test]
+    fn bad_bytes_are_errors() {
+        let bytes = sample().to_bytes();
+        for len in 0..bytes.len() {
+            assert!(VcpuState::from_bytes(&bytes[..len]).is_err());
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(
+            VcpuState::from_bytes(&longer).err(),
+            Some(StateBytesError::Length)
+        );
+        let mut other_version = bytes;
+        other_version[0] = 9;
+        assert_eq!(
+            VcpuState::from_bytes(&other_version).err(),
+            Some(StateBytesError::Version(9))
+        );
+    }
+}
