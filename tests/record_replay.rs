@@ -1,0 +1,787 @@
+//! Record and replay, end to end through the `lore-dbg` binary: every corpus guest
+//! replays bit for bit (serial output, exit status, final register and memory
+//! digests), also when recorded under host load, and every damaged trace (a flipped
+//! device value, a cut or corrupted file, a killed recorder) ends in a clear error
+//! with exit status 2: never a panic, never a silent success.
+
+mod common;
+
+use common::{guest, lore, lore_dbg, require_kvm, run_with_timeout, scratch_dir, Finished};
+use lore_dbg::trace::event::{Event, Position};
+use lore_dbg::trace::writer::WriterOptions;
+use lore_dbg::trace::{EventWriter, TraceDir};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Upper bound on the events a test reads back from a trace.
+const MAX_EVENTS: usize = 10_000_000;
+
+/// How many times each recording is replayed.
+const REPLAYS: usize = 3;
+
+/// The line a successful replay prints on stderr.
+const MATCHED: &str = "lore-dbg: replay matched the recording:";
+
+fn utf8(path: &Path) -> &str {
+    path.to_str().expect("utf-8 path")
+}
+
+/// `lore-dbg record GUEST -o TRACE EXTRA...` with empty stdin.
+fn record(name: &str, trace: &Path, extra: &[&str]) -> Finished {
+    let image = guest(name);
+    let mut args = vec!["record", utf8(&image), "-o", utf8(trace)];
+    args.extend_from_slice(extra);
+    lore(&args)
+}
+
+/// `lore-dbg replay TRACE` with empty stdin.
+fn replay(trace: &Path) -> Finished {
+    lore(&["replay", utf8(trace)])
+}
+
+/// Asserts that a recording ended normally with `status`.
+fn assert_recorded(what: &str, recorded: &Finished, status: i32) {
+    assert_eq!(
+        recorded.code(),
+        status,
+        "recording {what}: unexpected exit status\n{recorded:#?}"
+    );
+    assert!(
+        recorded.stderr.contains("lore-dbg: recorded"),
+        "recording {what}: no summary line\n{recorded:#?}"
+    );
+    assert!(
+        !recorded.stdout.is_empty(),
+        "recording {what}: the guest printed nothing\n{recorded:#?}"
+    );
+}
+
+/// Replays `trace` [`REPLAYS`] times; each must reproduce `recorded` exactly.
+fn assert_replays_match(what: &str, trace: &Path, recorded: &Finished) {
+    for round in 1..=REPLAYS {
+        let replayed = replay(trace);
+        assert_eq!(
+            replayed.stdout, recorded.stdout,
+            "{what}, replay {round}: serial output differs from the recording\nrecording: \
+             {recorded:#?}\nreplay: {replayed:#?}"
+        );
+        assert_eq!(
+            replayed.code(),
+            recorded.code(),
+            "{what}, replay {round}: exit status differs from the recording\n{replayed:#?}"
+        );
+        assert!(
+            replayed.stderr.contains(MATCHED),
+            "{what}, replay {round}: no '{MATCHED}' line\n{replayed:#?}"
+        );
+        assert!(!replayed.stderr.contains("panicked"), "{replayed:#?}");
+    }
+}
+
+/// A failed command: status 2, a message, no panic, no claim of success.
+fn assert_clean_failure(what: &str, finished: &Finished) {
+    assert_eq!(
+        finished.status.code(),
+        Some(2),
+        "{what}: expected exit status 2\n{finished:#?}"
+    );
+    assert!(
+        !finished.stderr.contains("panicked"),
+        "{what}: panicked\n{finished:#?}"
+    );
+    assert!(
+        !finished.stderr.contains(MATCHED),
+        "{what}: claims success\n{finished:#?}"
+    );
+    assert!(
+        finished.stderr.contains("lore-dbg: error:"),
+        "{what}: no error message\n{finished:#?}"
+    );
+}
+
+/// Reads all events of a complete trace.
+fn read_events(trace: &Path) -> Vec<Event> {
+    let (dir, _) = TraceDir::open(trace).expect("open trace");
+    let log = dir.read_events(MAX_EVENTS).expect("read events");
+    assert!(log.truncation.is_none(), "{:?}", log.truncation);
+    log.events
+}
+
+/// Replaces the events file of `trace` with `events`, written in chunks of about
+/// `chunk_target` raw bytes (`None`: the writer's default).
+fn rewrite_events(trace: &Path, events: &[Event], chunk_target: Option<usize>) {
+    let (dir, _) = TraceDir::open(trace).expect("open trace");
+    let path = dir.events_path();
+    std::fs::remove_file(&path).expect("remove events");
+    let mut writer = match chunk_target {
+        None => EventWriter::create(&path).expect("create events"),
+        Some(chunk_target) => {
+            let file = File::create_new(&path).expect("create events");
+            let options = WriterOptions {
+                chunk_target,
+                ..WriterOptions::default()
+            };
+            EventWriter::with_options(file, path.clone(), options).expect("writer")
+        }
+    };
+    for event in events {
+        writer.push(event).expect("push");
+    }
+    let stats = writer.finish().expect("finish");
+    if let Some(chunk_target) = chunk_target {
+        assert!(
+            stats.chunks > 4,
+            "chunk target {chunk_target} gave only {} chunks",
+            stats.chunks
+        );
+    }
+}
+
+/// Copies the files of trace `from` into a new trace directory `to`.
+fn copy_trace(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create trace copy");
+    for entry in std::fs::read_dir(from).expect("read trace") {
+        let entry = entry.expect("entry");
+        if entry.file_type().expect("file type").is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
+        }
+    }
+}
+
+/// `a` is a prefix of `b` or `b` of `a`.
+fn one_prefixes_other(a: &str, b: &str) -> bool {
+    a.starts_with(b) || b.starts_with(a)
+}
+
+/// A small deterministic generator (xorshift64*), so that a failing offset is
+/// reproducible.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, bound: u64) -> u64 {
+        self.next() % bound
+    }
+}
+
+/// Kills (SIGKILL) and reaps a child process when dropped, even if the test panics.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Criterion 1: every corpus guest replays bit for bit, three times.
+// ---------------------------------------------------------------------------------
+
+/// One corpus case: guest, extra record arguments, expected status, a line its
+/// output must contain.
+struct Case {
+    tag: &'static str,
+    guest: &'static str,
+    args: Vec<String>,
+    status: i32,
+    expect: &'static str,
+}
+
+fn corpus_case(case: &Case) {
+    let dir = scratch_dir(&format!("corpus-{}", case.tag));
+    let trace = dir.join("trace");
+    let args: Vec<&str> = case.args.iter().map(String::as_str).collect();
+    let recorded = record(case.guest, &trace, &args);
+    assert_recorded(case.tag, &recorded, case.status);
+    assert!(
+        recorded.stdout.contains(case.expect),
+        "{}: expected '{}' in the output\n{recorded:#?}",
+        case.tag,
+        case.expect
+    );
+    for file in ["header", "events", "guest.elf"] {
+        assert!(
+            trace.join(file).is_file(),
+            "{}: no {file} in the trace",
+            case.tag
+        );
+    }
+    assert_replays_match(case.tag, &trace, &recorded);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn every_corpus_guest_replays_bit_for_bit() {
+    require_kvm();
+    let input_dir = scratch_dir("corpus-input");
+    let input = input_dir.join("input.txt");
+    std::fs::write(&input, "hello there\nquit\n").expect("write input");
+    let cases = [
+        Case {
+            tag: "hello",
+            guest: "hello",
+            args: vec![],
+            status: 1,
+            expect: "Hello from a lore-dbg guest!",
+        },
+        Case {
+            tag: "hello-status",
+            guest: "hello",
+            args: vec!["--cmdline".into(), "status=3".into()],
+            status: 7,
+            expect: "exit status 3",
+        },
+        Case {
+            tag: "compute",
+            guest: "compute",
+            args: vec![],
+            status: 1,
+            expect: "compute: done, final hash 0xf115d9638c5e7d6d",
+        },
+        Case {
+            tag: "canary",
+            guest: "canary",
+            args: vec![],
+            status: 1,
+            expect: "canary = 0x00000000deadbeef (CORRUPTED)",
+        },
+        Case {
+            tag: "timer",
+            guest: "timer",
+            args: vec![],
+            status: 1,
+            expect: "timer",
+        },
+        Case {
+            tag: "sched",
+            guest: "sched",
+            args: vec![],
+            status: 1,
+            expect: "sched",
+        },
+        Case {
+            tag: "echo",
+            guest: "echo",
+            args: vec!["--serial-in".into(), utf8(&input).to_owned()],
+            status: 1,
+            expect: "> HELLO THERE",
+        },
+    ];
+    // Two at a time: our machines have two cores, and the other tests run too.
+    std::thread::scope(|scope| {
+        let (first, second) = cases.split_at(cases.len() / 2);
+        let a = scope.spawn(|| first.iter().for_each(corpus_case));
+        let b = scope.spawn(|| second.iter().for_each(corpus_case));
+        let results = [a.join(), b.join()];
+        for result in results {
+            if let Err(panic) = result {
+                std::panic::resume_unwind(panic);
+            }
+        }
+    });
+    let _ = std::fs::remove_dir_all(&input_dir);
+}
+
+// ---------------------------------------------------------------------------------
+// Criterion 2: sched, recorded while the host is busy, still replays exactly.
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn sched_recorded_under_host_load_replays_exactly() {
+    require_kvm();
+    let dir = scratch_dir("sched-load");
+    let trace = dir.join("trace");
+    let spinner = KillOnDrop(
+        Command::new("sh")
+            .args(["-c", "while :; do :; done"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start a busy loop"),
+    );
+    let recorded = record("sched", &trace, &[]);
+    drop(spinner);
+    assert_recorded("sched under load", &recorded, 1);
+
+    let events = read_events(&trace);
+    let async_interrupts = events
+        .iter()
+        .filter(|event| {
+            matches!(
+                event,
+                Event::Interrupt {
+                    at: Position::Async { .. },
+                    ..
+                }
+            )
+        })
+        .count();
+    assert!(
+        async_interrupts > 0,
+        "sched's trace has no asynchronous interrupts: the test would prove nothing\n{events:?}"
+    );
+    assert!(
+        matches!(events.last(), Some(Event::End { status: 1, .. })),
+        "the trace does not end with the end record: {:?}",
+        events.last()
+    );
+    assert_replays_match("sched under load", &trace, &recorded);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---------------------------------------------------------------------------------
+// Criterion 3: echo's input comes from the trace, not from anywhere else.
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn echo_replays_without_its_input() {
+    require_kvm();
+    let dir = scratch_dir("echo-input");
+    let trace = dir.join("trace");
+    let input = dir.join("input.txt");
+    std::fs::write(&input, "hello there\nquit\n").expect("write input");
+    let recorded = record("echo", &trace, &["--serial-in", utf8(&input)]);
+    assert_recorded("echo", &recorded, 1);
+    assert!(
+        recorded.stdout.contains("> HELLO THERE") && recorded.stdout.contains("> QUIT"),
+        "{recorded:#?}"
+    );
+    // The input file is gone and stdin is /dev/null: only the trace can supply it.
+    std::fs::remove_file(&input).expect("remove input");
+    for round in 1..=REPLAYS {
+        let mut command = lore_dbg();
+        command.args(["replay", utf8(&trace)]);
+        let replayed = run_with_timeout(command, b"", common::DEFAULT_TIMEOUT);
+        assert_eq!(
+            replayed.stdout, recorded.stdout,
+            "replay {round}: {replayed:#?}"
+        );
+        assert_eq!(replayed.code(), 1, "replay {round}: {replayed:#?}");
+        assert!(replayed.stderr.contains(MATCHED), "{replayed:#?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---------------------------------------------------------------------------------
+// Criterion 4: a changed device value is a divergence, never a silent success.
+// ---------------------------------------------------------------------------------
+
+/// The exit ordinal a divergence report names.
+fn divergence_exit(finished: &Finished) -> u64 {
+    const NEEDLE: &str = "replay diverged from the recording at exit ";
+    let start = finished
+        .stderr
+        .find(NEEDLE)
+        .unwrap_or_else(|| panic!("no divergence reported\n{finished:#?}"))
+        + NEEDLE.len();
+    let digits: String = finished.stderr[start..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("no exit ordinal after '{NEEDLE}'\n{finished:#?}"))
+}
+
+/// Records `guest`, changes the `PioIn` chosen by `pick` (index into the events)
+/// to `new_value`, replays, and checks the divergence report.
+fn flipped_device_value_diverges(
+    tag: &str,
+    name: &str,
+    extra: &[&str],
+    pick: impl Fn(&[Event]) -> usize,
+    new_value: u32,
+) {
+    let dir = scratch_dir(tag);
+    let trace = dir.join("trace");
+    let recorded = record(name, &trace, extra);
+    assert_recorded(tag, &recorded, 1);
+    let mut events = read_events(&trace);
+    let index = pick(&events);
+    let flipped_exit = match &mut events[index] {
+        Event::PioIn { exit, value, .. } => {
+            assert_ne!(*value, new_value, "{tag}: the flip changes nothing");
+            *value = new_value;
+            *exit
+        }
+        other => panic!("{tag}: event {index} is not a PioIn: {other:?}"),
+    };
+    rewrite_events(&trace, &events, None);
+
+    let replayed = replay(&trace);
+    assert_clean_failure(tag, &replayed);
+    assert!(
+        replayed.stderr.contains("diverged"),
+        "{tag}: expected a divergence\n{replayed:#?}"
+    );
+    assert!(
+        replayed.stderr.contains("last events"),
+        "{tag}: the report lacks the last events\n{replayed:#?}"
+    );
+    let reported = divergence_exit(&replayed);
+    eprintln!(
+        "{tag}: value at exit {flipped_exit} changed, divergence reported at exit {reported}"
+    );
+    assert!(
+        reported >= flipped_exit,
+        "{tag}: divergence reported at exit {reported}, before the changed value at exit \
+         {flipped_exit}\n{replayed:#?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn flipped_line_status_diverges() {
+    require_kvm();
+    // An LSR read in the middle of compute's run says "transmitter busy" instead of
+    // "empty": the guest polls again, and its exits no longer follow the log.
+    flipped_device_value_diverges(
+        "flip-lsr",
+        "compute",
+        &[],
+        |events| {
+            let lsr: Vec<usize> = events
+                .iter()
+                .enumerate()
+                .filter(|(_, event)| {
+                    matches!(event, Event::PioIn { port: 0x3fd, value, .. } if value & 0x20 != 0)
+                })
+                .map(|(index, _)| index)
+                .collect();
+            assert!(lsr.len() > 10, "too few LSR reads: {events:?}");
+            lsr[lsr.len() / 2]
+        },
+        0x00,
+    );
+}
+
+#[test]
+fn flipped_input_byte_diverges() {
+    require_kvm();
+    // A received byte changes ('h' becomes 'j'): the same exits follow, but the
+    // guest's memory (and its output) differ, which the end digest must catch.
+    let dir = scratch_dir("flip-rbr-input");
+    let input = dir.join("input.txt");
+    std::fs::write(&input, "hello there\nquit\n").expect("write input");
+    flipped_device_value_diverges(
+        "flip-rbr",
+        "echo",
+        &["--serial-in", utf8(&input)],
+        |events| {
+            events
+                .iter()
+                .position(|event| {
+                    matches!(
+                        event,
+                        Event::PioIn {
+                            port: 0x3f8,
+                            value: 0x68,
+                            ..
+                        }
+                    )
+                })
+                .unwrap_or_else(|| panic!("no 'h' received: {events:?}"))
+        },
+        u32::from(b'j'),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---------------------------------------------------------------------------------
+// Criterion 5: cut and corrupted traces.
+// ---------------------------------------------------------------------------------
+
+/// A truncated trace: exit 2, says where it ends, and the serial output so far is a
+/// prefix of the recording's.
+fn assert_truncated_replay(what: &str, trace: &Path, recorded: &Finished) -> Finished {
+    let replayed = replay(trace);
+    assert_clean_failure(what, &replayed);
+    assert!(
+        replayed.stderr.contains("the trace ends at exit")
+            || replayed.stderr.contains("truncated")
+            || replayed.stderr.contains("corrupt"),
+        "{what}: no clear truncation message\n{replayed:#?}"
+    );
+    assert!(
+        recorded.stdout.starts_with(&replayed.stdout),
+        "{what}: the replay printed something the recording did not\nrecording: \
+         {recorded:#?}\nreplay: {replayed:#?}"
+    );
+    replayed
+}
+
+/// Cuts `events` of `trace` (a copy) at 20 evenly spaced offsets and just before
+/// the end; returns the messages' last-exit numbers seen, for a sanity check.
+fn cut_everywhere(tag: &str, trace: &Path, recorded: &Finished) -> Vec<u64> {
+    let bytes = std::fs::read(trace.join("events")).expect("read events");
+    let len = bytes.len();
+    let mut offsets: Vec<usize> = (0..20).map(|step| step * len / 20).collect();
+    offsets.extend([len - 1]);
+    offsets.dedup();
+    let mut ends = Vec::new();
+    for offset in offsets {
+        let cut = trace.with_file_name(format!("{tag}-cut-{offset}"));
+        copy_trace(trace, &cut);
+        std::fs::write(cut.join("events"), &bytes[..offset]).expect("write cut events");
+        let what = format!("{tag}: events cut at {offset} of {len} bytes");
+        let stderr = assert_truncated_replay(&what, &cut, recorded).stderr;
+        let replayed_info = lore(&["info", utf8(&cut), "--json"]);
+        if replayed_info.code() == 0 {
+            assert!(
+                replayed_info.stdout.contains("\"complete\": false"),
+                "{what}: info calls the cut trace complete\n{replayed_info:#?}"
+            );
+        } else {
+            assert_clean_failure(&format!("{what} (info)"), &replayed_info);
+        }
+        if let Some(start) = stderr.find("the trace ends at exit ") {
+            let digits: String = stderr[start + "the trace ends at exit ".len()..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            ends.push(digits.parse().expect("exit ordinal"));
+        }
+        let _ = std::fs::remove_dir_all(&cut);
+    }
+    ends
+}
+
+#[test]
+fn truncated_event_logs_replay_their_prefix() {
+    require_kvm();
+    let dir = scratch_dir("truncate");
+    let trace = dir.join("trace");
+    let recorded = record("canary", &trace, &[]);
+    assert_recorded("canary", &recorded, 1);
+
+    // As recorded (a short run fits in very few chunks).
+    cut_everywhere("default-chunks", &trace, &recorded);
+
+    // The same events in many small chunks: a cut keeps a real prefix, which must
+    // replay up to its end.
+    let events = read_events(&trace);
+    rewrite_events(&trace, &events, Some(256));
+    assert_replays_match("canary in small chunks", &trace, &recorded);
+    let ends = cut_everywhere("small-chunks", &trace, &recorded);
+    eprintln!("cuts of the small-chunk log replayed to exits {ends:?}");
+    assert!(
+        ends.iter().any(|&exit| exit > 0),
+        "no cut replayed past the first exit: {ends:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Flips bytes of `file` in copies of `trace` at `count` random offsets: every
+/// replay must fail cleanly (every file of a trace is checked: a CRC per chunk, the
+/// header's own check, the image digest), printing at most a prefix of the
+/// recording's output.
+fn flip_bytes(
+    tag: &str,
+    trace: &Path,
+    file: &str,
+    count: usize,
+    rng: &mut Rng,
+    recorded: &Finished,
+) {
+    let bytes = std::fs::read(trace.join(file)).expect("read trace file");
+    let len = bytes.len();
+    // The preamble (magic, version, reserved bytes) and the first chunk's header,
+    // then random offsets.
+    let mut offsets: Vec<usize> = [0, 8, 12, 16, len - 1]
+        .into_iter()
+        .filter(|&offset| offset < len)
+        .collect();
+    offsets.extend((0..count).map(|_| rng.below(len as u64) as usize));
+    for (round, offset) in offsets.into_iter().enumerate() {
+        let mask = (rng.below(255) + 1) as u8;
+        let mut damaged = bytes.clone();
+        damaged[offset] ^= mask;
+        let copy: PathBuf = trace.with_file_name(format!("{tag}-{round}"));
+        copy_trace(trace, &copy);
+        let damaged_path = copy.join(file);
+        std::fs::write(&damaged_path, &damaged).expect("write damaged file");
+        let what = format!("{tag}: {file} byte {offset} of {len} xor {mask:#04x}");
+        let replayed = replay(&copy);
+        assert_clean_failure(&what, &replayed);
+        assert!(
+            replayed.stderr.contains(utf8(&damaged_path)),
+            "{what}: the error does not name the damaged file\n{replayed:#?}"
+        );
+        assert!(
+            [
+                "corrupt",
+                "not a lore-dbg trace",
+                "format version",
+                "does not match"
+            ]
+            .iter()
+            .any(|needle| replayed.stderr.contains(needle)),
+            "{what}: the error does not say what is wrong\n{replayed:#?}"
+        );
+        assert!(
+            recorded.stdout.starts_with(&replayed.stdout),
+            "{what}: the replay printed something the recording did not\n{replayed:#?}"
+        );
+        let _ = std::fs::remove_dir_all(&copy);
+    }
+}
+
+#[test]
+fn corrupted_trace_files_fail_cleanly() {
+    require_kvm();
+    let dir = scratch_dir("corrupt");
+    let trace = dir.join("trace");
+    let recorded = record("sched", &trace, &[]);
+    assert_recorded("sched", &recorded, 1);
+    let seed = 0x10_4e_db_90_u64;
+    let mut rng = Rng(seed);
+    eprintln!("byte flips seeded with {seed:#x}");
+    flip_bytes("events", &trace, "events", 30, &mut rng, &recorded);
+    flip_bytes("header", &trace, "header", 30, &mut rng, &recorded);
+    flip_bytes("image", &trace, "guest.elf", 3, &mut rng, &recorded);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---------------------------------------------------------------------------------
+// Criterion 6: a recorder killed with SIGKILL leaves a trace that says so.
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn killed_recorder_leaves_a_replayable_prefix() {
+    require_kvm();
+    let dir = scratch_dir("sigkill");
+    let image = guest("timer");
+    // timer runs for at least 200 ms of host time (20 ticks at 100 Hz).
+    for delay_ms in [40_u64, 120, 170] {
+        let trace = dir.join(format!("trace-{delay_ms}"));
+        let mut command = lore_dbg();
+        command
+            .args(["record", utf8(&image), "-o", utf8(&trace)])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("start the recorder");
+        let mut stdout = child.stdout.take().expect("stdout");
+        let mut stderr = child.stderr.take().expect("stderr");
+        let readers = (
+            std::thread::spawn(move || {
+                let mut text = String::new();
+                let _ = std::io::Read::read_to_string(&mut stdout, &mut text);
+                text
+            }),
+            std::thread::spawn(move || {
+                let mut text = String::new();
+                let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+                text
+            }),
+        );
+        let started = Instant::now();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        // SIGKILL on Unix.
+        child.kill().expect("kill the recorder");
+        let status = child.wait().expect("wait");
+        let elapsed = started.elapsed();
+        let record_stdout = readers.0.join().expect("stdout reader");
+        let record_stderr = readers.1.join().expect("stderr reader");
+        assert_eq!(
+            status.code(),
+            None,
+            "the recorder finished within {elapsed:?}, before the kill: the test proves \
+             nothing\nstdout:\n{record_stdout}\nstderr:\n{record_stderr}"
+        );
+
+        let what = format!("recorder killed after {delay_ms} ms");
+        let replayed = replay(&trace);
+        eprintln!("{what}: {}", replayed.stderr.trim_end());
+        assert_clean_failure(&what, &replayed);
+        let events = trace.join("events");
+        if events.is_file() && trace.join("header").is_file() {
+            assert!(
+                replayed.stderr.contains("the trace ends at exit"),
+                "{what}: expected 'the trace ends at exit'\n{replayed:#?}"
+            );
+            assert!(
+                one_prefixes_other(&replayed.stdout, &record_stdout),
+                "{what}: the replay's output is not the recording's\nrecorder \
+                 stdout:\n{record_stdout}\n{replayed:#?}"
+            );
+            let info = lore(&["info", utf8(&trace), "--json"]);
+            assert_eq!(info.code(), 0, "{what}: info failed\n{info:#?}");
+            assert!(info.stdout.contains("\"complete\": false"), "{info:#?}");
+        } else {
+            // Killed before the trace existed: the error must say what is missing.
+            assert!(
+                replayed.stderr.contains(utf8(&trace)),
+                "{what}: the error does not name the trace\n{replayed:#?}"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---------------------------------------------------------------------------------
+// Criterion 7: `lore-dbg info`.
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn info_describes_a_trace() {
+    require_kvm();
+    let dir = scratch_dir("info");
+    let trace = dir.join("trace");
+    let recorded = record("compute", &trace, &[]);
+    assert_recorded("compute", &recorded, 1);
+
+    let json = lore(&["info", utf8(&trace), "--json"]);
+    assert_eq!(json.code(), 0, "{json:#?}");
+    let text = json.stdout.trim();
+    assert!(
+        text.starts_with('{') && text.ends_with('}'),
+        "not a JSON object:\n{text}"
+    );
+    // One `"key": value` per line, commas between them.
+    let body: Vec<&str> = text.lines().skip(1).collect();
+    let fields = &body[..body.len() - 1];
+    for (index, line) in fields.iter().enumerate() {
+        let line = line.trim();
+        assert!(
+            line.starts_with('"') && line.contains("\": "),
+            "bad line {line:?}\n{text}"
+        );
+        assert_eq!(
+            line.ends_with(','),
+            index + 1 < fields.len(),
+            "bad separator on {line:?}\n{text}"
+        );
+    }
+    for needle in [
+        "\"events\":",
+        "\"exit_status\": 1,",
+        "\"complete\": true,",
+        "\"guest\": \"compute",
+        "\"clock\": \"landmark\"",
+    ] {
+        assert!(text.contains(needle), "no {needle} in\n{text}");
+    }
+    let events = read_events(&trace);
+    assert!(
+        text.contains(&format!("\"events\": {},", events.len())),
+        "event count differs from the trace's {}:\n{text}",
+        events.len()
+    );
+
+    let plain = lore(&["info", utf8(&trace)]);
+    assert_eq!(plain.code(), 0, "{plain:#?}");
+    assert!(plain.stdout.contains("compute"), "{plain:#?}");
+    assert!(plain.stdout.contains("exit status 1"), "{plain:#?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
