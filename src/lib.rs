@@ -5,6 +5,7 @@
 //! `lore-devices` crate, snapshots in `snapshots`, the gdb stub in `lore-stub`.
 
 pub mod boot;
+pub mod clock;
 pub mod digest;
 pub mod gdb;
 pub mod guests;
