@@ -68,11 +68,6 @@ pub fn dirty_pages(memory: &[u8], dirty: &[u64]) -> u64 {
     hasher.digest()
 }
 
-/// Digest of all of guest memory.
-pub fn memory(memory: &[u8]) -> u64 {
-    xxh3_64(memory)
-}
-
 /// Formats two register arrays side by side, marking the entries that differ.
 pub fn register_diff(expected: &RegisterArray, actual: &RegisterArray) -> String {
     let mut text = String::from("register      recorded           replayed\n");
@@ -81,6 +76,31 @@ pub fn register_diff(expected: &RegisterArray, actual: &RegisterArray) -> String
         text.push_str(&format!("{name:<8} {want:#018x} {have:#018x}{mark}\n"));
     }
     text
+}
+
+/// Bitmap of the pages below `image_end`: what the boot loader may have written
+/// (the image and the multiboot information). With the pages the guest wrote
+/// (KVM's dirty log) it covers every page that can be non-zero.
+pub fn loader_pages(image_end: u64, words: usize) -> Vec<u64> {
+    let mut bitmap = vec![0u64; words];
+    let pages = image_end.div_ceil(PAGE_SIZE as u64) as usize;
+    for page in 0..pages.min(words * 64) {
+        bitmap[page / 64] |= 1 << (page % 64);
+    }
+    bitmap
+}
+
+/// The union of two page bitmaps.
+pub fn union(a: &[u64], b: &[u64]) -> Vec<u64> {
+    a.iter().zip(b).map(|(x, y)| x | y).collect()
+}
+
+/// Digest of all of guest memory, reading only the pages that can be non-zero:
+/// those the loader wrote and those in `written` (all others are still zero, so
+/// two memories with equal digests here are equal everywhere).
+pub fn touched_memory(memory: &[u8], written: &[u64], image_end: u64) -> u64 {
+    let touched = union(written, &loader_pages(image_end, written.len()));
+    dirty_pages(memory, &touched)
 }
 
 #[cfg(test)]
@@ -96,6 +116,21 @@ mod tests {
         memory[PAGE_SIZE + 7] = 2;
         assert_ne!(first, dirty_pages(&memory, &[0b10]));
         assert_eq!(dirty_pages(&memory, &[0]), dirty_pages(&[], &[]));
+    }
+
+    #[test]
+    fn touched_memory_covers_loader_and_written_pages() {
+        let mut memory = vec![0u8; 8 * PAGE_SIZE];
+        let before = touched_memory(&memory, &[0], 2 * PAGE_SIZE as u64);
+        memory[PAGE_SIZE] = 1; // a loader page
+        assert_ne!(before, touched_memory(&memory, &[0], 2 * PAGE_SIZE as u64));
+        memory[5 * PAGE_SIZE] = 1; // a page only KVM's log names
+        let without = touched_memory(&memory, &[0], 2 * PAGE_SIZE as u64);
+        assert_ne!(
+            without,
+            touched_memory(&memory, &[1 << 5], 2 * PAGE_SIZE as u64)
+        );
+        assert_eq!(loader_pages(4097, 1), vec![0b11]);
     }
 
     #[test]

@@ -30,6 +30,10 @@ pub enum MemoryState<'a> {
         snapshot: SnapshotId,
         dirty: DirtyPages<'a>,
     },
+    /// All zero (as a fresh anonymous mapping is), then the `dirty` pages were written.
+    /// A snapshot taken from this state is a full one that reads only those pages, so
+    /// that a large, mostly untouched memory is not scanned page by page.
+    ZeroExcept(DirtyPages<'a>),
 }
 
 /// A set of page numbers as a bitmap, with a count of members.

@@ -71,6 +71,11 @@ pub(crate) fn build_delta(
             set.add_dirty(dirty)?;
             (Some(*snapshot), Some(set))
         }
+        MemoryState::ZeroExcept(dirty) => {
+            let mut set = PageSet::new(page_count);
+            set.add_dirty(dirty)?;
+            (None, Some(set))
+        }
     };
     let mut delta = Vec::with_capacity(pages.as_ref().map_or(0, PageSet::len));
     let mut add = |gfn: u32, delta: &mut Vec<Entry>| -> Result<()> {
@@ -137,7 +142,9 @@ pub(crate) fn restore(
     // already written, and the pages never written are zero.
     let mut pending = PageSet::new(page_count);
     let full = match state {
-        MemoryState::Unknown => true,
+        // Restoring over zeros plus known pages is as costly as over anything: every
+        // page of the target must be written either way.
+        MemoryState::Unknown | MemoryState::ZeroExcept(_) => true,
         MemoryState::At { snapshot, dirty } => {
             pending.add_dirty(dirty)?;
             add_path_pages(nodes, *snapshot, target, &mut pending)?;

@@ -482,4 +482,30 @@ mod tests {
         assert_eq!(store.stats().unique_pages, 0);
         assert_eq!(store.stats().page_bytes, 0);
     }
+
+    #[test]
+    fn zero_except_reads_only_the_named_pages_and_restores_exactly() {
+        let mut memory = vec![0u8; 8 * PAGE_SIZE];
+        memory[2 * PAGE_SIZE + 5] = 1;
+        memory[6 * PAGE_SIZE] = 2;
+        let mut store = MemoryStore::new(memory.len(), Compression::None).unwrap();
+        let snapshot = store
+            .take(
+                &memory,
+                MemoryState::ZeroExcept(DirtyPages::Gfns(&[2, 6, 7])),
+                0,
+                &[],
+            )
+            .unwrap();
+        assert_eq!(store.stats().unique_pages, 2);
+        let mut restored = vec![0xffu8; memory.len()];
+        store
+            .restore(
+                snapshot,
+                &mut restored,
+                MemoryState::ZeroExcept(DirtyPages::NONE),
+            )
+            .unwrap();
+        assert_eq!(restored, memory);
+    }
 }

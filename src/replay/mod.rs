@@ -224,6 +224,8 @@ pub struct Replayer {
     truncated: Option<String>,
     history: ExitHistory,
     stats: ReplayStats,
+    /// End of what the boot loader wrote (see [`digest::loader_pages`]).
+    image_end: u64,
 }
 
 impl fmt::Debug for Replayer {
@@ -277,7 +279,13 @@ impl Replayer {
             truncated: input.truncated,
             history: ExitHistory::default(),
             stats: ReplayStats::default(),
+            image_end: entry.image_end,
         })
+    }
+
+    /// Pages that can be non-zero at boot: what the loader wrote.
+    pub fn loader_pages(&self) -> Vec<u64> {
+        digest::loader_pages(self.image_end, self.cursor.dirty_since_boot.len())
     }
 
     /// Moves to trace snapshot `index` (taken by the recorder right after an exit)
@@ -802,7 +810,13 @@ impl Replayer {
         if digest::registers(&regs) != regs_digest {
             differences.push("final registers differ".to_string());
         }
-        if digest::memory(self.vm.memory().as_slice()) != memory_digest {
+        self.collect_dirty_log()?;
+        let memory_now = digest::touched_memory(
+            self.vm.memory().as_slice(),
+            &self.cursor.dirty_since_boot,
+            self.image_end,
+        );
+        if memory_now != memory_digest {
             differences.push("final guest memory differs".to_string());
         }
         if differences.is_empty() {

@@ -256,11 +256,16 @@ impl Timeline {
     fn checkpoint(&mut self, pinned: bool) -> Result<usize, ReplayError> {
         let machine = self.replayer.capture()?;
         self.collect_dirty()?;
+        // The first checkpoint is at boot: only the loader's pages can be non-zero.
+        let boot_pages = digest::union(&self.replayer.loader_pages(), &self.dirty_since_base);
         let state = match self.memory_base {
             Some(snapshot) => MemoryState::At {
                 snapshot,
                 dirty: DirtyPages::Bitmap(&self.dirty_since_base),
             },
+            None if self.checkpoints.is_empty() => {
+                MemoryState::ZeroExcept(DirtyPages::Bitmap(&boot_pages))
+            }
             None => MemoryState::Unknown,
         };
         let memory = self

@@ -176,6 +176,8 @@ pub struct Runner {
     window_requested: bool,
     history: ExitHistory,
     recorder: Option<Recorder>,
+    /// End of what the boot loader wrote (see [`digest::loader_pages`]).
+    image_end: u64,
 }
 
 impl fmt::Debug for Runner {
@@ -222,6 +224,7 @@ impl Runner {
             window_requested: false,
             history: ExitHistory::default(),
             recorder: None,
+            image_end: entry.image_end,
         })
     }
 
@@ -341,12 +344,16 @@ impl Runner {
             .iter()
             .flat_map(|word| word.to_le_bytes())
             .collect();
+        let touched = digest::union(
+            &recorder.dirty_since_boot,
+            &digest::loader_pages(self.image_end, recorder.dirty_since_boot.len()),
+        );
         let memory_state = match state.last {
             Some(snapshot) => snapshots::MemoryState::At {
                 snapshot,
                 dirty: snapshots::DirtyPages::Bitmap(&state.dirty_since_last),
             },
-            None => snapshots::MemoryState::Unknown,
+            None => snapshots::MemoryState::ZeroExcept(snapshots::DirtyPages::Bitmap(&touched)),
         };
         use snapshots::SnapshotSink;
         let id = state
@@ -530,11 +537,21 @@ impl Runner {
             let now_ns = self.now_ns();
             self.take_snapshot(now_ns)?;
         }
+        self.collect_dirty()?;
+        let written = self
+            .recorder
+            .as_ref()
+            .map(|recorder| recorder.dirty_since_boot.clone())
+            .unwrap_or_default();
         let end = Event::End {
             exit: self.exits,
             status,
             regs_digest: digest::registers(&regs),
-            memory_digest: digest::memory(self.vm.memory().as_slice()),
+            memory_digest: digest::touched_memory(
+                self.vm.memory().as_slice(),
+                &written,
+                self.image_end,
+            ),
             guest_ns: self.now_ns(),
         };
         self.log(end)
