@@ -214,7 +214,7 @@ impl Board {
     /// Guest `out` of `data` at `port`.
     pub fn pio_write(&mut self, port: u16, data: &[u8], now_ns: u64) -> PioOutcome {
         if let Some((PortDevice::DebugExit, _)) = self.bus.lookup(port) {
-            let value = debug_exit::write_value(data);
+            let value = debug_exit::port_value(data);
             tracing::debug!(port, value, "isa-debug-exit");
             return PioOutcome::Exit(debug_exit::exit_status(value));
         }

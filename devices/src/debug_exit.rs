@@ -15,8 +15,9 @@ pub fn exit_status(value: u32) -> i32 {
     (value.wrapping_shl(1) | 1) as i32
 }
 
-/// The value of a write of `data` (little endian, at most 4 bytes used).
-pub fn write_value(data: &[u8]) -> u32 {
+/// The value of a port access of `data` (little endian, at most 4 bytes used), as
+/// `in`/`out` of 1, 2 or 4 bytes carry it.
+pub fn port_value(data: &[u8]) -> u32 {
     data.iter()
         .take(4)
         .enumerate()
@@ -33,9 +34,9 @@ mod tests {
     fn status_matches_qemu() {
         assert_eq!(exit_status(0), 1);
         assert_eq!(exit_status(0x10), 0x21);
-        assert_eq!(exit_status(write_value(&[0x31])), 0x63);
-        assert_eq!(write_value(&[0x34, 0x12]), 0x1234);
-        assert_eq!(write_value(&[1, 2, 3, 4, 5]), 0x0403_0201);
+        assert_eq!(exit_status(port_value(&[0x31])), 0x63);
+        assert_eq!(port_value(&[0x34, 0x12]), 0x1234);
+        assert_eq!(port_value(&[1, 2, 3, 4, 5]), 0x0403_0201);
         assert_eq!(exit_status(0xffff_ffff), -1);
     }
 }

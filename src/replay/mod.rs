@@ -21,7 +21,8 @@ pub mod timeline;
 
 use crate::boot;
 use crate::digest::{self, RegisterArray};
-use crate::runner::{le_value, ExitHistory, ExitRecord};
+use crate::runner::{ExitHistory, ExitRecord};
+use lore_devices::debug_exit::port_value;
 use crate::trace::event::{Event, Landmark, Position};
 use crate::vmm::cpuid::CpuidTable;
 use crate::vmm::debug::{self, DebugSetup, HwBreakpoint, HwCondition};
@@ -885,7 +886,7 @@ fn serve_exit(
                 ordinal,
                 ExitRecord::PioOut {
                     port,
-                    value: le_value(data),
+                    value: port_value(data),
                 },
             );
             {

@@ -34,6 +34,7 @@ use crate::vmm::regs::{self, RegisterDump};
 use crate::vmm::{Vm, VmmError};
 use kvm_ioctls::VcpuExit;
 use lore_devices::board::{Board, BoardConfig, PioOutcome};
+use lore_devices::debug_exit::port_value;
 use std::fmt;
 use std::io::Write;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -622,7 +623,7 @@ impl Runner {
         let result = match exit {
             VcpuExit::IoIn(port, data) => {
                 self.board.pio_read(port, data, now_ns);
-                let value = le_value(data);
+                let value = port_value(data);
                 event = Some(Event::PioIn {
                     exit: ordinal,
                     port,
@@ -634,7 +635,7 @@ impl Runner {
                 Ok(VcpuState::Running)
             }
             VcpuExit::IoOut(port, data) => {
-                let value = le_value(data);
+                let value = port_value(data);
                 self.history
                     .push(ordinal, ExitRecord::PioOut { port, value });
                 match self.board.pio_write(port, data, now_ns) {
@@ -774,16 +775,6 @@ impl Runner {
             }),
         }
     }
-}
-
-/// The little-endian value of a 1-, 2- or 4-byte port access.
-pub fn le_value(data: &[u8]) -> u32 {
-    data.iter()
-        .take(4)
-        .enumerate()
-        .fold(0, |value, (index, &byte)| {
-            value | u32::from(byte) << (8 * index)
-        })
 }
 
 /// Boots `config` and runs it to the end without recording.

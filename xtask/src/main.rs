@@ -1,0 +1,58 @@
+//! `cargo xtask`-style automation for lore-dbg. One task so far:
+//!
+//! `cargo run --release -p xtask -- bench [--quick] [--reps N] [--out DIR]`
+//! measures lore-dbg against QEMU's record/replay on the same guest images, in one
+//! run, several interleaved repetitions each, and writes a Markdown table
+//! (`bench.md`) and a hand-written SVG plot of the ratios (`ratios.svg`) into
+//! `--out`. See `docs/performance.md` for what is measured and how to read it.
+//!
+//! Modules: [`exec`] times whole processes, [`tools`] holds the corpus and the
+//! exact command lines, [`revdbg`] drives gdb for the reverse-debugging figures,
+//! [`bench`] runs the repetitions, [`report`] turns samples into the table and plot,
+//! [`host`] describes the machine.
+
+mod bench;
+mod exec;
+mod host;
+mod report;
+mod revdbg;
+mod tools;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Project automation for lore-dbg.
+#[derive(Debug, Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Benchmark lore-dbg against QEMU record/replay on the corpus guests.
+    ///
+    /// For each guest, interleaving the tools in every repetition: lore-dbg run,
+    /// record, replay (wall time, trace bytes, events, snapshots) and QEMU (TCG)
+    /// plain, record, record with rrsnapshot, replay (wall time, log and qcow2
+    /// sizes). Then reverse debugging of `canary` through gdb against both.
+    Bench(bench::Options),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Bench(options) => bench::run(options),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("xtask: error: {error}");
+            for cause in error.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::from(2)
+        }
+    }
+}
