@@ -420,6 +420,11 @@ impl Replayer {
 
     /// Restores a captured state. The caller has already restored guest memory.
     pub fn restore(&mut self, state: &MachineState) -> Result<(), ReplayError> {
+        // An exit of the old position may still wait for completion inside KVM (an
+        // `in` whose value KVM would write into RAX, an `out` whose RIP it would
+        // advance): finish it now, or the next entry would apply it to the restored
+        // state.
+        self.vm.complete_pending_io()?;
         // Pages KVM logged before the restore describe the old timeline; the caller
         // took what it needed with `take_dirty_since_mark` before restoring memory.
         self.vm.take_dirty_log()?;
@@ -435,6 +440,9 @@ impl Replayer {
                 }
             })?;
         self.cursor = state.cursor.clone();
+        // Refresh what kvm_run says about the restored vCPU (interrupt flag, readiness
+        // for injection) with an entry that runs nothing.
+        self.vm.complete_pending_io()?;
         Ok(())
     }
 
@@ -532,7 +540,10 @@ impl Replayer {
                 breakpoints: Vec::new(),
                 single_step: single_step || step_over,
             };
-            if !step_over {
+            // While single-stepping no breakpoint is armed: one on the current
+            // instruction would fire before it runs and the step would go nowhere.
+            // A landmark reached by the step is found by the check above next time.
+            if !setup.single_step {
                 setup.breakpoints.extend_from_slice(stops);
                 if let Some(landmark) = &landmark {
                     setup.breakpoints.push(HwBreakpoint {
@@ -767,7 +778,10 @@ impl Replayer {
                 Err(self.divergence(what, None))
             }
             Ok(Some(PioOutcome::Exit(status))) => {
-                self.check_end(status).map(|()| Progress::Ended(status))
+                self.check_end(status)?;
+                // Nothing was recorded after this: the machine must not run on.
+                self.cursor.ended = Some(status);
+                Ok(Progress::Ended(status))
             }
             Ok(Some(PioOutcome::Continue) | None) => Ok(Progress::Continue),
         }

@@ -50,6 +50,17 @@ pub struct StateDigest {
     pub memory: u64,
 }
 
+/// How closely the machine matches a [`StateDigest`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StateMatch {
+    /// Registers and memory.
+    Full,
+    /// Registers only.
+    Registers,
+    /// Not even the registers.
+    None,
+}
+
 /// A point of the replayed history.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Moment {
@@ -230,11 +241,19 @@ impl Timeline {
     /// Whether the machine is in `state` now; the memory digest is computed only
     /// when the registers already match.
     fn matches_state(&mut self, state: &StateDigest) -> Result<bool, ReplayError> {
+        Ok(self.compare_state(state)? == StateMatch::Full)
+    }
+
+    fn compare_state(&mut self, state: &StateDigest) -> Result<StateMatch, ReplayError> {
         let regs = self.replayer.registers_now()?;
         if regs[16] != state.rip || digest::registers(&regs) != state.regs {
-            return Ok(false);
+            return Ok(StateMatch::None);
         }
-        Ok(self.replayer.memory_digest_since_boot()? == state.memory)
+        if self.replayer.memory_digest_since_boot()? == state.memory {
+            Ok(StateMatch::Full)
+        } else {
+            Ok(StateMatch::Registers)
+        }
     }
 
     fn current_moment(&mut self, steps: Option<u64>) -> Result<Moment, ReplayError> {
@@ -438,22 +457,37 @@ impl Timeline {
                 self.position = self.current_moment(Some(target))?;
             }
             None => {
-                // Find the landmark: single-step the interval, comparing states.
-                let mut steps = self.position.steps.unwrap_or(0);
+                // Find the point: single-step the interval, comparing states. The
+                // registers decide; memory breaks ties. Memory alone may differ in dead
+                // stack bytes with how the point was first reached: an interrupt
+                // delivered right after a hardware-breakpoint stop pushes RFLAGS.RF
+                // into its frame, one delivered during single steps does not.
+                let start = self.position.steps.unwrap_or(0);
+                let mut steps = start;
+                let mut registers_only = None;
                 loop {
-                    if self.matches_state(&moment.state)? {
-                        let state = moment.state;
-                        self.position = Moment {
-                            exit: moment.exit,
-                            steps: Some(steps),
-                            state,
-                        };
-                        return Ok(());
+                    match self.compare_state(&moment.state)? {
+                        StateMatch::Full => {
+                            self.position = Moment {
+                                exit: moment.exit,
+                                steps: Some(steps),
+                                state: moment.state,
+                            };
+                            return Ok(());
+                        }
+                        StateMatch::Registers if registers_only.is_none() => {
+                            registers_only = Some(steps);
+                        }
+                        StateMatch::Registers | StateMatch::None => {}
                     }
                     if self.replayer.exits() != moment.exit {
-                        return Err(ReplayError::Timeline(format!(
-                            "the point {moment} is not in its interval"
-                        )));
+                        let Some(found) = registers_only else {
+                            return Err(ReplayError::Timeline(format!(
+                                "the point {moment} is not in its interval"
+                            )));
+                        };
+                        tracing::debug!(%moment, steps = found, "point found by its registers alone");
+                        return self.seek_steps(moment.exit, found);
                     }
                     self.step_once(&[])?;
                     steps += 1;
@@ -701,7 +735,8 @@ impl Timeline {
                 });
             }
             if start_moment.exit == 0 && start_moment.steps == Some(0) {
-                // Nothing between the beginning and the target.
+                // Nothing between the beginning and the target: stop at the beginning.
+                self.restore(start)?;
                 return Ok(TimelineStop::HistoryBegin);
             }
             upper = start_moment;
@@ -733,14 +768,14 @@ impl Timeline {
                     EngineStop::Boundary => {
                         self.position = self.current_moment(Some(0))?;
                     }
-                    EngineStop::Interrupted => return Ok(hits),
-                    EngineStop::Ended { .. }
+                    EngineStop::Ended { .. } => {
+                        self.position = self.current_moment(Some(0))?;
+                        return Ok(hits);
+                    }
+                    EngineStop::Interrupted
                     | EngineStop::Stepped
-                    | EngineStop::Watchpoint { .. } => break,
+                    | EngineStop::Watchpoint { .. } => return Ok(hits),
                 }
-            }
-            if self.replayer.exits() > upper.exit {
-                return Ok(hits);
             }
         }
         // Single steps (the whole way with watchpoints, else within the upper

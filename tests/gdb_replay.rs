@@ -1,0 +1,723 @@
+//! The real gdb (batch mode, CLI) against `lore-dbg replay --gdb`: reverse execution
+//! on recorded corpus guests (issue 5's acceptance criteria).
+//!
+//! Each test records a guest, serves the recording on a free local port and runs
+//! one `gdb -batch` session whose commands are separated by `echo` markers, so that
+//! every command's output can be checked on its own. Every assertion message
+//! carries gdb's whole output and the server's stderr.
+
+mod common;
+
+use common::{require_kvm, require_program, Finished};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// One gdb session's limit (a healthy session takes a few seconds; watchpoints are
+/// single-stepped in a debug build).
+const GDB_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn require_tools() {
+    require_kvm();
+    require_program("gdb", "gdb");
+}
+
+/// Records corpus guest `name` into a fresh directory and returns it.
+fn record(name: &str, tag: &str) -> PathBuf {
+    let dir = common::scratch_dir(tag).join("trace");
+    let guest = common::guest(name);
+    let mut command = common::lore_dbg();
+    command.arg("record").arg(&guest).arg("-o").arg(&dir);
+    let finished = common::run_with_timeout(command, b"", common::DEFAULT_TIMEOUT);
+    assert_eq!(finished.code(), 1, "recording {name} failed: {finished:#?}");
+    assert!(dir.join("guest.elf").is_file(), "{finished:#?}");
+    dir
+}
+
+/// A `lore-dbg replay --gdb` server; killed when dropped.
+struct Server {
+    child: Child,
+    port: u16,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Server {
+    fn stderr(&self) -> String {
+        self.stderr
+            .lock()
+            .map(|text| text.clone())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local address").port()
+}
+
+/// Serves `dir` to gdb; waits until the server listens.
+fn serve(dir: &Path) -> Server {
+    let mut last_error = String::new();
+    for _attempt in 0..5 {
+        let port = free_port();
+        let mut child = common::lore_dbg()
+            .arg("replay")
+            .arg(dir)
+            .arg("--gdb")
+            .arg(format!("127.0.0.1:{port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start lore-dbg replay --gdb");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let pipe = child.stderr.take().expect("stderr piped");
+        let collected = Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("waiting for gdb on") {
+                    let _ = ready_tx.send(true);
+                }
+                if let Ok(mut text) = collected.lock() {
+                    text.push_str(&line);
+                    text.push('\n');
+                }
+            }
+            let _ = ready_tx.send(false);
+        });
+        let server = Server {
+            child,
+            port,
+            stderr,
+        };
+        match ready_rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(true) => return server,
+            Ok(false) => last_error = server.stderr(),
+            Err(_) => panic!(
+                "lore-dbg replay --gdb did not listen within 60 s; stderr:\n{}",
+                server.stderr()
+            ),
+        }
+    }
+    panic!("lore-dbg replay --gdb could not start; stderr:\n{last_error}");
+}
+
+/// The output of one gdb session, split by command.
+struct Session {
+    /// gdb's whole output (stdout and stderr interleaved), and the server's stderr.
+    transcript: String,
+    /// What each command printed, in order (index 0: connecting).
+    outputs: Vec<String>,
+    commands: Vec<String>,
+}
+
+const MARK: &str = "@@lore-test-mark@@";
+
+impl Session {
+    /// What command `index` (of the list given to [`gdb`]) printed.
+    fn out(&self, index: usize) -> &str {
+        self.outputs
+            .get(index + 1)
+            .map(String::as_str)
+            .unwrap_or_else(|| {
+                panic!(
+                    "command {index} ({:?}) printed nothing (gdb ended early?)\n{}",
+                    self.commands.get(index),
+                    self.transcript
+                )
+            })
+    }
+
+    fn expect(&self, index: usize, needle: &str) {
+        assert!(
+            self.out(index).contains(needle),
+            "command {index} ({:?}) should print {needle:?} but printed:\n{}\n\n=== whole session ===\n{}",
+            self.commands[index],
+            self.out(index),
+            self.transcript
+        );
+    }
+
+    fn expect_not(&self, index: usize, needle: &str) {
+        assert!(
+            !self.out(index).contains(needle),
+            "command {index} ({:?}) should not print {needle:?} but printed:\n{}\n\n=== whole session ===\n{}",
+            self.commands[index],
+            self.out(index),
+            self.transcript
+        );
+    }
+
+    /// The registers an `info registers` command (index) printed: name -> hex text.
+    fn registers(&self, index: usize) -> BTreeMap<String, String> {
+        let registers: BTreeMap<String, String> = self
+            .out(index)
+            .lines()
+            .filter_map(|line| {
+                let mut words = line.split_whitespace();
+                let name = words.next()?;
+                let value = words.next()?;
+                value
+                    .starts_with("0x")
+                    .then(|| (name.to_string(), value.to_string()))
+            })
+            .collect();
+        assert!(
+            registers.contains_key("rip"),
+            "command {index} ({:?}) printed no registers:\n{}",
+            self.commands[index],
+            self.transcript
+        );
+        registers
+    }
+
+    fn same_registers(&self, first: usize, second: usize) {
+        let (a, b) = (self.registers(first), self.registers(second));
+        assert_eq!(
+            a, b,
+            "registers after command {first} ({:?}) and command {second} ({:?}) differ\n\n=== whole session ===\n{}",
+            self.commands[first], self.commands[second], self.transcript
+        );
+    }
+
+    /// The exit number `monitor when` (command index) printed.
+    fn when_exit(&self, index: usize) -> u64 {
+        let text = self.out(index);
+        text.split("exit ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|number| number.parse().ok())
+            .unwrap_or_else(|| {
+                panic!(
+                    "command {index} ({:?}) is not a `monitor when` answer:\n{text}\n\n{}",
+                    self.commands[index], self.transcript
+                )
+            })
+    }
+}
+
+/// Runs `gdb -batch` on `dir`'s image against `server` with `commands`.
+fn gdb(dir: &Path, server: &Server, commands: &[&str]) -> Session {
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg("exec \"$0\" \"$@\" 2>&1")
+        .arg("gdb")
+        .args(["-batch", "-nx"])
+        .arg(dir.join("guest.elf"))
+        .args(["-ex", "set pagination off", "-ex", "set width 0"])
+        .arg("-ex")
+        .arg(format!("target remote 127.0.0.1:{}", server.port));
+    for (index, gdb_command) in commands.iter().enumerate() {
+        command
+            .arg("-ex")
+            .arg(format!("echo \\n{MARK} {index}\\n"))
+            .arg("-ex")
+            .arg(gdb_command);
+    }
+    command.arg("-ex").arg(format!("echo \\n{MARK} end\\n"));
+    let finished: Finished = common::run_with_timeout(command, b"", GDB_TIMEOUT);
+    let transcript = format!(
+        "--- gdb (exit {:?}) ---\n{}\n--- lore-dbg stderr ---\n{}",
+        finished.status.code(),
+        finished.stdout,
+        server.stderr()
+    );
+    let mut outputs: Vec<String> = finished
+        .stdout
+        .split(MARK)
+        .map(|part| {
+            // Drop the marker's own number from the start of each part.
+            let part = part.trim_start_matches(|c: char| c != '\n');
+            part.to_string()
+        })
+        .collect();
+    // The last part follows the "end" marker.
+    if finished.stdout.contains(&format!("{MARK} end")) {
+        outputs.pop();
+    }
+    Session {
+        transcript,
+        outputs,
+        commands: commands.iter().map(|c| c.to_string()).collect(),
+    }
+}
+
+/// The line of `examples/guests/{guest}.c` that contains `needle` (exactly one).
+fn line_of(guest: &str, needle: &str) -> usize {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/guests")
+        .join(format!("{guest}.c"));
+    let source = std::fs::read_to_string(&path)
+        .unwrap_or_else(|error| panic!("cannot read {}: {error}", path.display()));
+    let lines: Vec<usize> = source
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| line.contains(needle))
+        .map(|(index, _)| index + 1)
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "{needle:?} should be on exactly one line of {}",
+        path.display()
+    );
+    lines[0]
+}
+
+/// `value` as gdb prints an unsigned 64-bit integer.
+fn decimal(value: u64) -> String {
+    value.to_string()
+}
+
+#[test]
+fn canary_watch_and_reverse_continue_find_the_corrupting_store() {
+    require_tools();
+    let dir = record("canary", "gdb-canary");
+    let server = serve(&dir);
+    let s = gdb(
+        &dir,
+        &server,
+        &[
+            "continue",         // 0: to the end
+            "p/x canary",       // 1
+            "watch canary",     // 2
+            "reverse-continue", // 3
+            "p round_no",       // 4
+            "p len",            // 5
+            "p/x canary",       // 6
+            "monitor when",     // 7
+            "continue",         // 8: forward over the store again
+            "p/x canary",       // 9
+        ],
+    );
+    s.expect(0, "No more reverse-execution history.");
+    s.expect(1, "0xdeadbeef");
+    s.expect(2, "atchpoint 1: canary");
+    s.expect(3, &format!("Old value = {}", decimal(0xdead_beef)));
+    s.expect(
+        3,
+        &format!("New value = {}", decimal(0xc0ff_eec0_ffee_c0ff)),
+    );
+    s.expect(3, "fill_round");
+    let store_line = line_of("canary", "rec[len] = RECORD_END;");
+    s.expect(3, &format!("canary.c:{store_line}"));
+    s.expect(3, "rec[len] = RECORD_END;");
+    s.expect(4, "= 5");
+    s.expect(5, "= 2048");
+    s.expect(6, "0xc0ffeec0ffeec0ff");
+    s.expect(7, "exit ");
+    s.expect(
+        8,
+        &format!("Old value = {}", decimal(0xc0ff_eec0_ffee_c0ff)),
+    );
+    s.expect(8, &format!("New value = {}", decimal(0xdead_beef)));
+    s.expect(8, "fill_round");
+    s.expect(9, "0xdeadbeef");
+}
+
+#[test]
+fn compute_breakpoint_hits_come_back_in_reverse_order() {
+    require_tools();
+    let dir = record("compute", "gdb-compute-bp");
+    let server = serve(&dir);
+    let mut commands = vec!["break hash_buffer"];
+    // Forward hits: rounds 0, 1, 2 (commands 1..=12).
+    for _ in 0..3 {
+        commands.extend(["continue", "p round_no", "info registers", "monitor when"]);
+    }
+    // Back through rounds 1 and 0 (commands 13..=20).
+    for _ in 0..2 {
+        commands.extend([
+            "reverse-continue",
+            "p round_no",
+            "info registers",
+            "monitor when",
+        ]);
+    }
+    let s = gdb(&dir, &server, &commands);
+    s.expect(0, "Breakpoint 1 at");
+    for round in 0..3 {
+        let base = 1 + 4 * round;
+        s.expect(base, "Breakpoint 1, hash_buffer");
+        s.expect(base + 1, &format!("= {round}"));
+        assert_eq!(
+            s.registers(base + 2)["rip"],
+            s.registers(3)["rip"],
+            "{}",
+            s.transcript
+        );
+    }
+    for (back, round) in [1usize, 0].into_iter().enumerate() {
+        let base = 13 + 4 * back;
+        let forward = 1 + 4 * round;
+        s.expect(base, "Breakpoint 1, hash_buffer");
+        s.expect(base + 1, &format!("= {round}"));
+        s.same_registers(forward + 2, base + 2);
+        assert_eq!(
+            s.when_exit(forward + 3),
+            s.when_exit(base + 3),
+            "reverse hit of round {round} is not at the forward hit's exit\n{}",
+            s.transcript
+        );
+    }
+}
+
+#[test]
+fn reverse_stepi_and_stepi_retrace_the_same_registers() {
+    require_tools();
+    let dir = record("canary", "gdb-stepi");
+    let server = serve(&dir);
+    let s = gdb(
+        &dir,
+        &server,
+        &[
+            "break hash_buffer", // 0
+            "continue",          // 1
+            "delete",            // 2
+            "next",              // 3
+            "next",              // 4
+            "info registers",    // 5: A
+            "reverse-stepi 7",   // 6
+            "info registers",    // 7: A - 7
+            "stepi 7",           // 8
+            "info registers",    // 9: == A
+            "stepi 9",           // 10
+            "info registers",    // 11: A + 9
+            "reverse-stepi 9",   // 12
+            "info registers",    // 13: == A
+            "stepi 9",           // 14
+            "info registers",    // 15: == A + 9
+            "reverse-stepi",     // 16: one at a time
+            "reverse-stepi",     // 17
+            "reverse-stepi",     // 18
+            "info registers",    // 19: == A + 6
+            "stepi 3",           // 20
+            "info registers",    // 21: == A + 9
+        ],
+    );
+    s.expect(1, "Breakpoint 1, hash_buffer");
+    s.same_registers(5, 9);
+    s.same_registers(5, 13);
+    s.same_registers(11, 15);
+    s.same_registers(15, 21);
+    let (a, before) = (s.registers(5), s.registers(7));
+    assert_ne!(
+        a, before,
+        "reverse-stepi 7 did not change the registers\n{}",
+        s.transcript
+    );
+}
+
+#[test]
+fn compute_reverse_stepi_and_stepi_agree_with_interrupts_on() {
+    require_tools();
+    let dir = record("compute", "gdb-stepi-irq");
+    let server = serve(&dir);
+    let s = gdb(
+        &dir,
+        &server,
+        &[
+            "break fill_round", // 0
+            "continue",         // 1
+            "continue",         // 2
+            "delete",           // 3
+            "stepi 40",         // 4
+            "info registers",   // 5: A
+            "reverse-stepi 25", // 6
+            "info registers",   // 7
+            "stepi 25",         // 8
+            "info registers",   // 9: == A
+        ],
+    );
+    s.expect(2, "Breakpoint 1, fill_round");
+    s.same_registers(5, 9);
+}
+
+#[test]
+fn reverse_finish_and_reverse_next_land_where_forward_execution_went() {
+    require_tools();
+    let dir = record("canary", "gdb-finish-next");
+    let server = serve(&dir);
+    let call_line = line_of("canary", "last_hash = hash_buffer(records, words);");
+    let print_line = line_of("canary", "kprintf(\"round %u words");
+    let info_line = format!("info line {call_line}");
+    let s = gdb(
+        &dir,
+        &server,
+        &[
+            "break hash_buffer",  // 0
+            "continue",           // 1: first hash_buffer, round 0
+            "delete",             // 2
+            "next",               // 3: into the loop
+            "reverse-finish",     // 4: back to the call in main (call_line)
+            "info registers rip", // 5
+            &info_line,           // 6
+            "next",               // 7: over the call: print_line
+            "info registers",     // 8
+            "reverse-next",       // 9: back to call_line's start
+            "info registers rip", // 10
+            "next",               // 11: print_line again
+            "info registers",     // 12: == 8
+            "p round_no",         // 13
+        ],
+    );
+    s.expect(1, "Breakpoint 1, hash_buffer");
+    s.expect(4, "main");
+    s.expect(4, &format!("canary.c:{call_line}"));
+    s.expect(4, "hash_buffer(records, words)");
+    // reverse-finish stops at the call instruction, inside call_line.
+    let call_rip = s.registers(5)["rip"].clone();
+    s.expect(6, &format!("Line {call_line}"));
+    s.expect(7, &format!("{print_line}\t"));
+    s.expect(7, "kprintf");
+    s.expect(9, &format!("{call_line}\t"));
+    s.expect(9, "hash_buffer(records, words)");
+    s.expect_not(9, "kprintf");
+    // reverse-next from the start of print_line goes to the start of call_line.
+    let line_start = s
+        .out(6)
+        .split("starts at address ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("no start address in `{info_line}`:\n{}", s.transcript));
+    assert_eq!(
+        s.registers(10)["rip"],
+        line_start,
+        "reverse-next did not stop at the start of line {call_line}\n{}",
+        s.transcript
+    );
+    assert_ne!(call_rip, line_start, "{}", s.transcript);
+    s.expect(11, &format!("{print_line}\t"));
+    s.same_registers(8, 12);
+    s.expect(13, "= 0");
+}
+
+#[test]
+fn reverse_continue_without_breakpoints_reaches_the_beginning_and_continue_the_end() {
+    require_tools();
+    let dir = record("canary", "gdb-ends");
+    let server = serve(&dir);
+    let s = gdb(
+        &dir,
+        &server,
+        &[
+            "info registers",   // 0: at the start
+            "monitor when",     // 1
+            "continue",         // 2: to the end
+            "monitor when",     // 3
+            "reverse-continue", // 4: to the beginning
+            "monitor when",     // 5
+            "info registers",   // 6: == 0
+            "continue",         // 7: to the end again
+            "monitor when",     // 8
+        ],
+    );
+    s.expect(1, "exit 0 of");
+    s.expect(2, "No more reverse-execution history.");
+    s.expect(2, "hlt");
+    let last = s.when_exit(3);
+    s.expect(3, &format!("exit {last} of {last}"));
+    s.expect(4, "No more reverse-execution history.");
+    s.expect(4, "_start");
+    s.expect_not(4, "diverged");
+    s.expect(5, "exit 0 of");
+    s.same_registers(0, 6);
+    s.expect(7, "No more reverse-execution history.");
+    s.expect(8, &format!("exit {last} of {last}"));
+}
+
+#[test]
+fn reverse_continue_from_the_first_breakpoint_hit_reaches_the_beginning() {
+    require_tools();
+    let dir = record("compute", "gdb-begin");
+    let server = serve(&dir);
+    let s = gdb(
+        &dir,
+        &server,
+        &[
+            "info registers",    // 0
+            "break hash_buffer", // 1
+            "continue",          // 2: round 0
+            "reverse-continue",  // 3: no earlier hit: the beginning
+            "monitor when",      // 4
+            "info registers",    // 5: == 0
+        ],
+    );
+    s.expect(2, "Breakpoint 1, hash_buffer");
+    s.expect(3, "No more reverse-execution history.");
+    s.expect(3, "_start");
+    s.expect(4, "exit 0 of");
+    s.same_registers(0, 5);
+}
+
+#[test]
+fn sched_reverse_continue_and_continue_through_task_switches_agree() {
+    require_tools();
+    let dir = record("sched", "gdb-sched");
+    let server = serve(&dir);
+    let s = gdb(
+        &dir,
+        &server,
+        &[
+            "break schedule",   // 0
+            "continue",         // 1
+            "info registers",   // 2
+            "monitor when",     // 3
+            "continue",         // 4
+            "info registers",   // 5
+            "monitor when",     // 6
+            "reverse-continue", // 7: back to the first hit
+            "info registers",   // 8: == 2
+            "monitor when",     // 9
+            "continue",         // 10: the second hit again
+            "info registers",   // 11: == 5
+            "monitor when",     // 12
+        ],
+    );
+    for index in [1, 4, 7, 10] {
+        s.expect(index, "Breakpoint 1, schedule");
+    }
+    s.same_registers(2, 8);
+    s.same_registers(5, 11);
+    assert_eq!(s.when_exit(3), s.when_exit(9), "{}", s.transcript);
+    assert_eq!(s.when_exit(6), s.when_exit(12), "{}", s.transcript);
+    assert!(s.when_exit(3) < s.when_exit(6), "{}", s.transcript);
+}
+
+#[test]
+fn monitor_commands_answer_and_writes_are_refused() {
+    require_tools();
+    let dir = record("canary", "gdb-monitor");
+    let server = serve(&dir);
+    let s = gdb(
+        &dir,
+        &server,
+        &[
+            "monitor help",                     // 0
+            "monitor when",                     // 1
+            "monitor info trace",               // 2
+            "break hash_buffer",                // 3
+            "continue",                         // 4
+            "monitor checkpoint",               // 5
+            "monitor when",                     // 6
+            "info registers",                   // 7
+            "continue",                         // 8
+            "monitor info checkpoints",         // 9
+            "set var canary = 1",               // 10
+            "p/x canary",                       // 11
+            "set $rax = 1",                     // 12
+            "monitor bogus",                    // 13
+            "delete",                           // 14
+            "rwatch canary",                    // 15
+            "continue",                         // 16
+            "delete",                           // 17
+            "monitor restart 1",                // 18
+            "maintenance flush register-cache", // 19
+            "info registers",                   // 20: == 7
+            "monitor when",                     // 21
+        ],
+    );
+    s.expect(0, "monitor when");
+    s.expect(0, "monitor goto");
+    s.expect(0, "monitor info trace");
+    s.expect(1, "exit 0 of ");
+    s.expect(2, "guest canary.elf");
+    s.expect(2, "exits in the recording");
+    s.expect(4, "Breakpoint 1, hash_buffer");
+    s.expect(5, "checkpoint 1 at exit");
+    s.expect(8, "Breakpoint 1, hash_buffer");
+    s.expect(9, "1 ");
+    s.expect(10, "Cannot access memory");
+    s.expect(11, "0xc0ffeec0ffeec0ff");
+    s.expect(12, "Could not write registers");
+    s.expect(13, "unknown monitor command");
+    s.expect(16, "rwatch");
+    s.expect(18, "back at checkpoint 1");
+    s.same_registers(7, 20);
+    assert_eq!(s.when_exit(6), s.when_exit(21), "{}", s.transcript);
+}
+
+#[test]
+fn compute_stepi_after_a_breakpoint_hit_makes_progress() {
+    require_tools();
+    let dir = record("compute", "gdb-stepi-progress");
+    let server = serve(&dir);
+    let mut commands = vec!["break hash_buffer", "continue", "delete"];
+    // Commands 3.. : (stepi, info registers, monitor when) x 10, which runs into
+    // hash_buffer's loop body.
+    for _ in 0..10 {
+        commands.extend(["stepi", "info registers", "monitor when"]);
+    }
+    let s = gdb(&dir, &server, &commands);
+    s.expect(1, "Breakpoint 1, hash_buffer");
+    for step in 1..10 {
+        let (before, after) = (3 + 3 * (step - 1), 3 + 3 * step);
+        assert_ne!(
+            s.registers(before + 1),
+            s.registers(after + 1),
+            "stepi {} (command {after}) left every register as it was: no progress\n{}",
+            step + 1,
+            s.transcript
+        );
+        assert_ne!(
+            s.out(before + 2),
+            s.out(after + 2),
+            "stepi {} (command {after}) did not move `monitor when`\n{}",
+            step + 1,
+            s.transcript
+        );
+    }
+}
+
+#[test]
+fn compute_stepping_backwards_and_forwards_across_a_timer_interrupt() {
+    require_tools();
+    let dir = record("compute", "gdb-irq-steps");
+    let server = serve(&dir);
+    let mut commands = vec![
+        "break timer_irq", // 0
+        "continue",        // 1: the first tick's handler
+        "delete",          // 2
+        "info registers",  // 3: A
+    ];
+    // 4..: (reverse-stepi, info registers) x 8: back through the interrupt's entry
+    // into the interrupted code.
+    for _ in 0..8 {
+        commands.extend(["reverse-stepi", "info registers"]);
+    }
+    // 20..: (stepi, info registers) x 8: forward over the injection again.
+    for _ in 0..8 {
+        commands.extend(["stepi", "info registers"]);
+    }
+    let s = gdb(&dir, &server, &commands);
+    s.expect(1, "Breakpoint 1, timer_irq");
+    // Going forward passes through the same states as going back, in reverse.
+    // After k reverse steps (registers at 4 + 2k - 1) == after 8 - k forward steps.
+    for k in 0..8 {
+        let back = if k == 0 { 3 } else { 4 + 2 * k - 1 };
+        let forward = 20 + 2 * (8 - k) - 1;
+        s.same_registers(back, forward);
+    }
+    // The walk back left the handler: some state on the way is outside timer_irq.
+    let outside = (1..=8).any(|k| !s.out(4 + 2 * k - 1).contains("<timer_irq"));
+    assert!(
+        outside,
+        "8 reverse steps never left timer_irq\n{}",
+        s.transcript
+    );
+}
