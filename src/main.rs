@@ -131,6 +131,10 @@ struct InfoArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+    /// Also replay the trace (silently) to measure what finding its asynchronous
+    /// points costs: hardware-breakpoint hits per landmark.
+    #[arg(long)]
+    measure: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -354,6 +358,13 @@ fn info(args: InfoArgs) -> Result<ExitCode> {
         .filter(|&secs| secs > 0.0)
         .map(|secs| events_bytes as f64 / secs);
     let async_points = by_kind.get("interrupt-async").copied().unwrap_or(0);
+    let measured = if args.measure {
+        let outcome = record::replay(&dir, None, Box::new(std::io::sink()))
+            .with_context(|| format!("replaying {} to measure it", dir.display()))?;
+        Some(outcome.stats)
+    } else {
+        None
+    };
     if args.json {
         let kinds: Vec<String> = by_kind
             .iter()
@@ -398,6 +409,9 @@ fn info(args: InfoArgs) -> Result<ExitCode> {
                 .unwrap_or_else(|| "null".into())
         );
         println!("  \"async_points\": {async_points},");
+        if let Some(stats) = &measured {
+            println!("  \"landmark_breakpoint_hits\": {},", stats.landmark_hits);
+        }
         println!(
             "  \"snapshots\": {},",
             by_kind.get("snapshot").copied().unwrap_or(0)
@@ -440,6 +454,17 @@ fn info(args: InfoArgs) -> Result<ExitCode> {
             .unwrap_or_default()
     );
     println!("async points: {async_points} (each found in replay by landmark: hardware breakpoint + state digest)");
+    match &measured {
+        Some(stats) => println!(
+            "landmark cost: {} breakpoint hits to find {} points ({:.1} per point)",
+            stats.landmark_hits,
+            stats.landmarks,
+            stats.landmark_hits as f64 / stats.landmarks.max(1) as f64
+        ),
+        None => println!(
+            "landmark cost: run `lore-dbg info --measure` to replay and count breakpoint hits"
+        ),
+    }
     println!(
         "snapshots:    {}",
         by_kind.get("snapshot").copied().unwrap_or(0)

@@ -785,3 +785,27 @@ fn info_describes_a_trace() {
     assert!(plain.stdout.contains("exit status 1"), "{plain:#?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `info --measure` replays the trace and reports what its landmarks cost.
+#[test]
+fn info_measure_counts_landmark_breakpoint_hits() {
+    require_kvm();
+    let dir = scratch_dir("info-measure");
+    let trace = dir.join("trace");
+    let recorded = record("timer", &trace, &[]);
+    assert_recorded("timer", &recorded, 1);
+    let json = lore(&["info", utf8(&trace), "--json", "--measure"]);
+    assert_eq!(json.code(), 0, "{json:#?}");
+    let hits: u64 = json
+        .stdout
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("\"landmark_breakpoint_hits\": "))
+        .and_then(|value| value.trim_end_matches(',').parse().ok())
+        .unwrap_or_else(|| panic!("no landmark_breakpoint_hits in {json:#?}"));
+    assert!(
+        hits > 0,
+        "timer's asynchronous points cost no breakpoint hit? {json:#?}"
+    );
+    let text = lore(&["info", utf8(&trace), "--measure"]);
+    assert!(text.stdout.contains("breakpoint hits to find"), "{text:#?}");
+}
