@@ -6,7 +6,9 @@
 //! by guest-virtual address through the guest's page tables (4-level long-mode
 //! paging, or 32-bit/PAE, or none before paging is on).
 
-use crate::replay::timeline::{Moment, Stops, Timeline, TimelineStop, Watch};
+use crate::replay::timeline::{
+    Moment, Stops, Timeline, TimelineStop, Watch, WatchKind as TimelineWatchKind,
+};
 use crate::replay::USER_HW_SLOTS;
 use crate::trace::TraceHeader;
 use crate::vmm::paging;
@@ -68,16 +70,8 @@ impl GdbSession {
     }
 }
 
-/// gdb's stop conditions in the timeline's terms; read watchpoints cannot be
-/// honoured (see [`Stops`]) and are refused.
+/// gdb's stop conditions in the timeline's terms.
 fn timeline_stops(stops: &StopConditions) -> Result<Stops, String> {
-    if stops
-        .watchpoints
-        .iter()
-        .any(|watch| watch.kind != WatchKind::Write)
-    {
-        return Err("read and access watchpoints (rwatch, awatch) need hardware data breakpoints, which this host's KVM does not deliver; use `watch`".into());
-    }
     let breakpoints: Vec<u64> = stops
         .breakpoints
         .iter()
@@ -97,6 +91,11 @@ fn timeline_stops(stops: &StopConditions) -> Result<Stops, String> {
             .map(|watch| Watch {
                 address: watch.addr,
                 len: watch.len as u8,
+                kind: match watch.kind {
+                    WatchKind::Write => TimelineWatchKind::Write,
+                    WatchKind::Read => TimelineWatchKind::Read,
+                    WatchKind::Access => TimelineWatchKind::Access,
+                },
             })
             .collect(),
     })

@@ -646,7 +646,7 @@ fn monitor_commands_answer_and_writes_are_refused() {
     s.expect(11, "0xc0ffeec0ffeec0ff");
     s.expect(12, "Could not write registers");
     s.expect(13, "unknown monitor command");
-    s.expect(16, "rwatch");
+    s.expect(16, "read watchpoint");
     s.expect(18, "back at checkpoint 1");
     s.same_registers(7, 20);
     assert_eq!(s.when_exit(6), s.when_exit(21), "{}", s.transcript);
@@ -720,4 +720,33 @@ fn compute_stepping_backwards_and_forwards_across_a_timer_interrupt() {
         "8 reverse steps never left timer_irq\n{}",
         s.transcript
     );
+}
+
+/// Read and access watchpoints, done in software by decoding each instruction's
+/// memory operands: backwards from the end, `rwatch` stops at the last read of the
+/// corrupted canary and `awatch` at the corrupting store.
+#[test]
+fn canary_read_and_access_watchpoints_going_backwards() {
+    require_tools();
+    let dir = record("canary", "gdb-canary-rwatch");
+    let server = serve(&dir);
+    let s = gdb(
+        &dir,
+        &server,
+        &[
+            "continue",         // 0: to the end
+            "rwatch canary",    // 1
+            "reverse-continue", // 2: the last read (the final print)
+            "delete",           // 3
+            "awatch canary",    // 4
+            "reverse-continue", // 5: the corrupting store
+            "p round_no",       // 6
+        ],
+    );
+    s.expect(1, "read watchpoint 1: canary");
+    s.expect(2, "read watchpoint 1: canary");
+    s.expect(2, &format!("Value = {}", decimal(0xdead_beef)));
+    s.expect(4, "atchpoint 2: canary");
+    s.expect(5, "rec[len] = RECORD_END;");
+    s.expect(6, "= 5");
 }

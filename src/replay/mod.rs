@@ -17,6 +17,7 @@
 //! before the next exit, or a different end state is a [`ReplayError::Divergence`]
 //! with the position, both register sets where known, and the last events.
 
+mod access;
 pub mod timeline;
 
 use crate::boot;

@@ -91,20 +91,34 @@ struct Checkpoint {
     pinned: bool,
 }
 
-/// A write watchpoint: `len` bytes at guest-virtual `address`.
+/// Which accesses a watchpoint catches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchKind {
+    /// A change of the value (gdb's `watch`).
+    Write,
+    /// A read (gdb's `rwatch`).
+    Read,
+    /// A read, a write or a change (gdb's `awatch`).
+    Access,
+}
+
+/// A watchpoint: `len` bytes at guest-virtual `address`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Watch {
     /// First byte.
     pub address: u64,
     /// 1, 2, 4 or 8.
     pub len: u8,
+    /// What fires it.
+    pub kind: WatchKind,
 }
 
 /// What should stop a run: breakpoints (instruction addresses, honoured with
-/// hardware breakpoints) and write watchpoints. Watchpoints are checked in software
-/// by single-stepping and comparing the watched bytes, because the hosts we run on
-/// (guest ring 0 emulated, DESIGN §9) do not deliver data breakpoints; like gdb, a
-/// watchpoint fires when the value changes.
+/// hardware breakpoints) and watchpoints. Watchpoints are checked in software by
+/// single-stepping, because the hosts we run on (guest ring 0 emulated, DESIGN §9)
+/// do not deliver data breakpoints: a write watchpoint fires when the watched value
+/// changes (as gdb's do), read and access watchpoints when the instruction about to
+/// run reads (or writes) the watched bytes, as iced-x86 decodes it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stops {
     /// Instruction addresses.
@@ -515,9 +529,64 @@ impl Timeline {
             .collect()
     }
 
-    /// Index of the first watch whose value differs between `before` and `after`.
-    fn changed_watch(before: &[Option<u64>], after: &[Option<u64>]) -> Option<usize> {
-        before.iter().zip(after).position(|(old, new)| old != new)
+    /// Index of the first write or access watch whose value differs between
+    /// `before` and `after`.
+    fn changed_watch(
+        watches: &[Watch],
+        before: &[Option<u64>],
+        after: &[Option<u64>],
+    ) -> Option<usize> {
+        before
+            .iter()
+            .zip(after)
+            .zip(watches)
+            .position(|((old, new), watch)| watch.kind != WatchKind::Read && old != new)
+    }
+
+    /// Index of the first read or access watch that the instruction about to run
+    /// touches (reads it; for access watches, reads or writes it).
+    fn decoded_watch_hit(&self, watches: &[Watch]) -> Result<Option<usize>, ReplayError> {
+        if watches.iter().all(|watch| watch.kind == WatchKind::Write) {
+            return Ok(None);
+        }
+        let vm = self.replayer.vm();
+        let regs = vm
+            .vcpu()
+            .get_regs()
+            .map_err(crate::vmm::kvm_op("KVM_GET_REGS"))?;
+        let sregs = vm
+            .vcpu()
+            .get_sregs()
+            .map_err(crate::vmm::kvm_op("KVM_GET_SREGS"))?;
+        let accesses = super::access::at_rip(vm.memory(), &regs, &sregs);
+        Ok(watches.iter().position(|watch| {
+            let end = watch.address.saturating_add(u64::from(watch.len));
+            accesses.iter().any(|access| {
+                let overlaps = access.address < end
+                    && watch.address < access.address.saturating_add(access.len);
+                overlaps
+                    && match watch.kind {
+                        WatchKind::Write => false,
+                        WatchKind::Read => access.read,
+                        WatchKind::Access => access.read || access.write,
+                    }
+            })
+        }))
+    }
+
+    /// The watch that one step from here fires, given the values before it: a
+    /// decoded read/access before the step, or a changed value after it.
+    fn step_watching(
+        &mut self,
+        watches: &[Watch],
+        values: &mut Vec<Option<u64>>,
+    ) -> Result<(EngineStop, Option<usize>), ReplayError> {
+        let decoded = self.decoded_watch_hit(watches)?;
+        let stop = self.step_once(&[])?;
+        let now = self.watched_values(watches);
+        let changed = Self::changed_watch(watches, values, &now);
+        *values = now;
+        Ok((stop, decoded.or(changed)))
     }
 
     /// One instruction forward; takes fine checkpoints while stepping.
@@ -563,15 +632,14 @@ impl Timeline {
 
     /// `stepi`.
     pub fn step_forward(&mut self, stops: &Stops) -> Result<TimelineStop, ReplayError> {
-        let before = self.watched_values(&stops.watches);
-        let stop = self.step_once(&[])?;
+        let mut values = self.watched_values(&stops.watches);
+        let (stop, hit) = self.step_watching(&stops.watches, &mut values)?;
         self.position.state = self.state_digest()?;
         if let EngineStop::Ended { status } = stop {
             self.position.steps = Some(0);
             return Ok(TimelineStop::HistoryEnd { status });
         }
-        let after = self.watched_values(&stops.watches);
-        Ok(match Self::changed_watch(&before, &after) {
+        Ok(match hit {
             Some(index) => TimelineStop::Watchpoint {
                 address: stops.watches[index].address,
             },
@@ -633,18 +701,17 @@ impl Timeline {
                 self.position.state = self.state_digest()?;
                 return Ok(TimelineStop::Interrupted);
             }
-            if let EngineStop::Ended { status } = self.step_once(&[])? {
+            let (stop, hit) = self.step_watching(&stops.watches, &mut values)?;
+            if let EngineStop::Ended { status } = stop {
                 self.position = self.current_moment(Some(0))?;
                 return Ok(TimelineStop::HistoryEnd { status });
             }
-            let now = self.watched_values(&stops.watches);
-            if let Some(index) = Self::changed_watch(&values, &now) {
+            if let Some(index) = hit {
                 self.position.state = self.state_digest()?;
                 return Ok(TimelineStop::Watchpoint {
                     address: stops.watches[index].address,
                 });
             }
-            values = now;
             let rip = self.replayer.registers_now()?[16];
             if stops.breakpoints.contains(&rip) {
                 self.position.state = self.state_digest()?;
@@ -795,15 +862,14 @@ impl Timeline {
                 hits.push((moment, None));
             }
             first = false;
-            if let EngineStop::Ended { .. } = self.step_once(&[])? {
+            let (stop, hit) = self.step_watching(&stops.watches, &mut values)?;
+            if let EngineStop::Ended { .. } = stop {
                 break;
             }
-            let now = self.watched_values(&stops.watches);
-            if let Some(index) = Self::changed_watch(&values, &now) {
+            if let Some(index) = hit {
                 let moment = self.current_moment(self.position.steps)?;
                 hits.push((moment, Some(stops.watches[index].address)));
             }
-            values = now;
             if self.position.steps.is_some_and(|steps| steps % 1024 == 0) && interrupted() {
                 break;
             }
