@@ -52,10 +52,29 @@ impl GdbSession {
         })
     }
 
+    /// Guest time at `exit`, interpolated between the exits whose time the log
+    /// records (boot, snapshots, end); `None` when the log has no later mark.
+    fn guest_time_ns(&self, exit: u64) -> Option<u64> {
+        let marks = self.timeline.replayer().time_marks();
+        let after = marks.iter().position(|&(mark, _)| mark >= exit)?;
+        let (exit_after, ns_after) = marks[after];
+        if after == 0 || exit_after == exit {
+            return Some(ns_after);
+        }
+        let (exit_before, ns_before) = marks[after - 1];
+        let span = (exit_after - exit_before).max(1) as f64;
+        let fraction = (exit - exit_before) as f64 / span;
+        Some(ns_before + ((ns_after - ns_before) as f64 * fraction) as u64)
+    }
+
     fn describe(&self, moment: &Moment) -> String {
         let last = self.timeline.last_exit();
+        let time = self
+            .guest_time_ns(moment.exit)
+            .map(|ns| format!(", about {:.3} s into the recording", ns as f64 / 1e9))
+            .unwrap_or_default();
         format!(
-            "exit {} of {last}{} (rip {:#x}); `monitor goto {}` comes back here\n",
+            "exit {} of {last}{}{time} (rip {:#x}); `monitor goto {}` comes back here\n",
             moment.exit,
             moment
                 .steps

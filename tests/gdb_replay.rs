@@ -623,7 +623,7 @@ fn monitor_commands_answer_and_writes_are_refused() {
             "set $rax = 1",                     // 12
             "monitor bogus",                    // 13
             "delete",                           // 14
-            "rwatch canary",                    // 15
+            "rwatch round_no",                  // 15
             "continue",                         // 16
             "delete",                           // 17
             "monitor restart 1",                // 18

@@ -353,6 +353,19 @@ impl Replayer {
         Ok(())
     }
 
+    /// Guest time (nanoseconds since boot) at the exits where the log records it —
+    /// boot, each snapshot and the end — in exit order.
+    pub fn time_marks(&self) -> Vec<(u64, u64)> {
+        let mut marks = vec![(0, 0)];
+        marks.extend(self.events.iter().filter_map(|event| match event {
+            Event::Snapshot { exit, guest_ns, .. } | Event::End { exit, guest_ns, .. } => {
+                Some((*exit, *guest_ns))
+            }
+            _ => None,
+        }));
+        marks
+    }
+
     /// Statistics so far.
     pub fn stats(&self) -> &ReplayStats {
         &self.stats
