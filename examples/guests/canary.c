@@ -2,8 +2,8 @@
  * canary - compute's workload with a realistic memory-corruption bug, the
  * reverse-debugging demo.
  *
- * Each of 8 rounds fills a record of a different length into a fixed
- * 2048-word buffer and terminates it with an end marker. The length is
+ * Each of 8 rounds (`rounds=N` on the command line: N) fills a record into a
+ * fixed 2048-word buffer and terminates it with an end marker. The length is
  * clamped to the capacity, but the end marker is written at records[len]:
  * when a round's length equals the capacity (round 5) the marker lands one
  * element past the end of the buffer - on `canary`, the global placed right
@@ -16,7 +16,7 @@
  */
 #include "lib.h"
 
-#define ROUNDS          8
+#define ROUNDS          8               /* default; `rounds=N` on the command line */
 #define BUF_WORDS       2048                    /* 16 KiB */
 #define CANARY_INIT     0xc0ffeec0ffeec0ffull
 #define RECORD_END      0x00000000deadbeefull   /* end-of-record marker */
@@ -35,10 +35,10 @@ static inline uint64_t lcg_next(uint64_t x)
     return x * 6364136223846793005ull + 1442695040888963407ull;
 }
 
-/* Round r uses (r*3 % 8 + 1) eighths of the buffer: 1,4,7,2,5,8,3,6. */
+/* Round r uses (r*3 % 8 + 1) eighths of the buffer: 1,4,7,2,5,8,3,6; 7 for the 8s after round 5. */
 static size_t round_length(unsigned r)
 {
-    return (BUF_WORDS / 8) * ((r * 3) % 8 + 1);
+    return (BUF_WORDS / 8) * ((r * 3) % 8 + 1 - (r > 5 && (r * 3) % 8 == 7));
 }
 
 /*
@@ -84,10 +84,11 @@ int main(uint32_t mb_magic, const struct mb_info *mbi)
         return EXIT_FAIL;
     }
 
+    unsigned rounds = (unsigned)cmdline_get_u64("rounds", ROUNDS);
     kprintf("canary: %d rounds, buffer of %d words, canary = 0x%016lx\n",
-            ROUNDS, BUF_WORDS, canary);
+            (int)rounds, BUF_WORDS, canary);
     uint64_t seed = 1;
-    for (round_no = 0; round_no < ROUNDS; round_no++) {
+    for (round_no = 0; round_no < rounds; round_no++) {
         size_t words = fill_round(records, BUF_WORDS, round_length(round_no), seed);
         last_hash = hash_buffer(records, words);
         kprintf("round %u words %lu hash 0x%016lx\n", round_no, (uint64_t)words, last_hash);

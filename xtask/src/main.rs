@@ -1,10 +1,15 @@
-//! `cargo xtask`-style automation for lore-dbg. One task so far:
+//! `cargo xtask`-style automation for lore-dbg. Two tasks:
 //!
 //! `cargo run --release -p xtask -- bench [--quick] [--reps N] [--out DIR]`
 //! measures lore-dbg against QEMU's record/replay on the same guest images, in one
 //! run, several interleaved repetitions each, and writes a Markdown table
 //! (`bench.md`) and a hand-written SVG plot of the ratios (`ratios.svg`) into
 //! `--out`. See `docs/performance.md` for what is measured and how to read it.
+//!
+//! `cargo run --release -p xtask -- revbench [--reps N] [--out DIR] [--spans 1,10]`
+//! measures reverse-stepi and reverse-continue latency over long recorded histories
+//! of compute and canary next to a forward continue over the same span
+//! ([`revbench`]; `revbench.md` in `--out`).
 //!
 //! Modules: [`exec`] times whole processes, [`tools`] holds the corpus and the
 //! exact command lines, [`revdbg`] drives gdb for the reverse-debugging figures,
@@ -15,6 +20,7 @@ mod bench;
 mod exec;
 mod host;
 mod report;
+mod revbench;
 mod revdbg;
 mod tools;
 
@@ -38,12 +44,20 @@ enum Task {
     /// plain, record, record with rrsnapshot, replay (wall time, log and qcow2
     /// sizes). Then reverse debugging of `canary` through gdb against both.
     Bench(bench::Options),
+    /// Latency of reverse execution over 1 s and 10 s of recorded history.
+    ///
+    /// For compute and canary, recorded with `--cmdline rounds=N` to last each
+    /// span: forward `continue`, `reverse-continue` over the same span,
+    /// `reverse-stepi` from the middle and from the end (median and p95), and for
+    /// canary `watch canary` + `reverse-continue`; writes `revbench.md`.
+    Revbench(revbench::Options),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
         Task::Bench(options) => bench::run(options),
+        Task::Revbench(options) => revbench::run(options),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
