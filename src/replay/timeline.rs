@@ -141,6 +141,10 @@ impl Stops {
     }
 }
 
+/// A stop met while scanning forward: where, and the watch address for a
+/// watchpoint (`None` for a breakpoint).
+type Hit = (Moment, Option<u64>);
+
 /// What a timeline operation ended with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimelineStop {
@@ -786,7 +790,9 @@ impl Timeline {
             };
             self.restore(start)?;
             let start_moment = self.position;
-            let hits = self.scan_hits(stops, &upper, interrupted)?;
+            let Some(hits) = self.scan_hits(stops, &upper, interrupted)? else {
+                return Ok(TimelineStop::Interrupted);
+            };
             if let Some(last) = hits.last().copied() {
                 self.restore(start)?;
                 self.seek_hit(stops, &last)?;
@@ -811,13 +817,14 @@ impl Timeline {
     }
 
     /// Runs from the current position to `upper` (exclusive), returning every stop
-    /// hit on the way: `(moment, Some(watch address))` for watchpoints.
+    /// hit on the way: `(moment, Some(watch address))` for watchpoints; `None` when
+    /// `interrupted` cut the scan short (the position is then where it stopped).
     fn scan_hits(
         &mut self,
         stops: &Stops,
         upper: &Moment,
         interrupted: &mut dyn FnMut() -> bool,
-    ) -> Result<Vec<(Moment, Option<u64>)>, ReplayError> {
+    ) -> Result<Option<Vec<Hit>>, ReplayError> {
         let mut hits = Vec::new();
         let upper_steps = upper.steps.unwrap_or(0);
         if stops.watches.is_empty() {
@@ -837,11 +844,13 @@ impl Timeline {
                     }
                     EngineStop::Ended { .. } => {
                         self.position = self.current_moment(Some(0))?;
-                        return Ok(hits);
+                        return Ok(Some(hits));
                     }
-                    EngineStop::Interrupted
-                    | EngineStop::Stepped
-                    | EngineStop::Watchpoint { .. } => return Ok(hits),
+                    EngineStop::Interrupted => {
+                        self.position = self.current_moment(None)?;
+                        return Ok(None);
+                    }
+                    EngineStop::Stepped | EngineStop::Watchpoint { .. } => return Ok(Some(hits)),
                 }
             }
         }
@@ -871,14 +880,15 @@ impl Timeline {
                 hits.push((moment, Some(stops.watches[index].address)));
             }
             if self.position.steps.is_some_and(|steps| steps % 1024 == 0) && interrupted() {
-                break;
+                self.position.state = self.state_digest()?;
+                return Ok(None);
             }
         }
-        Ok(hits)
+        Ok(Some(hits))
     }
 
     /// Seeks to a hit found by [`Timeline::scan_hits`] from the same checkpoint.
-    fn seek_hit(&mut self, stops: &Stops, hit: &(Moment, Option<u64>)) -> Result<(), ReplayError> {
+    fn seek_hit(&mut self, stops: &Stops, hit: &Hit) -> Result<(), ReplayError> {
         let (moment, _) = hit;
         if moment.steps.is_some() {
             return self.seek(moment);
