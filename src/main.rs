@@ -255,6 +255,12 @@ fn record(args: RecordArgs) -> Result<ExitCode> {
         recorded.writer.stored_bytes,
         trace.path().display()
     );
+    if recorded.stats.deferred_injections > 0 {
+        eprintln!(
+            "lore-dbg: {} interrupts that arrived in guest ring 3 were delivered at the next exit instead (replay could not find such points on this host)",
+            recorded.stats.deferred_injections
+        );
+    }
     Ok(exit_code(recorded.outcome.exit_status))
 }
 
