@@ -7,12 +7,11 @@
 
 mod common;
 
-use common::{require_kvm, require_program};
+use common::{require_kvm, require_program, serve, Server};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long one MI command (an execution command included) may take.
@@ -54,81 +53,6 @@ fn line_of(guest: &str, needle: &str) -> usize {
         path.display()
     );
     lines[0]
-}
-
-/// A `lore-dbg replay --gdb` server; killed when dropped.
-struct Server {
-    child: Child,
-    port: u16,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Server {
-    fn stderr(&self) -> String {
-        self.stderr
-            .lock()
-            .map(|text| text.clone())
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Serves `dir` to gdb on a free port; waits until the server listens.
-fn serve(dir: &Path) -> Server {
-    let mut last_error = String::new();
-    for _attempt in 0..5 {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free local port")
-            .port();
-        let mut child = common::lore_dbg()
-            .arg("replay")
-            .arg(dir)
-            .arg("--gdb")
-            .arg(format!("127.0.0.1:{port}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start lore-dbg replay --gdb");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let pipe = child.stderr.take().expect("stderr piped");
-        let collected = Arc::clone(&stderr);
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                if line.contains("waiting for gdb on") {
-                    let _ = ready_tx.send(true);
-                }
-                if let Ok(mut text) = collected.lock() {
-                    text.push_str(&line);
-                    text.push('\n');
-                }
-            }
-            let _ = ready_tx.send(false);
-        });
-        let server = Server {
-            child,
-            port,
-            stderr,
-        };
-        match ready_rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(true) => return server,
-            Ok(false) => last_error = server.stderr(),
-            Err(_) => panic!(
-                "lore-dbg replay --gdb did not listen within 60 s; stderr:\n{}",
-                server.stderr()
-            ),
-        }
-    }
-    panic!("lore-dbg replay --gdb could not start; stderr:\n{last_error}");
 }
 
 /// A gdb/MI session.

@@ -6,9 +6,11 @@
 
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Generous: guest ring-0 code is emulated on our machines (DESIGN §9).
@@ -185,4 +187,81 @@ pub fn flat_multiboot_image(code: &[u8]) -> Vec<u8> {
     }
     image.extend_from_slice(code);
     image
+}
+
+/// A `lore-dbg replay --gdb` server; killed when dropped.
+pub struct Server {
+    child: Child,
+    /// The port it listens on.
+    pub port: u16,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// What the server printed on stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr
+            .lock()
+            .map(|text| text.clone())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Serves `dir` to gdb on a free port; waits until the server listens.
+pub fn serve(dir: &Path) -> Server {
+    let mut last_error = String::new();
+    for _attempt in 0..5 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free local port")
+            .port();
+        let mut child = lore_dbg()
+            .arg("replay")
+            .arg(dir)
+            .arg("--gdb")
+            .arg(format!("127.0.0.1:{port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start lore-dbg replay --gdb");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let pipe = child.stderr.take().expect("stderr piped");
+        let collected = Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("waiting for gdb on") {
+                    let _ = ready_tx.send(true);
+                }
+                if let Ok(mut text) = collected.lock() {
+                    text.push_str(&line);
+                    text.push('\n');
+                }
+            }
+            let _ = ready_tx.send(false);
+        });
+        let server = Server {
+            child,
+            port,
+            stderr,
+        };
+        match ready_rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(true) => return server,
+            Ok(false) => last_error = server.stderr(),
+            Err(_) => panic!(
+                "lore-dbg replay --gdb did not listen within 60 s; stderr:\n{}",
+                server.stderr()
+            ),
+        }
+    }
+    panic!("lore-dbg replay --gdb could not start; stderr:\n{last_error}");
 }
