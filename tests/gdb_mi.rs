@@ -7,9 +7,9 @@
 
 mod common;
 
-use common::{require_kvm, require_program, serve, Server};
+use common::{line_of, record_trace, require_kvm, require_program, serve, Server};
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
@@ -20,39 +20,6 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(45);
 fn require_tools() {
     require_kvm();
     require_program("gdb", "gdb");
-}
-
-/// Records corpus guest `name` into a fresh directory and returns it.
-fn record(name: &str, tag: &str) -> PathBuf {
-    let dir = common::scratch_dir(tag).join("trace");
-    let guest = common::guest(name);
-    let mut command = common::lore_dbg();
-    command.arg("record").arg(&guest).arg("-o").arg(&dir);
-    let finished = common::run_with_timeout(command, b"", common::DEFAULT_TIMEOUT);
-    assert_eq!(finished.code(), 1, "recording {name} failed: {finished:#?}");
-    dir
-}
-
-/// The line of `examples/guests/{guest}.c` that contains `needle` (exactly one).
-fn line_of(guest: &str, needle: &str) -> usize {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("examples/guests")
-        .join(format!("{guest}.c"));
-    let source = std::fs::read_to_string(&path)
-        .unwrap_or_else(|error| panic!("cannot read {}: {error}", path.display()));
-    let lines: Vec<usize> = source
-        .lines()
-        .enumerate()
-        .filter(|(_, line)| line.contains(needle))
-        .map(|(index, _)| index + 1)
-        .collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "{needle:?} should be on exactly one line of {}",
-        path.display()
-    );
-    lines[0]
 }
 
 /// A gdb/MI session.
@@ -229,7 +196,7 @@ impl<'a> Mi<'a> {
 #[test]
 fn mi_canary_watchpoint_reverse_continue_stops_at_the_corrupting_store() {
     require_tools();
-    let dir = record("canary", "mi-canary");
+    let dir = record_trace("canary", "mi-canary");
     let server = serve(&dir);
     let mut mi = Mi::start(&dir, &server);
     mi.stop("-exec-continue");
@@ -261,7 +228,7 @@ fn mi_canary_watchpoint_reverse_continue_stops_at_the_corrupting_store() {
 #[test]
 fn mi_reverse_stepping_commands_report_their_stops() {
     require_tools();
-    let dir = record("canary", "mi-steps");
+    let dir = record_trace("canary", "mi-steps");
     let server = serve(&dir);
     let loop_line = line_of("canary", "for (size_t i = 0; i < words; i++) {");
     let body_line = line_of("canary", "h ^= buf[i];");

@@ -8,9 +8,9 @@
 
 mod common;
 
-use common::{require_kvm, require_program, serve, Finished, Server};
+use common::{line_of, record_trace, require_kvm, require_program, serve, Finished, Server};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -21,18 +21,6 @@ const GDB_TIMEOUT: Duration = Duration::from_secs(30);
 fn require_tools() {
     require_kvm();
     require_program("gdb", "gdb");
-}
-
-/// Records corpus guest `name` into a fresh directory and returns it.
-fn record(name: &str, tag: &str) -> PathBuf {
-    let dir = common::scratch_dir(tag).join("trace");
-    let guest = common::guest(name);
-    let mut command = common::lore_dbg();
-    command.arg("record").arg(&guest).arg("-o").arg(&dir);
-    let finished = common::run_with_timeout(command, b"", common::DEFAULT_TIMEOUT);
-    assert_eq!(finished.code(), 1, "recording {name} failed: {finished:#?}");
-    assert!(dir.join("guest.elf").is_file(), "{finished:#?}");
-    dir
 }
 
 /// The output of one gdb session, split by command.
@@ -176,28 +164,6 @@ fn gdb(dir: &Path, server: &Server, commands: &[&str]) -> Session {
     }
 }
 
-/// The line of `examples/guests/{guest}.c` that contains `needle` (exactly one).
-fn line_of(guest: &str, needle: &str) -> usize {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("examples/guests")
-        .join(format!("{guest}.c"));
-    let source = std::fs::read_to_string(&path)
-        .unwrap_or_else(|error| panic!("cannot read {}: {error}", path.display()));
-    let lines: Vec<usize> = source
-        .lines()
-        .enumerate()
-        .filter(|(_, line)| line.contains(needle))
-        .map(|(index, _)| index + 1)
-        .collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "{needle:?} should be on exactly one line of {}",
-        path.display()
-    );
-    lines[0]
-}
-
 /// `value` as gdb prints an unsigned 64-bit integer.
 fn decimal(value: u64) -> String {
     value.to_string()
@@ -206,7 +172,7 @@ fn decimal(value: u64) -> String {
 #[test]
 fn canary_watch_and_reverse_continue_find_the_corrupting_store() {
     require_tools();
-    let dir = record("canary", "gdb-canary");
+    let dir = record_trace("canary", "gdb-canary");
     let server = serve(&dir);
     let s = gdb(
         &dir,
@@ -252,7 +218,7 @@ fn canary_watch_and_reverse_continue_find_the_corrupting_store() {
 #[test]
 fn compute_breakpoint_hits_come_back_in_reverse_order() {
     require_tools();
-    let dir = record("compute", "gdb-compute-bp");
+    let dir = record_trace("compute", "gdb-compute-bp");
     let server = serve(&dir);
     let mut commands = vec!["break hash_buffer"];
     // Forward hits: rounds 0, 1, 2 (commands 1..=12).
@@ -299,7 +265,7 @@ fn compute_breakpoint_hits_come_back_in_reverse_order() {
 #[test]
 fn reverse_stepi_and_stepi_retrace_the_same_registers() {
     require_tools();
-    let dir = record("canary", "gdb-stepi");
+    let dir = record_trace("canary", "gdb-stepi");
     let server = serve(&dir);
     let s = gdb(
         &dir,
@@ -345,7 +311,7 @@ fn reverse_stepi_and_stepi_retrace_the_same_registers() {
 #[test]
 fn compute_reverse_stepi_and_stepi_agree_with_interrupts_on() {
     require_tools();
-    let dir = record("compute", "gdb-stepi-irq");
+    let dir = record_trace("compute", "gdb-stepi-irq");
     let server = serve(&dir);
     let s = gdb(
         &dir,
@@ -370,7 +336,7 @@ fn compute_reverse_stepi_and_stepi_agree_with_interrupts_on() {
 #[test]
 fn reverse_finish_and_reverse_next_land_where_forward_execution_went() {
     require_tools();
-    let dir = record("canary", "gdb-finish-next");
+    let dir = record_trace("canary", "gdb-finish-next");
     let server = serve(&dir);
     let call_line = line_of("canary", "last_hash = hash_buffer(records, words);");
     let print_line = line_of("canary", "kprintf(\"round %u words");
@@ -430,7 +396,7 @@ fn reverse_finish_and_reverse_next_land_where_forward_execution_went() {
 #[test]
 fn reverse_continue_without_breakpoints_reaches_the_beginning_and_continue_the_end() {
     require_tools();
-    let dir = record("canary", "gdb-ends");
+    let dir = record_trace("canary", "gdb-ends");
     let server = serve(&dir);
     let s = gdb(
         &dir,
@@ -464,7 +430,7 @@ fn reverse_continue_without_breakpoints_reaches_the_beginning_and_continue_the_e
 #[test]
 fn reverse_continue_from_the_first_breakpoint_hit_reaches_the_beginning() {
     require_tools();
-    let dir = record("compute", "gdb-begin");
+    let dir = record_trace("compute", "gdb-begin");
     let server = serve(&dir);
     let s = gdb(
         &dir,
@@ -488,7 +454,7 @@ fn reverse_continue_from_the_first_breakpoint_hit_reaches_the_beginning() {
 #[test]
 fn sched_reverse_continue_and_continue_through_task_switches_agree() {
     require_tools();
-    let dir = record("sched", "gdb-sched");
+    let dir = record_trace("sched", "gdb-sched");
     let server = serve(&dir);
     let s = gdb(
         &dir,
@@ -522,7 +488,7 @@ fn sched_reverse_continue_and_continue_through_task_switches_agree() {
 #[test]
 fn monitor_commands_answer_and_writes_are_refused() {
     require_tools();
-    let dir = record("canary", "gdb-monitor");
+    let dir = record_trace("canary", "gdb-monitor");
     let server = serve(&dir);
     let s = gdb(
         &dir,
@@ -575,7 +541,7 @@ fn monitor_commands_answer_and_writes_are_refused() {
 #[test]
 fn compute_stepi_after_a_breakpoint_hit_makes_progress() {
     require_tools();
-    let dir = record("compute", "gdb-stepi-progress");
+    let dir = record_trace("compute", "gdb-stepi-progress");
     let server = serve(&dir);
     let mut commands = vec!["break hash_buffer", "continue", "delete"];
     // Commands 3.. : (stepi, info registers, monitor when) x 10, which runs into
@@ -607,7 +573,7 @@ fn compute_stepi_after_a_breakpoint_hit_makes_progress() {
 #[test]
 fn compute_stepping_backwards_and_forwards_across_a_timer_interrupt() {
     require_tools();
-    let dir = record("compute", "gdb-irq-steps");
+    let dir = record_trace("compute", "gdb-irq-steps");
     let server = serve(&dir);
     let mut commands = vec![
         "break timer_irq", // 0
@@ -648,7 +614,7 @@ fn compute_stepping_backwards_and_forwards_across_a_timer_interrupt() {
 #[test]
 fn canary_read_and_access_watchpoints_going_backwards() {
     require_tools();
-    let dir = record("canary", "gdb-canary-rwatch");
+    let dir = record_trace("canary", "gdb-canary-rwatch");
     let server = serve(&dir);
     let s = gdb(
         &dir,

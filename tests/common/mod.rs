@@ -265,3 +265,37 @@ pub fn serve(dir: &Path) -> Server {
     }
     panic!("lore-dbg replay --gdb could not start; stderr:\n{last_error}");
 }
+
+/// Records corpus guest `name` into a fresh directory and returns it.
+pub fn record_trace(name: &str, tag: &str) -> PathBuf {
+    let dir = scratch_dir(tag).join("trace");
+    let guest = guest(name);
+    let mut command = lore_dbg();
+    command.arg("record").arg(&guest).arg("-o").arg(&dir);
+    let finished = run_with_timeout(command, b"", DEFAULT_TIMEOUT);
+    assert_eq!(finished.code(), 1, "recording {name} failed: {finished:#?}");
+    assert!(dir.join("guest.elf").is_file(), "{finished:#?}");
+    dir
+}
+
+/// The line of `examples/guests/{guest}.c` that contains `needle` (exactly one).
+pub fn line_of(guest: &str, needle: &str) -> usize {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/guests")
+        .join(format!("{guest}.c"));
+    let source = std::fs::read_to_string(&path)
+        .unwrap_or_else(|error| panic!("cannot read {}: {error}", path.display()));
+    let lines: Vec<usize> = source
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| line.contains(needle))
+        .map(|(index, _)| index + 1)
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "{needle:?} should be on exactly one line of {}",
+        path.display()
+    );
+    lines[0]
+}
