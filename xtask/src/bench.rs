@@ -102,17 +102,17 @@ fn build_lore(root: &Path, notes: &mut Vec<String>) {
     }
 }
 
-/// The newest `build/lore-dbg-*/out/guests` directory with a `hello.elf`.
-fn find_guests(target: &Path) -> Option<PathBuf> {
+/// The newest `build/lore-dbg-*/out/guests` directory holding `probe`.
+pub(crate) fn find_guests(target: &Path, probe: &str) -> Option<PathBuf> {
     let build = target.join("release").join("build");
     std::fs::read_dir(&build)
         .ok()?
         .filter_map(|entry| entry.ok())
         .filter(|entry| entry.file_name().to_string_lossy().starts_with("lore-dbg-"))
         .map(|entry| entry.path().join("out").join("guests"))
-        .filter(|dir| dir.join("hello.elf").is_file())
+        .filter(|dir| dir.join(probe).is_file())
         .max_by_key(|dir| {
-            std::fs::metadata(dir.join("hello.elf"))
+            std::fs::metadata(dir.join(probe))
                 .and_then(|meta| meta.modified())
                 .ok()
         })
@@ -165,7 +165,7 @@ pub fn run(options: Options) -> Result<()> {
     }
     let guest_dir = match &options.guests {
         Some(dir) => dir.clone(),
-        None => find_guests(&target).with_context(|| {
+        None => find_guests(&target, "hello.elf").with_context(|| {
             format!(
                 "no guest images under {}/release/build/lore-dbg-*/out/guests: build lore-dbg \
                  (cargo build --release -p lore-dbg) or pass --guests DIR",

@@ -192,11 +192,12 @@ pub struct Report {
     pub commands: Vec<(Op, String)>,
 }
 
-/// min / median / max.
+/// min / median / 95th percentile (nearest rank) / max.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Stats {
     pub min: f64,
     pub median: f64,
+    pub p95: f64,
     pub max: f64,
     pub n: usize,
 }
@@ -214,9 +215,11 @@ impl Stats {
         } else {
             (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
         };
+        let rank = ((0.95 * n as f64).ceil() as usize).clamp(1, n);
         Some(Self {
             min: sorted[0],
             median,
+            p95: sorted[rank - 1],
             max: sorted[n - 1],
             n,
         })

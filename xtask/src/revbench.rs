@@ -23,6 +23,7 @@
 //! differs is counted in the table's "wrong" column and its sample is still shown.
 
 use crate::exec::{self, Job};
+use crate::report::Stats;
 use anyhow::{bail, Context, Result};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -251,19 +252,7 @@ struct Row {
 
 /// Median and 95th percentile (nearest rank).
 fn median_p95(values: &[f64]) -> Option<(f64, f64)> {
-    if values.is_empty() {
-        return None;
-    }
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let n = sorted.len();
-    let median = if n % 2 == 1 {
-        sorted[n / 2]
-    } else {
-        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
-    };
-    let rank = ((0.95 * n as f64).ceil() as usize).clamp(1, n);
-    Some((median, sorted[rank - 1]))
+    Stats::of(values).map(|stats| (stats.median, stats.p95))
 }
 
 fn ms(secs: f64) -> String {
@@ -369,21 +358,6 @@ fn target_dir(root: &Path) -> PathBuf {
         Some(dir) => root.join(dir),
         None => root.join("target"),
     }
-}
-
-/// The newest `build/lore-dbg-*/out/guests` directory with a `canary.elf`.
-fn find_guests(target: &Path) -> Option<PathBuf> {
-    std::fs::read_dir(target.join("release").join("build"))
-        .ok()?
-        .filter_map(|entry| entry.ok())
-        .filter(|entry| entry.file_name().to_string_lossy().starts_with("lore-dbg-"))
-        .map(|entry| entry.path().join("out").join("guests"))
-        .filter(|dir| dir.join("canary.elf").is_file())
-        .max_by_key(|dir| {
-            std::fs::metadata(dir.join("canary.elf"))
-                .and_then(|meta| meta.modified())
-                .ok()
-        })
 }
 
 /// `lore-dbg record ELF --cmdline rounds=N -o TRACE`, checked; returns guest seconds.
@@ -499,7 +473,8 @@ pub fn run(opts: Options) -> Result<()> {
     anyhow::ensure!(lore.is_file(), "no lore-dbg binary at {}", lore.display());
     let guests = match &opts.guests {
         Some(dir) => dir.clone(),
-        None => find_guests(&target).context("no built guest images; build lore-dbg first")?,
+        None => crate::bench::find_guests(&target, "canary.elf")
+            .context("no built guest images; build lore-dbg first")?,
     };
     let out = if opts.out.is_absolute() {
         opts.out.clone()
