@@ -338,16 +338,19 @@ fn info(args: InfoArgs) -> Result<ExitCode> {
     let log = trace.read_events(record::MAX_EVENTS)?;
     let mut by_kind = std::collections::BTreeMap::<&str, u64>::new();
     let mut end = None;
+    let mut deferred = None;
     for event in &log.events {
         *by_kind.entry(event.kind()).or_default() += 1;
         if let Event::End {
             status,
             guest_ns,
             exit,
+            deferred_injections,
             ..
         } = event
         {
             end = Some((*status, *guest_ns, *exit));
+            deferred = Some(*deferred_injections);
         }
     }
     let events_bytes = std::fs::metadata(trace.events_path())
@@ -415,6 +418,12 @@ fn info(args: InfoArgs) -> Result<ExitCode> {
                 .unwrap_or_else(|| "null".into())
         );
         println!("  \"async_points\": {async_points},");
+        println!(
+            "  \"deferred_injections\": {},",
+            deferred
+                .map(|count| count.to_string())
+                .unwrap_or_else(|| "null".into())
+        );
         if let Some(stats) = &measured {
             println!("  \"landmark_breakpoint_hits\": {},", stats.landmark_hits);
         }
@@ -460,6 +469,9 @@ fn info(args: InfoArgs) -> Result<ExitCode> {
             .unwrap_or_default()
     );
     println!("async points: {async_points} (each found in replay by landmark: hardware breakpoint + state digest)");
+    if let Some(count) = deferred {
+        println!("deferred:     {count} interrupts delivered at the next exit (they arrived in guest ring 3, where replay cannot find a point here)");
+    }
     match &measured {
         Some(stats) => println!(
             "landmark cost: {} breakpoint hits to find {} points ({:.1} per point)",

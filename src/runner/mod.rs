@@ -554,6 +554,10 @@ impl Runner {
                 self.image_end,
             ),
             guest_ns: self.now_ns(),
+            deferred_injections: self
+                .recorder
+                .as_ref()
+                .map_or(0, |recorder| recorder.deferred_injections),
         };
         self.log(end)
     }

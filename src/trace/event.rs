@@ -120,6 +120,9 @@ pub enum Event {
         memory_digest: u64,
         /// Guest run time in nanoseconds.
         guest_ns: u64,
+        /// Interrupts the recorder delivered at the next exit instead of where they
+        /// arrived, because replay could not have found that point (guest ring 3).
+        deferred_injections: u64,
     },
 }
 

@@ -364,6 +364,7 @@ pub fn encode(event: &Event, state: &mut EncodeState, out: &mut Vec<u8>) -> Resu
             regs_digest,
             memory_digest,
             guest_ns,
+            deferred_injections,
             ..
         } => {
             out.push(TAG_END);
@@ -373,6 +374,7 @@ pub fn encode(event: &Event, state: &mut EncodeState, out: &mut Vec<u8>) -> Resu
             out.extend_from_slice(&regs_digest.to_le_bytes());
             out.extend_from_slice(&memory_digest.to_le_bytes());
             put_varint(out, *guest_ns);
+            put_varint(out, *deferred_injections);
         }
     }
     state.previous_exit = exit;
@@ -468,12 +470,14 @@ pub fn decode(input: &mut &[u8], state: &mut DecodeState) -> Result<Event, Event
             let regs_digest = get_u64_fixed(input)?;
             let memory_digest = get_u64_fixed(input)?;
             let guest_ns = get_varint(input)?;
+            let deferred_injections = get_varint(input)?;
             Event::End {
                 exit,
                 status,
                 regs_digest,
                 memory_digest,
                 guest_ns,
+                deferred_injections,
             }
         }
         _ => return Err(EventError::UnknownTag { tag }),
@@ -631,6 +635,7 @@ pub(crate) mod tests {
                 regs_digest: 1,
                 memory_digest: 2,
                 guest_ns: u64::MAX,
+                deferred_injections: 7,
             },
         ]
     }

@@ -352,6 +352,7 @@ mod tests {
             regs_digest: rng.next(),
             memory_digest: rng.next(),
             guest_ns: 123_456_789,
+            deferred_injections: 0,
         });
         events
     }

@@ -647,6 +647,7 @@ mod tests {
             regs_digest: 2,
             memory_digest: 3,
             guest_ns: 4,
+            deferred_injections: 0,
         }
     }
 

@@ -492,6 +492,7 @@ mod tests {
             regs_digest: 0,
             memory_digest: 0,
             guest_ns: 0,
+            deferred_injections: 0,
         };
         writer.push(&end).expect("ok");
         assert!(matches!(
