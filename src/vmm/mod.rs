@@ -62,6 +62,9 @@ pub enum VmmError {
     /// The CPUID table is too large for KVM.
     #[error("the CPUID table has too many entries")]
     CpuidTable,
+    /// The list of MSRs to save does not fit KVM's MSR array.
+    #[error("the list of saved MSRs is too long for KVM")]
+    MsrList,
 }
 
 /// Shorthand for mapping a KVM ioctl error.

@@ -62,7 +62,7 @@ impl VcpuState {
                 ..Default::default()
             })
             .collect();
-        let mut msrs = Msrs::from_entries(&entries).map_err(|_| VmmError::CpuidTable)?;
+        let mut msrs = Msrs::from_entries(&entries).map_err(|_| VmmError::MsrList)?;
         let read = vcpu.get_msrs(&mut msrs).map_err(kvm_op("KVM_GET_MSRS"))?;
         Ok(Self {
             regs: vcpu.get_regs().map_err(kvm_op("KVM_GET_REGS"))?,
@@ -96,7 +96,7 @@ impl VcpuState {
                 ..Default::default()
             })
             .collect();
-        let msrs = Msrs::from_entries(&entries).map_err(|_| VmmError::CpuidTable)?;
+        let msrs = Msrs::from_entries(&entries).map_err(|_| VmmError::MsrList)?;
         vcpu.set_msrs(&msrs).map_err(kvm_op("KVM_SET_MSRS"))?;
         vcpu.set_vcpu_events(&self.events)
             .map_err(kvm_op("KVM_SET_VCPU_EVENTS"))?;

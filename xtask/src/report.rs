@@ -227,7 +227,7 @@ impl Stats {
 }
 
 /// Seconds as milliseconds with three significant-ish digits.
-fn ms(secs: f64) -> String {
+pub(crate) fn ms(secs: f64) -> String {
     let ms = secs * 1000.0;
     if ms >= 100.0 {
         format!("{ms:.0}")

@@ -23,7 +23,7 @@
 //! differs is counted in the table's "wrong" column and its sample is still shown.
 
 use crate::exec::{self, Job};
-use crate::report::Stats;
+use crate::report::{ms, Stats};
 use anyhow::{bail, Context, Result};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -253,17 +253,6 @@ struct Row {
 /// Median and 95th percentile (nearest rank).
 fn median_p95(values: &[f64]) -> Option<(f64, f64)> {
     Stats::of(values).map(|stats| (stats.median, stats.p95))
-}
-
-fn ms(secs: f64) -> String {
-    let ms = secs * 1000.0;
-    if ms >= 100.0 {
-        format!("{ms:.0}")
-    } else if ms >= 10.0 {
-        format!("{ms:.1}")
-    } else {
-        format!("{ms:.2}")
-    }
 }
 
 /// Checks one session's answers and adds its samples to `row`.
