@@ -323,7 +323,7 @@ impl Debuggee for GdbSession {
         Ok(format!(
             "guest {} (command line {:?}, {} MiB), recorded {} by lore-dbg {}\n\
              clock {}; {} exits in the recording\n\
-             replay so far: {} asynchronous points found with {} breakpoint hits, {} register checks passed\n",
+             replay so far: {}, {} register checks passed\n",
             self.header.guest_name,
             self.header.command_line,
             self.header.memory_size >> 20,
@@ -331,8 +331,7 @@ impl Debuggee for GdbSession {
             self.header.lore_version,
             self.header.clock.name(),
             self.timeline.last_exit(),
-            stats.landmarks,
-            stats.landmark_hits,
+            stats.describe_points(),
             stats.register_checks,
         ))
     }

@@ -39,11 +39,15 @@ pub enum RecordError {
         /// Snapshots present.
         count: usize,
     },
-    /// The recording used a clock backend this build cannot use.
-    #[error(
-        "clock backend '{0}' is not available in this lore-dbg: use --clock landmark (or auto)"
-    )]
-    ClockUnavailable(&'static str),
+    /// The clock backend cannot be used on this host.
+    #[error("clock backend '{backend}' cannot be used here")]
+    Clock {
+        /// The backend.
+        backend: &'static str,
+        /// Why.
+        #[source]
+        source: crate::clock::ClockError,
+    },
 }
 
 /// What a recording produced.
@@ -65,9 +69,11 @@ pub fn record(
     snapshot_every: Option<std::time::Duration>,
     trace: &TraceDir,
 ) -> Result<Recorded, RecordError> {
-    if clock != ClockBackend::Landmark {
-        return Err(RecordError::ClockUnavailable(clock.name()));
-    }
+    // On this thread, which runs the vCPU: the hardware counter counts its thread.
+    let counter = crate::clock::counter_for(clock, false).map_err(|source| RecordError::Clock {
+        backend: clock.name(),
+        source,
+    })?;
     std::fs::write(trace.image_path(), &config.image).map_err(|source| TraceError::Io {
         action: "write",
         path: trace.image_path(),
@@ -105,7 +111,7 @@ pub fn record(
         }),
         None => None,
     };
-    runner.record_to(trace.event_writer()?, schedule);
+    runner.record_to(trace.event_writer()?, schedule, counter);
     let (outcome, recording) = runner.run()?;
     let (writer, stats) = recording.ok_or(RecordError::Trace(TraceError::WriterStopped {
         path: trace.events_path(),
@@ -121,9 +127,6 @@ pub fn record(
 /// Loads a trace for replay: header, image (checked against its digest), events.
 pub fn load(dir: &std::path::Path) -> Result<(TraceHeader, ReplayInput), RecordError> {
     let (trace, header) = TraceDir::open(dir)?;
-    if header.clock != ClockBackend::Landmark {
-        return Err(RecordError::ClockUnavailable(header.clock.name()));
-    }
     let image = std::fs::read(trace.image_path()).map_err(|source| TraceError::Io {
         action: "read",
         path: trace.image_path(),
@@ -141,6 +144,7 @@ pub fn load(dir: &std::path::Path) -> Result<(TraceHeader, ReplayInput), RecordE
             entries: header.cpuid.clone(),
         },
         rtc_base_unix_secs: header.rtc_base_unix_secs,
+        clock: header.clock,
         events: log.events,
         truncated: log.truncation.map(|error| error.to_string()),
     };

@@ -269,6 +269,13 @@ fn every_corpus_guest_replays_bit_for_bit() {
             expect: "sched",
         },
         Case {
+            tag: "user",
+            guest: "user",
+            args: vec![],
+            status: 1,
+            expect: "user: done, final hash 0xf2fdff3b97893f81",
+        },
+        Case {
             tag: "echo",
             guest: "echo",
             args: vec!["--serial-in".into(), utf8(&input).to_owned()],
@@ -808,4 +815,189 @@ fn info_measure_counts_landmark_breakpoint_hits() {
     );
     let text = lore(&["info", utf8(&trace), "--measure"]);
     assert!(text.stdout.contains("breakpoint hits to find"), "{text:#?}");
+}
+
+// ---------------------------------------------------------------------------------
+// Criterion 4: asynchronous points positioned by ticks (the software counter on
+// KVM), and injections in guest ring 3 deferred to the next exit.
+// ---------------------------------------------------------------------------------
+
+/// The asynchronous injections of a log: `(after_exit, ticks)`.
+fn async_points(events: &[Event]) -> Vec<(u64, Option<u64>)> {
+    events
+        .iter()
+        .filter_map(|event| match event {
+            Event::Interrupt {
+                at:
+                    Position::Async {
+                        after_exit,
+                        landmark,
+                    },
+                ..
+            } => Some((*after_exit, landmark.ticks)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `lore-dbg replay TRACE` with `LORE_SOFT_SKID` set.
+fn replay_with_skid(trace: &Path, skid: &str) -> Finished {
+    let mut command = lore_dbg();
+    command
+        .args(["replay", utf8(trace)])
+        .env(lore_dbg::clock::SOFT_SKID_ENV, skid);
+    run_with_timeout(command, b"", Duration::from_secs(300))
+}
+
+#[test]
+fn soft_clock_positions_interrupts_by_ticks() {
+    require_kvm();
+    let cases: [(&str, &str, &[&str]); 2] = [
+        ("soft-timer", "timer", &[]),
+        ("soft-compute", "compute", &["--cmdline", "rounds=1"]),
+    ];
+    for (tag, name, extra) in cases {
+        let dir = scratch_dir(tag);
+        let trace = dir.join("trace");
+        let mut args = vec!["--clock", "soft"];
+        args.extend_from_slice(extra);
+        let recorded = record(name, &trace, &args);
+        assert_recorded(tag, &recorded, 1);
+        let points = async_points(&read_events(&trace));
+        assert!(
+            !points.is_empty(),
+            "{tag}: no asynchronous point in the recording\n{recorded:#?}"
+        );
+        assert!(
+            points.iter().all(|(_, ticks)| ticks.is_some()),
+            "{tag}: a point without ticks: {points:?}"
+        );
+        assert!(
+            points.iter().any(|(_, ticks)| *ticks > Some(0)),
+            "{tag}: every point is at tick 0 (nothing exercised the count): {points:?}"
+        );
+        let info = lore(&["info", utf8(&trace)]);
+        assert!(info.stdout.contains("clock:        soft"), "{info:#?}");
+        assert!(
+            info.stdout.contains("found in replay by ticks"),
+            "{info:#?}"
+        );
+        assert_replays_match(tag, &trace, &recorded);
+        let replayed = replay(&trace);
+        let found = format!(
+            "{} asynchronous points found ({} by ticks",
+            points.len(),
+            points.len()
+        );
+        assert!(
+            replayed.stderr.contains(&found),
+            "{tag}: expected '{found}'\n{replayed:#?}"
+        );
+        // An overflow that stops late, like a PMU's: the approach arms it short of
+        // each target and steps the rest.
+        for skid in ["25", "60:7"] {
+            let skidded = replay_with_skid(&trace, skid);
+            assert_eq!(
+                skidded.stdout, recorded.stdout,
+                "{tag}, skid {skid}\n{skidded:#?}"
+            );
+            assert!(
+                skidded.stderr.contains(MATCHED),
+                "{tag}, skid {skid}\n{skidded:#?}"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn soft_clock_wrong_ticks_diverge() {
+    require_kvm();
+    let tag = "soft-wrong-ticks";
+    let dir = scratch_dir(tag);
+    let trace = dir.join("trace");
+    let recorded = record("timer", &trace, &["--clock", "soft"]);
+    assert_recorded(tag, &recorded, 1);
+    let original = read_events(&trace);
+    let index = original
+        .iter()
+        .position(|event| {
+            matches!(event, Event::Interrupt { at: Position::Async { landmark, .. }, .. }
+                if landmark.ticks > Some(0))
+        })
+        .unwrap_or_else(|| panic!("{tag}: no point past tick 0\n{recorded:#?}"));
+    for delta in [-1i64, 1] {
+        let mut events = original.clone();
+        let Event::Interrupt {
+            at:
+                Position::Async {
+                    after_exit,
+                    landmark,
+                },
+            ..
+        } = &mut events[index]
+        else {
+            unreachable!()
+        };
+        let ticks = landmark.ticks.expect("ticks");
+        landmark.ticks = Some(ticks.checked_add_signed(delta).expect("tick in range"));
+        let after_exit = *after_exit;
+        rewrite_events(&trace, &events, None);
+        let replayed = replay(&trace);
+        assert_clean_failure(tag, &replayed);
+        assert!(
+            replayed.stderr.contains("diverged"),
+            "{tag}, ticks {delta:+}: expected a divergence\n{replayed:#?}"
+        );
+        assert_eq!(
+            divergence_exit(&replayed),
+            after_exit,
+            "{tag}, ticks {delta:+}: reported at another exit\n{replayed:#?}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Deferred injections as `lore-dbg info --json` reports them.
+fn deferred_injections(trace: &Path) -> u64 {
+    let info = lore(&["info", "--json", utf8(trace)]);
+    let line = info
+        .stdout
+        .lines()
+        .find(|line| line.contains("\"deferred_injections\""))
+        .unwrap_or_else(|| panic!("no deferred_injections in\n{info:#?}"));
+    line.trim()
+        .trim_end_matches(',')
+        .rsplit(':')
+        .next()
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("cannot read {line}"))
+}
+
+#[test]
+fn interrupts_in_guest_ring3_are_deferred_to_the_next_exit() {
+    require_kvm();
+    for clock in ["landmark", "soft"] {
+        let tag = format!("ring3-{clock}");
+        let dir = scratch_dir(&tag);
+        let trace = dir.join("trace");
+        let recorded = record("user", &trace, &["--clock", clock]);
+        assert_recorded(&tag, &recorded, 1);
+        assert!(
+            recorded.stdout.contains("ring-3 ticks: yes"),
+            "{tag}: no timer interrupt reached ring 3\n{recorded:#?}"
+        );
+        let deferred = deferred_injections(&trace);
+        assert!(
+            deferred > 0,
+            "{tag}: no injection was deferred although the guest computes in ring 3"
+        );
+        assert!(
+            recorded.stderr.contains("delivered at the next exit"),
+            "{tag}: the recorder did not say it deferred\n{recorded:#?}"
+        );
+        // Every point in the log lies in ring 0 (where replay can find it).
+        assert_replays_match(&tag, &trace, &recorded);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

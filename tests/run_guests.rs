@@ -86,6 +86,21 @@ fn echo_transforms_serial_input_from_stdin() {
     assert!(finished.stdout.contains("ABC"), "{finished:#?}");
 }
 
+#[test]
+fn user_computes_in_ring3_under_the_timer() {
+    require_kvm();
+    let finished = run_guest("user", &[]);
+    assert_eq!(finished.code(), 1, "{finished:#?}");
+    assert!(
+        finished.stdout.contains("user: in ring 3, IF 1"),
+        "{finished:#?}"
+    );
+    assert!(
+        finished.stdout.contains("ring-3 ticks: yes"),
+        "{finished:#?}"
+    );
+}
+
 /// The deterministic guests print exactly the same lines under QEMU and lore-dbg.
 #[test]
 fn deterministic_guests_match_qemu() {
@@ -94,6 +109,7 @@ fn deterministic_guests_match_qemu() {
         ("hello", "status=5", 11),
         ("compute", "", 1),
         ("canary", "", 1),
+        ("user", "", 1),
     ] {
         let path = guest(name);
         let ours = lore(&[

@@ -44,6 +44,7 @@
 mod approach;
 mod pmu;
 mod soft;
+pub mod vcpu;
 
 #[cfg(test)]
 mod tests;
@@ -187,6 +188,9 @@ pub enum ClockError {
     /// [`BranchCounter::run_armed`] was called with no overflow armed.
     #[error("run_armed called with no overflow armed")]
     NotArmed,
+    /// [`SOFT_SKID_ENV`] is not `MAX` or `MAX:SEED`.
+    #[error("{SOFT_SKID_ENV}={0:?}: expected MAX or MAX:SEED (numbers of branches)")]
+    BadSkid(String),
     /// The software counter's run took more single steps than its limit.
     #[error("software counter: run stopped after {steps} single steps without reaching tick {at}")]
     StepLimit {
@@ -223,4 +227,60 @@ pub trait BranchCounter {
     /// Runs `machine` until the armed overflow stops it ([`MachineStop::Kicked`],
     /// possibly early for an unrelated kick, late by the skid) or it exits.
     fn run_armed(&mut self, machine: &mut dyn Steppable) -> Result<MachineStop, ClockError>;
+}
+
+/// The environment variable that gives the software counter an artificial skid in
+/// replay: `MAX` (a fixed skid of MAX branches) or `MAX:SEED` (pseudo-random skids
+/// up to MAX). Tests use it to run the whole approach — overflow short of the target,
+/// stepping, exact stop — over a real replay.
+pub const SOFT_SKID_ENV: &str = "LORE_SOFT_SKID";
+
+/// Opens the branch counter a trace's clock backend needs, on the calling thread
+/// (the vCPU thread); `None` for the landmark clock. `replay` lets
+/// [`SOFT_SKID_ENV`] shape the software counter's overflows.
+pub fn counter_for(
+    backend: crate::trace::ClockBackend,
+    replay: bool,
+) -> Result<Option<Box<dyn BranchCounter>>, ClockError> {
+    use crate::trace::ClockBackend;
+    Ok(match backend {
+        ClockBackend::Landmark => None,
+        ClockBackend::Soft => {
+            let mut counter = SoftCounter::new(CountedBranches::JccOnly);
+            if replay {
+                if let Some(skid) = soft_skid_from_env()? {
+                    counter = counter.with_artificial_skid(skid);
+                }
+            }
+            Some(Box::new(counter))
+        }
+        ClockBackend::Pmu => {
+            let vendor = PmuCounter::available()?;
+            Some(Box::new(PmuCounter::open(
+                vendor,
+                crate::vmm::kick::kick_signal(),
+            )?))
+        }
+    })
+}
+
+fn soft_skid_from_env() -> Result<Option<SkidModel>, ClockError> {
+    let Ok(text) = std::env::var(SOFT_SKID_ENV) else {
+        return Ok(None);
+    };
+    let bad = || ClockError::BadSkid(text.clone());
+    let mut parts = text.splitn(2, ':');
+    let max: Ticks = parts
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .parse()
+        .map_err(|_| bad())?;
+    Ok(Some(match parts.next() {
+        None => SkidModel::Fixed(max),
+        Some(seed) => SkidModel::Pseudorandom {
+            max,
+            seed: seed.trim().parse().map_err(|_| bad())?,
+        },
+    }))
 }

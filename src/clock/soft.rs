@@ -5,11 +5,14 @@
 //! # What counts
 //!
 //! An instruction counts when (1) it is in the counted class ([`CountedBranches`])
-//! and (2) the step *retired* it: the machine stopped with
-//! [`MachineStop::Stepped`] at either its fall-through address or its branch target.
+//! and (2) the step *retired* it: the machine stopped ([`MachineStop::Stepped`], or
+//! [`MachineStop::Kicked`] — on our hosts a signal can end a step after its
+//! instruction retired) at either its fall-through address or its branch target.
 //! Anything else — a fault on the branch, an interrupt or exception delivered before
-//! it executed, a kick — leaves `rip` elsewhere (or reports another stop) and is not
-//! counted, just as a PMU counts retired instructions only. Code that cannot be
+//! it executed, a kick before it ran — leaves `rip` elsewhere (or reports an exit)
+//! and is not counted, just as a PMU counts retired instructions only. (A kick on a
+//! conditional jump to itself cannot be told from one before it ran; it is taken
+//! as not retired.) Code that cannot be
 //! fetched or decoded faults instead of retiring, so it does not count either.
 //!
 //! Which branches: Intel's `BR_INST_RETIRED.CONDITIONAL` is documented as counting
@@ -284,10 +287,11 @@ impl BranchCounter for SoftCounter {
         let decoded = classify(mode, rip, &bytes[..fetched]);
         let stop = machine.single_step()?;
         self.steps += 1;
-        if stop == MachineStop::Stepped {
+        if matches!(stop, MachineStop::Stepped | MachineStop::Kicked) {
             if let Some(decoded) = decoded.filter(|decoded| self.counted.counts(decoded.class)) {
                 let after = machine.rip()?;
-                if after == decoded.fall_through || after == decoded.target {
+                let moved = stop == MachineStop::Stepped || after != rip;
+                if moved && (after == decoded.fall_through || after == decoded.target) {
                     self.count += 1;
                 }
             }

@@ -12,6 +12,14 @@
 //! written since boot — equal state means equal future, so the first match is the
 //! point (DESIGN §3).
 //!
+//! With a branch-counting clock, a point also carries its ticks since the exit it
+//! follows: from that exit to the last such point the replayer runs the guest only
+//! through the trace's counter — [`clock::approach`] when nothing else can stop it,
+//! one counted single step at a time when the caller single-steps or has
+//! breakpoints — so that the count stays exact, and [`Cursor::ticks_since_exit`]
+//! carries it into checkpoints. Elsewhere the guest runs freely and the count is
+//! unknown (and not needed).
+//!
 //! Invariant: the replayer never continues past a mismatch. A device read of another
 //! port than recorded, a register check that differs, a landmark that is not found
 //! before the next exit, or a different end state is a [`ReplayError::Divergence`]
@@ -21,11 +29,17 @@ mod access;
 pub mod timeline;
 
 use crate::boot;
+use crate::clock::{
+    self, ApproachError, BranchCounter, ClockError, CounterKind, MachineError, MachineStop,
+    Steppable, TickPosition,
+};
 use crate::digest::{self, RegisterArray};
 use crate::runner::{ExitHistory, ExitRecord};
 use crate::trace::event::{Event, Landmark, Position};
+use crate::trace::ClockBackend;
 use crate::vmm::cpuid::CpuidTable;
 use crate::vmm::debug::{self, DebugSetup, HwBreakpoint, HwCondition};
+use crate::vmm::kick::VcpuKickGuard;
 use crate::vmm::regs;
 use crate::vmm::state::VcpuState;
 use crate::vmm::{kvm_op, Vm, VmmError};
@@ -75,6 +89,18 @@ pub enum ReplayError {
     /// A timeline operation could not be carried out.
     #[error("{0}")]
     Timeline(String),
+    /// The trace's clock backend cannot be used on this host, or its counter failed.
+    #[error("the trace's clock backend '{backend}' cannot be used here")]
+    Clock {
+        /// The backend.
+        backend: &'static str,
+        /// Why.
+        #[source]
+        source: ClockError,
+    },
+    /// The trace's branch counter failed.
+    #[error("the branch counter failed")]
+    Counter(#[source] ClockError),
 }
 
 /// What a replay needs from a trace.
@@ -89,6 +115,8 @@ pub struct ReplayInput {
     pub cpuid: CpuidTable,
     /// The RTC base of the recording.
     pub rtc_base_unix_secs: i64,
+    /// How the recording positioned asynchronous points.
+    pub clock: ClockBackend,
     /// Every event of the log, in order.
     pub events: Vec<Event>,
     /// Set when the log is incomplete: why (the reader's message).
@@ -122,8 +150,38 @@ pub struct ReplayStats {
     pub landmarks: u64,
     /// Breakpoint hits spent finding them (hits whose state did not match included).
     pub landmark_hits: u64,
+    /// Asynchronous points found by their ticks (branch-counting clocks).
+    pub tick_points: u64,
+    /// Counted single steps spent reaching them.
+    pub tick_steps: u64,
     /// Register checks passed.
     pub register_checks: u64,
+}
+
+impl ReplayStats {
+    /// Asynchronous points found, by either method.
+    pub fn points(&self) -> u64 {
+        self.landmarks + self.tick_points
+    }
+
+    /// One line for people: how the asynchronous points were found and at what cost.
+    pub fn describe_points(&self) -> String {
+        let mut text = format!("{} asynchronous points found", self.points());
+        if self.tick_points > 0 || self.tick_steps > 0 {
+            text.push_str(&format!(
+                " ({} by ticks with {} counted single steps",
+                self.tick_points, self.tick_steps
+            ));
+            if self.landmarks > 0 {
+                text.push_str(&format!(", {} by landmark", self.landmarks));
+            }
+            text.push(')');
+        }
+        if self.landmarks > 0 || (self.tick_points == 0 && self.tick_steps == 0) {
+            text.push_str(&format!(" with {} breakpoint hits", self.landmark_hits));
+        }
+        text
+    }
 }
 
 /// Serial output that can be muted while the replay re-executes history it has
@@ -168,6 +226,10 @@ pub struct Cursor {
     pub ended: Option<i32>,
     /// Pages written since boot (what landmark memory digests cover).
     pub dirty_since_boot: Vec<u64>,
+    /// Conditional branches retired since the last exit, when every instruction
+    /// since it ran under the trace's branch counter; `None` otherwise (and always
+    /// with the landmark clock).
+    pub ticks_since_exit: Option<u64>,
 }
 
 /// A full machine state of the replay, restorable with [`Replayer::restore`].
@@ -228,6 +290,11 @@ pub struct Replayer {
     stats: ReplayStats,
     /// End of what the boot loader wrote (see [`digest::loader_pages`]).
     image_end: u64,
+    /// The trace's branch counter; `None` with the landmark clock.
+    counter: Option<Box<dyn BranchCounter>>,
+    /// Lets the hardware counter's overflow signal stop `KVM_RUN` (it is blocked
+    /// outside it).
+    overflow_signal: Option<VcpuKickGuard>,
 }
 
 impl fmt::Debug for Replayer {
@@ -254,6 +321,17 @@ impl Replayer {
         let mut vm = Vm::new(input.memory_size, Some(input.cpuid))?;
         let entry = boot::load(vm.memory_mut(), &input.image, &input.command_line)?;
         regs::set_multiboot_entry(vm.vcpu(), &entry)?;
+        let counter =
+            clock::counter_for(input.clock, true).map_err(|source| ReplayError::Clock {
+                backend: input.clock.name(),
+                source,
+            })?;
+        let overflow_signal = match &counter {
+            Some(counter) if counter.kind() == CounterKind::Hardware => {
+                Some(VcpuKickGuard::install(vm.vcpu())?)
+            }
+            _ => None,
+        };
         let output = GatedOutput {
             inner: Arc::new(std::sync::Mutex::new(serial_output)),
             enabled: Arc::new(AtomicBool::new(true)),
@@ -276,12 +354,15 @@ impl Replayer {
                 at_boundary: true,
                 ended: None,
                 dirty_since_boot: vec![0; pages.div_ceil(64) as usize],
+                ticks_since_exit: counter.as_ref().map(|_| 0),
             },
             dirty_since_mark: vec![0; pages.div_ceil(64) as usize],
             truncated: input.truncated,
             history: ExitHistory::default(),
             stats: ReplayStats::default(),
             image_end: entry.image_end,
+            counter,
+            overflow_signal,
         })
     }
 
@@ -335,6 +416,8 @@ impl Replayer {
         cursor.exits = exit;
         cursor.at_boundary = true;
         cursor.ended = None;
+        // Trace snapshots are taken right at an exit.
+        cursor.ticks_since_exit = self.counter.as_ref().map(|_| 0);
         for (word, bytes) in cursor
             .dirty_since_boot
             .iter_mut()
@@ -425,6 +508,7 @@ impl Replayer {
     /// of it: the caller snapshots `vm().memory()`.
     pub fn capture(&mut self) -> Result<MachineState, ReplayError> {
         self.settle()?;
+        self.cursor.ticks_since_exit = self.ticks_now()?;
         Ok(MachineState {
             vcpu: VcpuState::capture(self.vm.vcpu())?,
             board: self.board.state(),
@@ -454,6 +538,11 @@ impl Replayer {
                 }
             })?;
         self.cursor = state.cursor.clone();
+        if let Some(counter) = &mut self.counter {
+            counter
+                .reset(state.cursor.ticks_since_exit.unwrap_or(0))
+                .map_err(ReplayError::Counter)?;
+        }
         // Refresh what kvm_run says about the restored vCPU (interrupt flag, readiness
         // for injection) with an entry that runs nothing.
         self.vm.complete_pending_io()?;
@@ -543,12 +632,46 @@ impl Replayer {
                 if self.at_landmark(landmark)? {
                     let vector = self.take_async_injection();
                     self.inject(vector)?;
-                    self.stats.landmarks += 1;
+                    if landmark.ticks.is_some() {
+                        self.stats.tick_points += 1;
+                    } else {
+                        self.stats.landmarks += 1;
+                    }
                     continue;
                 }
             }
             if self.peek().is_none() && self.truncated.is_some() {
                 return Err(self.out_of_events());
+            }
+            let tick_target = landmark.filter(|landmark| landmark.ticks.is_some());
+            if self.runs_under_counter(tick_target.is_some())? {
+                let stop = self.advance_counted(
+                    tick_target.as_ref(),
+                    single_step,
+                    stops,
+                    stop_at_exit,
+                    interrupted,
+                )?;
+                match stop {
+                    Some(stop) => return Ok(stop),
+                    None => continue,
+                }
+            }
+            if tick_target.is_some() {
+                return Err(self.divergence(
+                    "the next point is positioned by ticks, but the branches retired since \
+                     the last exit were not counted here"
+                        .into(),
+                    None,
+                ));
+            }
+            if self
+                .counter
+                .as_ref()
+                .is_some_and(|counter| counter.kind() == CounterKind::Software)
+            {
+                // The software counter does not see what runs from here.
+                self.cursor.ticks_since_exit = None;
             }
             let mut setup = DebugSetup {
                 breakpoints: Vec::new(),
@@ -640,6 +763,172 @@ impl Replayer {
                 }
             }
         }
+    }
+
+    /// Whether the next entry runs under the trace's branch counter. The software
+    /// counter mirrors the recorder, which single-stepped every guest ring-0
+    /// instruction from an exit on (single steps can leave traces in guest memory,
+    /// e.g. the trap flag in a pushed RFLAGS, so replay steps exactly where the
+    /// recording did); the hardware counter is only needed to reach a point.
+    fn runs_under_counter(&self, tick_point_pending: bool) -> Result<bool, ReplayError> {
+        match self.counter.as_ref().map(|counter| counter.kind()) {
+            None => Ok(false),
+            Some(CounterKind::Hardware) => Ok(tick_point_pending),
+            Some(CounterKind::Software) => {
+                if self.cursor.ticks_since_exit.is_none() {
+                    return Ok(false);
+                }
+                let sregs = self
+                    .vm
+                    .vcpu()
+                    .get_sregs()
+                    .map_err(kvm_op("KVM_GET_SREGS"))?;
+                Ok(sregs.cs.dpl == 0)
+            }
+        }
+    }
+
+    /// The branches retired since the last exit, if known.
+    fn ticks_now(&mut self) -> Result<Option<u64>, ReplayError> {
+        match &mut self.counter {
+            Some(counter) if counter.kind() == CounterKind::Hardware => {
+                Ok(Some(counter.ticks().map_err(ReplayError::Counter)?))
+            }
+            _ => Ok(self.cursor.ticks_since_exit),
+        }
+    }
+
+    /// Runs under the trace's counter: toward the tick-positioned `target` with
+    /// [`clock::approach`] when nothing else can stop the guest, otherwise one
+    /// counted step (execution breakpoints checked in software after it; an exit
+    /// it meets is served from the log). Returns the caller's stop, or `None` to
+    /// look again (the point may be reached).
+    fn advance_counted(
+        &mut self,
+        target: Option<&Landmark>,
+        single_step: bool,
+        stops: &[HwBreakpoint],
+        stop_at_exit: Option<u64>,
+        interrupted: &mut dyn FnMut() -> bool,
+    ) -> Result<Option<EngineStop>, ReplayError> {
+        let target = target.map(|landmark| TickPosition {
+            ticks: landmark.ticks.unwrap_or_default(),
+            rip: landmark.rip,
+            regs_digest: landmark.regs_digest,
+        });
+        if let Some(target) = &target {
+            self.check_before_tick_point(target)?;
+        }
+        let Some(mut counter) = self.counter.take() else {
+            return Err(self.divergence(
+                "the log positions a point by ticks, but the trace's clock counts none".into(),
+                None,
+            ));
+        };
+        let execute_stops: Vec<u64> = stops
+            .iter()
+            .filter(|stop| stop.condition == HwCondition::Execute)
+            .map(|stop| stop.address)
+            .collect();
+        let mut machine = ReplayMachine {
+            replayer: self,
+            interrupted,
+            steps: 0,
+            served: None,
+        };
+        let outcome = match target {
+            Some(target) if !single_step && execute_stops.is_empty() => {
+                clock::approach(target, counter.as_mut(), &mut machine)
+                    .map(|_| MachineStop::Stepped)
+            }
+            _ => counter.step(&mut machine).map_err(ApproachError::Counter),
+        };
+        let (steps, served) = (machine.steps, machine.served.take());
+        let ticks = counter.ticks();
+        self.counter = Some(counter);
+        self.stats.tick_steps += steps;
+        self.cursor.ticks_since_exit = Some(ticks.map_err(ReplayError::Counter)?);
+        match outcome {
+            Ok(MachineStop::Stepped) if single_step => Ok(Some(EngineStop::Stepped)),
+            Ok(MachineStop::Stepped) => {
+                let rip = self.registers_now()?[16];
+                Ok(execute_stops
+                    .contains(&rip)
+                    .then_some(EngineStop::Breakpoint { address: rip }))
+            }
+            // A stray signal: nothing ran.
+            Ok(MachineStop::Kicked) => Ok(None),
+            Ok(MachineStop::Exit { reason }) => {
+                let Some(served) = served else {
+                    return Err(self.divergence(format!("unexpected {reason}"), None));
+                };
+                if target.is_some() {
+                    return Err(self.divergence(
+                        format!(
+                            "the guest stopped with {reason} before the recorded asynchronous \
+                             point"
+                        ),
+                        None,
+                    ));
+                }
+                if let Progress::Ended(status) = self.finish_exit(served)? {
+                    return Ok(Some(EngineStop::Ended { status }));
+                }
+                if stop_at_exit == Some(self.cursor.exits) {
+                    self.settle()?;
+                    return Ok(Some(EngineStop::Boundary));
+                }
+                Ok(None)
+            }
+            Err(error) if is_interruption(&error) => Ok(Some(EngineStop::Interrupted)),
+            Err(
+                ApproachError::Counter(ClockError::Machine(error)) | ApproachError::Machine(error),
+            ) => Err(ReplayError::Counter(ClockError::Machine(error))),
+            Err(ApproachError::Counter(error)) => Err(ReplayError::Counter(error)),
+            Err(error) => Err(self.divergence(
+                format!("the recorded asynchronous point was not reached: {error}"),
+                None,
+            )),
+        }
+    }
+
+    /// Reports a tick-positioned point that can no longer be reached.
+    fn check_before_tick_point(&mut self, target: &TickPosition) -> Result<(), ReplayError> {
+        let Some(now) = self.ticks_now()? else {
+            return Err(self.divergence(
+                "the next point is positioned by ticks, but the branches retired since the \
+                 last exit were not counted here"
+                    .into(),
+                None,
+            ));
+        };
+        if now > target.ticks {
+            return Err(self.divergence(
+                format!(
+                    "tick {} went by without reaching the recorded asynchronous point \
+                     (rip {:#x}, register digest {:#018x}); now at tick {now}",
+                    target.ticks, target.rip, target.regs_digest
+                ),
+                None,
+            ));
+        }
+        if now == target.ticks && self.at_tick_registers(target)? {
+            // Ticks and registers match but not the memory written since boot.
+            return Err(self.divergence(
+                format!(
+                    "at tick {now} the registers match the recorded asynchronous point, \
+                     but the memory written since boot differs"
+                ),
+                None,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether `rip` and the register digest are those of `target`.
+    fn at_tick_registers(&self, target: &TickPosition) -> Result<bool, ReplayError> {
+        let regs = self.registers_now()?;
+        Ok(regs[16] == target.rip && digest::registers(&regs) == target.regs_digest)
     }
 
     /// Consumes the pending asynchronous injection and returns its vector.
@@ -737,6 +1026,9 @@ impl Replayer {
 
     /// Whether the machine is at `landmark` now.
     fn at_landmark(&mut self, landmark: &Landmark) -> Result<bool, ReplayError> {
+        if landmark.ticks.is_some() && landmark.ticks != self.cursor.ticks_since_exit {
+            return Ok(false);
+        }
         let regs = self.registers_now()?;
         Ok(regs[16] == landmark.rip
             && digest::registers(&regs) == landmark.regs_digest
@@ -781,6 +1073,10 @@ impl Replayer {
         let ordinal = self.cursor.exits + 1;
         self.cursor.exits = ordinal;
         self.cursor.at_boundary = true;
+        if let Some(counter) = &mut self.counter {
+            counter.reset(0).map_err(ReplayError::Counter)?;
+            self.cursor.ticks_since_exit = Some(0);
+        }
         if served.consumed {
             self.cursor.next_event += 1;
         }
@@ -853,6 +1149,116 @@ impl Replayer {
         } else {
             Err(self.divergence(differences.join("; "), None))
         }
+    }
+}
+
+/// The caller's interrupt check said stop during a counted approach.
+#[derive(Debug, Error)]
+#[error("interrupted")]
+struct Interrupted;
+
+/// How often a counted approach asks the caller whether to stop.
+const INTERRUPT_POLL_STEPS: u64 = 256;
+
+fn is_interruption(error: &ApproachError) -> bool {
+    match error {
+        ApproachError::Machine(error) | ApproachError::Counter(ClockError::Machine(error)) => {
+            error.0.is::<Interrupted>()
+        }
+        _ => false,
+    }
+}
+
+/// The replayed vCPU as a branch counter sees it: exits are served from the log
+/// as in a free run, and their outcome kept for the engine.
+struct ReplayMachine<'a> {
+    replayer: &'a mut Replayer,
+    interrupted: &'a mut dyn FnMut() -> bool,
+    steps: u64,
+    served: Option<Served>,
+}
+
+impl ReplayMachine<'_> {
+    fn enter(&mut self, single_step: bool) -> Result<MachineStop, MachineError> {
+        if single_step {
+            self.steps += 1;
+            if self.steps % INTERRUPT_POLL_STEPS == 0 && (self.interrupted)() {
+                return Err(MachineError::new(Interrupted));
+            }
+        }
+        let replayer = &mut *self.replayer;
+        let setup = DebugSetup {
+            breakpoints: Vec::new(),
+            single_step,
+        };
+        debug::apply(replayer.vm.vcpu(), &setup).map_err(MachineError::new)?;
+        let ordinal = replayer.cursor.exits + 1;
+        match replayer.vm.vcpu_mut().run() {
+            Ok(VcpuExit::Debug(_)) if single_step => Ok(MachineStop::Stepped),
+            Ok(exit) => {
+                let reason = exit_name(&exit);
+                match serve_exit(
+                    exit,
+                    ordinal,
+                    &replayer.events,
+                    replayer.cursor.next_event,
+                    &mut replayer.board,
+                    &mut replayer.history,
+                    &replayer.output,
+                    &mut replayer.output_shown_until,
+                ) {
+                    None => Ok(MachineStop::Kicked),
+                    Some(served) => {
+                        self.served = Some(served);
+                        Ok(MachineStop::Exit { reason })
+                    }
+                }
+            }
+            Err(error) if error.errno() == libc::EINTR || error.errno() == libc::EAGAIN => {
+                if let Some(guard) = &replayer.overflow_signal {
+                    guard.consume();
+                }
+                Ok(MachineStop::Kicked)
+            }
+            Err(source) => Err(MachineError::new(VmmError::Kvm {
+                operation: "KVM_RUN",
+                source,
+            })),
+        }
+    }
+}
+
+impl Steppable for ReplayMachine<'_> {
+    fn rip(&mut self) -> Result<u64, MachineError> {
+        clock::vcpu::rip(self.replayer.vm.vcpu())
+    }
+
+    fn code_mode(&mut self) -> Result<clock::CodeMode, MachineError> {
+        Ok(clock::vcpu::code_mode(&clock::vcpu::sregs(
+            self.replayer.vm.vcpu(),
+        )?))
+    }
+
+    fn fetch(&mut self, rip: u64, buf: &mut [u8]) -> Result<usize, MachineError> {
+        let sregs = clock::vcpu::sregs(self.replayer.vm.vcpu())?;
+        Ok(clock::vcpu::fetch_code(
+            self.replayer.vm.memory(),
+            &sregs,
+            rip,
+            buf,
+        ))
+    }
+
+    fn single_step(&mut self) -> Result<MachineStop, MachineError> {
+        self.enter(true)
+    }
+
+    fn run(&mut self) -> Result<MachineStop, MachineError> {
+        self.enter(false)
+    }
+
+    fn registers_digest(&mut self) -> Result<u64, MachineError> {
+        clock::vcpu::registers_digest(self.replayer.vm.vcpu())
     }
 }
 

@@ -15,6 +15,15 @@
 //! the vCPU's state at the position, so the replayer applies the same rules to the
 //! logged events and reaches the same states.
 //!
+//! With a branch-counting clock (DESIGN §3, "ticks") an asynchronous point also
+//! carries the conditional branches retired since the exit it follows. The hardware
+//! counter counts by itself while the guest runs freely; the software counter
+//! (`--clock soft`) counts by single-stepping every guest ring-0 instruction, so
+//! the recorder then checks for due interrupts at every instruction boundary and
+//! needs no interrupt windows. Where ticks are not known exactly (the guest ran
+//! freely since the last exit, e.g. in ring 3, where single-stepping traps into the
+//! guest on our hosts), an asynchronous injection is deferred to the next exit.
+//!
 //! Invariant: the runner is created and run on one thread, which becomes the vCPU
 //! thread (the kick signal mask is per thread).
 
@@ -24,6 +33,7 @@ mod ticker;
 pub use report::{ExitHistory, ExitRecord, GuestStop, RunError, RunOutcome};
 
 use crate::boot;
+use crate::clock::{self, BranchCounter, CounterKind, MachineError, MachineStop, Steppable};
 use crate::digest;
 use crate::trace::event::{Event, Landmark, Position};
 use crate::trace::EventWriter;
@@ -100,12 +110,14 @@ enum VcpuState {
     Exited(i32),
 }
 
-/// How the last `KVM_RUN` ended: at an exit (a deterministic point), or at a kick
-/// or an interrupt window (an arbitrary instruction).
+/// How the last `KVM_RUN` ended: at an exit (a deterministic point), at a kick or
+/// an interrupt window (an arbitrary instruction), or after one single-stepped
+/// instruction (an arbitrary instruction, reached by counting).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum LastStop {
     Exit,
     Async,
+    Step,
 }
 
 /// Periodic snapshots into the trace.
@@ -142,6 +154,14 @@ struct SnapshotState {
     dirty_since_last: Vec<u64>,
 }
 
+/// The recorder's branch counter.
+struct TickClock {
+    counter: Box<dyn BranchCounter>,
+    /// The counter holds exactly the branches retired since the last exit: every
+    /// instruction since then ran under it.
+    known: bool,
+}
+
 /// Recording state: the log and what positions need.
 struct Recorder {
     writer: EventWriter,
@@ -154,6 +174,8 @@ struct Recorder {
     /// Kicks whose interrupt was deferred to the next exit because replay could not
     /// find the point (e.g. guest ring 3, where hardware breakpoints don't fire here).
     deferred_injections: u64,
+    /// Ticks for asynchronous points; `None` with the landmark clock.
+    clock: Option<TickClock>,
 }
 
 /// Statistics of a recording, for `lore-dbg info`.
@@ -179,6 +201,8 @@ pub struct Runner {
     recorder: Option<Recorder>,
     /// End of what the boot loader wrote (see [`digest::loader_pages`]).
     image_end: u64,
+    /// `KVM_GUESTDBG_SINGLESTEP` is set on the vCPU.
+    single_stepping: bool,
 }
 
 impl fmt::Debug for Runner {
@@ -226,6 +250,7 @@ impl Runner {
             history: ExitHistory::default(),
             recorder: None,
             image_end: entry.image_end,
+            single_stepping: false,
         })
     }
 
@@ -235,8 +260,14 @@ impl Runner {
     }
 
     /// Logs every input of the run to `writer` from now on, and takes snapshots as
-    /// `snapshots` says.
-    pub fn record_to(&mut self, writer: EventWriter, snapshots: Option<SnapshotSchedule>) {
+    /// `snapshots` says. With `counter`, asynchronous points carry ticks counted by
+    /// it (opened on this thread, reading 0).
+    pub fn record_to(
+        &mut self,
+        writer: EventWriter,
+        snapshots: Option<SnapshotSchedule>,
+        counter: Option<Box<dyn BranchCounter>>,
+    ) {
         let pages = self.vm.memory().size() / crate::vmm::memory::PAGE_SIZE;
         let words = pages.div_ceil(64) as usize;
         self.recorder = Some(Recorder {
@@ -251,6 +282,10 @@ impl Runner {
             next_register_check: REGISTER_CHECK_INTERVAL,
             last_flush: Instant::now(),
             deferred_injections: 0,
+            clock: counter.map(|counter| TickClock {
+                counter,
+                known: true,
+            }),
         });
     }
 
@@ -299,13 +334,21 @@ impl Runner {
             }
             None => 0,
         };
+        let ticks = match self
+            .recorder
+            .as_mut()
+            .and_then(|recorder| recorder.clock.as_mut())
+        {
+            Some(clock) => Some(clock.counter.ticks().map_err(RunError::Clock)?),
+            None => None,
+        };
         Ok(Position::Async {
             after_exit: self.exits,
             landmark: Landmark {
                 rip: regs[16],
                 regs_digest: digest::registers(&regs),
                 memory_digest,
-                ticks: None,
+                ticks,
             },
         })
     }
@@ -382,9 +425,8 @@ impl Runner {
         })
     }
 
-    /// Whether replay can find the current asynchronous point. On our hosts hardware
-    /// breakpoints do not fire in guest ring 3 (DESIGN §9).
-    fn async_point_findable(&self) -> Result<bool, RunError> {
+    /// Whether the guest runs in ring 0 now.
+    fn in_ring0(&self) -> Result<bool, RunError> {
         let sregs = self
             .vm
             .vcpu()
@@ -393,15 +435,40 @@ impl Runner {
         Ok(sregs.cs.dpl == 0)
     }
 
+    /// Whether replay can find the current asynchronous point. On our hosts hardware
+    /// breakpoints do not fire and single steps trap into the guest in guest ring 3
+    /// (DESIGN §9); a branch-counting clock also needs the exact ticks.
+    fn async_point_findable(&self) -> Result<bool, RunError> {
+        let ticks_known = self
+            .recorder
+            .as_ref()
+            .and_then(|recorder| recorder.clock.as_ref())
+            .map_or(true, |clock| clock.known);
+        Ok(ticks_known && self.in_ring0()?)
+    }
+
+    /// Whether the next entry single-steps one instruction under the software
+    /// counter: recording with `--clock soft`, ticks known, guest in ring 0.
+    fn steps_under_counter(&self) -> Result<bool, RunError> {
+        let counting = self
+            .recorder
+            .as_ref()
+            .and_then(|recorder| recorder.clock.as_ref())
+            .is_some_and(|clock| clock.known && clock.counter.kind() == CounterKind::Software);
+        Ok(counting && self.in_ring0()?)
+    }
+
     /// Injects a pending interrupt if the guest can take one now (logging where), or
-    /// asks KVM to exit as soon as it can. That window exit is an asynchronous point
-    /// like a kick: the injection there is logged with a landmark.
-    fn deliver_interrupts(&mut self) -> Result<(), RunError> {
+    /// asks KVM to exit as soon as it can — unless the next entry single-steps, which
+    /// comes back to check at the next instruction boundary anyway. That window exit
+    /// is an asynchronous point like a kick: the injection there is logged with its
+    /// position.
+    fn deliver_interrupts(&mut self, stepping: bool) -> Result<(), RunError> {
         if !self.board.interrupt_pending() {
             return Ok(());
         }
         if self.recorder.is_some()
-            && self.last_stop == LastStop::Async
+            && self.last_stop != LastStop::Exit
             && !self.async_point_findable()?
         {
             if let Some(recorder) = &mut self.recorder {
@@ -420,6 +487,10 @@ impl Runner {
             self.log(Event::Interrupt { at, vector })?;
             self.history
                 .push(self.exits, ExitRecord::Interrupt { vector });
+        } else if stepping {
+            // A window exit could end a step after its instruction retired and hide
+            // that retirement from the counter.
+            self.set_window_request(false);
         } else if !self.window_requested {
             self.set_window_request(true);
         }
@@ -592,13 +663,96 @@ impl Runner {
                     self.board.advance(now_ns);
                     let deadline = self.deadline_instant(now_ns);
                     self.ticker.arm(deadline);
-                    self.deliver_interrupts()?;
-                    state = self.run_once()?;
+                    let stepping = self.steps_under_counter()?;
+                    self.deliver_interrupts(stepping)?;
+                    state = if stepping {
+                        self.step_counted()?
+                    } else {
+                        self.run_freely()?
+                    };
                     if self.last_stop == LastStop::Exit {
+                        if let Some(clock) = self
+                            .recorder
+                            .as_mut()
+                            .and_then(|recorder| recorder.clock.as_mut())
+                        {
+                            clock.counter.reset(0).map_err(RunError::Clock)?;
+                            clock.known = true;
+                        }
                         self.after_exit()?;
                     }
                 }
             }
+        }
+    }
+
+    /// Turns single-stepping on or off for the next entries. Stepping is set again
+    /// before every step, exactly as replay does: where KVM puts the trap flag
+    /// depends on it, and an interrupt delivered by a step pushes that flag into
+    /// guest memory.
+    fn set_single_step(&mut self, on: bool) -> Result<(), RunError> {
+        if on || self.single_stepping {
+            let setup = crate::vmm::debug::DebugSetup {
+                breakpoints: Vec::new(),
+                single_step: on,
+            };
+            crate::vmm::debug::apply(self.vm.vcpu(), &setup)?;
+            self.single_stepping = on;
+        }
+        Ok(())
+    }
+
+    /// Runs the guest until something stops it. The software counter cannot see
+    /// what runs this way: its ticks are unknown until the next exit.
+    fn run_freely(&mut self) -> Result<VcpuState, RunError> {
+        self.set_single_step(false)?;
+        let state = self.run_once()?;
+        if let Some(clock) = self
+            .recorder
+            .as_mut()
+            .and_then(|recorder| recorder.clock.as_mut())
+        {
+            if clock.counter.kind() == CounterKind::Software && self.last_stop != LastStop::Exit {
+                clock.known = false;
+            }
+        }
+        Ok(state)
+    }
+
+    /// Executes one instruction under the software counter.
+    fn step_counted(&mut self) -> Result<VcpuState, RunError> {
+        if self.last_stop == LastStop::Exit {
+            // Finish the exit's instruction without running on, as replay does: an
+            // entry that completes it could otherwise run the next instruction too,
+            // unseen by the counter.
+            self.vm.complete_pending_io()?;
+            self.single_stepping = false;
+        }
+        // A window exit could end a step after its instruction retired, unseen.
+        if self.window_requested {
+            self.set_window_request(false);
+        }
+        let Some(mut clock) = self
+            .recorder
+            .as_mut()
+            .and_then(|recorder| recorder.clock.take())
+        else {
+            return self.run_freely();
+        };
+        let mut machine = LiveMachine {
+            runner: self,
+            state: VcpuState::Running,
+            failure: None,
+        };
+        let stepped = clock.counter.step(&mut machine);
+        let (state, failure) = (machine.state, machine.failure);
+        if let Some(recorder) = &mut self.recorder {
+            recorder.clock = Some(clock);
+        }
+        match (stepped, failure) {
+            (_, Some(error)) => Err(error),
+            (Err(error), None) => Err(RunError::Clock(error)),
+            (Ok(_), None) => Ok(state),
         }
     }
 
@@ -742,6 +896,11 @@ impl Runner {
             VcpuExit::Hypercall(hypercall) => {
                 Err(Some(format!("unexpected hypercall {}", hypercall.nr)))
             }
+            VcpuExit::Debug(_) if self.single_stepping => {
+                // One instruction done; not an exit the guest causes.
+                self.last_stop = LastStop::Step;
+                return Ok(VcpuState::Running);
+            }
             VcpuExit::Debug(debug) => {
                 Err(Some(format!("unexpected debug exit at {:#x}", debug.pc)))
             }
@@ -778,6 +937,76 @@ impl Runner {
                 stop: self.guest_stop(),
             }),
         }
+    }
+}
+
+/// The live vCPU as the software counter sees it: each single step is one entry of
+/// the runner's loop, exits served (and logged) as in a free run.
+struct LiveMachine<'a> {
+    runner: &'a mut Runner,
+    /// What the last entry left the vCPU in (halted, exited).
+    state: VcpuState,
+    /// A failure of the runner itself, kept whole for the caller.
+    failure: Option<RunError>,
+}
+
+impl LiveMachine<'_> {
+    fn enter(&mut self, single_step: bool) -> Result<MachineStop, MachineError> {
+        let entered = self
+            .runner
+            .set_single_step(single_step)
+            .and_then(|()| self.runner.run_once());
+        match entered {
+            Ok(state) => {
+                self.state = state;
+                Ok(match self.runner.last_stop {
+                    LastStop::Step => MachineStop::Stepped,
+                    LastStop::Async => MachineStop::Kicked,
+                    LastStop::Exit => MachineStop::Exit {
+                        reason: format!("exit {}", self.runner.exits),
+                    },
+                })
+            }
+            Err(error) => {
+                let message = error.to_string();
+                self.failure = Some(error);
+                Err(MachineError::new(message))
+            }
+        }
+    }
+}
+
+impl Steppable for LiveMachine<'_> {
+    fn rip(&mut self) -> Result<u64, MachineError> {
+        clock::vcpu::rip(self.runner.vm.vcpu())
+    }
+
+    fn code_mode(&mut self) -> Result<clock::CodeMode, MachineError> {
+        Ok(clock::vcpu::code_mode(&clock::vcpu::sregs(
+            self.runner.vm.vcpu(),
+        )?))
+    }
+
+    fn fetch(&mut self, rip: u64, buf: &mut [u8]) -> Result<usize, MachineError> {
+        let sregs = clock::vcpu::sregs(self.runner.vm.vcpu())?;
+        Ok(clock::vcpu::fetch_code(
+            self.runner.vm.memory(),
+            &sregs,
+            rip,
+            buf,
+        ))
+    }
+
+    fn single_step(&mut self) -> Result<MachineStop, MachineError> {
+        self.enter(true)
+    }
+
+    fn run(&mut self) -> Result<MachineStop, MachineError> {
+        self.enter(false)
+    }
+
+    fn registers_digest(&mut self) -> Result<u64, MachineError> {
+        clock::vcpu::registers_digest(self.runner.vm.vcpu())
     }
 }
 

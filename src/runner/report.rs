@@ -141,6 +141,9 @@ pub enum RunError {
     /// Writing serial output failed (e.g. a full disk or closed pipe).
     #[error("cannot write the guest's serial output")]
     SerialOutput(#[source] std::io::Error),
+    /// The branch counter of the clock failed.
+    #[error("the clock's branch counter failed")]
+    Clock(#[source] crate::clock::ClockError),
 }
 
 /// Where a guest stood when it stopped for good: for error reports.

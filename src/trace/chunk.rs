@@ -15,7 +15,9 @@ use std::io::{self, Read, Write};
 use thiserror::Error;
 
 /// Version of the trace format; bump on every change to anything written.
-pub const TRACE_VERSION: u32 = 3;
+/// 4: the ticks of an asynchronous point count from the exit it follows, and the
+/// `soft` clock backend is recorded.
+pub const TRACE_VERSION: u32 = 4;
 const FILE_MAGIC: [u8; 8] = *b"LOREDBG\0";
 const CHUNK_MAGIC: [u8; 4] = *b"CHNK";
 const PREAMBLE_LEN: usize = 16;

@@ -22,7 +22,8 @@ pub struct Landmark {
     pub regs_digest: u64,
     /// Digest of the guest pages written since the last snapshot (or boot).
     pub memory_digest: u64,
-    /// Guest branch count since boot, when the clock backend counts branches.
+    /// Guest conditional branches retired since the exit the point follows
+    /// (`after_exit`), when the clock backend counts branches (DESIGN §3, "ticks").
     pub ticks: Option<u64>,
 }
 

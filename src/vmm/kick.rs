@@ -23,7 +23,7 @@ ioctl_iow_nr!(
 
 /// The signal used for kicks. A standard signal, so that kicks coalesce instead of
 /// queueing.
-fn kick_signal() -> libc::c_int {
+pub fn kick_signal() -> libc::c_int {
     libc::SIGUSR1
 }
 
