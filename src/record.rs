@@ -117,6 +117,7 @@ pub fn record(
         path: trace.events_path(),
     }))?;
     let writer = writer.finish()?;
+    trace.sync_to_disk()?;
     Ok(Recorded {
         outcome,
         writer,

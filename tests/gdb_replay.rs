@@ -10,8 +10,9 @@ mod common;
 
 use common::{line_of, record_trace, require_kvm, require_program, serve, Finished, Server};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 /// One gdb session's limit (a healthy session takes a few seconds; watchpoints are
@@ -635,4 +636,293 @@ fn canary_read_and_access_watchpoints_going_backwards() {
     s.expect(4, "atchpoint 2: canary");
     s.expect(5, "rec[len] = RECORD_END;");
     s.expect(6, "= 5");
+}
+
+// ---------------------------------------------------------------------------------
+// Soft-clock traces (`lore-dbg record --clock soft`): asynchronous interrupts are
+// positioned by ticks (conditional branches since an exit), and replay single-steps
+// every guest ring-0 instruction under the software counter. Reverse execution must
+// reach the same states as forward execution there too.
+// ---------------------------------------------------------------------------------
+
+/// Soft recordings are timing-sensitive (the PIT runs on host time while every
+/// guest instruction is single-stepped), so the soft-clock tests of this file run
+/// one at a time rather than competing for the CPU with each other.
+static SOFT_CLOCK_TESTS: Mutex<()> = Mutex::new(());
+
+fn soft_clock_test_lock() -> MutexGuard<'static, ()> {
+    SOFT_CLOCK_TESTS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Records corpus guest `name` with `--clock soft` and `extra` arguments into a fresh
+/// directory, checks that the trace says so and that it replays (without gdb) to
+/// the recorded end, and returns it. A recording that does not replay is a
+/// record/replay failure, reported as such before any gdb session.
+fn record_soft_trace(name: &str, tag: &str, extra: &[&str]) -> PathBuf {
+    let dir = common::scratch_dir(tag).join("trace");
+    let mut command = common::lore_dbg();
+    command
+        .arg("record")
+        .arg(common::guest(name))
+        .arg("-o")
+        .arg(&dir)
+        .args(["--clock", "soft"])
+        .args(extra);
+    let recorded = common::run_with_timeout(command, b"", common::DEFAULT_TIMEOUT);
+    assert_eq!(
+        recorded.code(),
+        1,
+        "recording {name} with --clock soft failed: {recorded:#?}"
+    );
+    assert!(dir.join("guest.elf").is_file(), "{recorded:#?}");
+    let path = dir.to_str().expect("UTF-8 scratch path");
+    let info = common::lore(&["info", path]);
+    assert!(
+        info.stdout.contains("clock:        soft"),
+        "the trace of {name} is not a soft-clock trace: {info:#?}"
+    );
+    let replayed = common::lore(&["replay", path]);
+    assert!(
+        replayed
+            .stderr
+            .contains("lore-dbg: replay matched the recording:")
+            && replayed.stdout == recorded.stdout,
+        "the soft-clock recording of {name} does not replay (no gdb involved)
+         recording: {recorded:#?}
+info: {}
+replay: {replayed:#?}",
+        info.stdout
+    );
+    dir
+}
+
+impl Session {
+    /// The value a `print` command (index) printed: the text after `$N = `.
+    fn value(&self, index: usize) -> String {
+        self.out(index)
+            .lines()
+            .find_map(|line| {
+                line.trim()
+                    .strip_prefix('$')
+                    .and_then(|rest| rest.split_once(" = "))
+                    .map(|(_, value)| value.trim().to_string())
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "command {index} ({:?}) printed no value\n{}",
+                    self.commands.get(index),
+                    self.transcript
+                )
+            })
+    }
+
+    /// Asserts that no command's output reports a divergence or a replay error.
+    fn no_replay_error(&self) {
+        for (index, command) in self.commands.iter().enumerate() {
+            let out = self
+                .outputs
+                .get(index + 1)
+                .map(String::as_str)
+                .unwrap_or("");
+            for needle in ["diverged", "replay stopped", "error:"] {
+                assert!(
+                    !out.contains(needle),
+                    "command {index} ({command:?}) reports {needle:?}:\n{out}\n\n=== whole session ===\n{}",
+                    self.transcript
+                );
+            }
+        }
+    }
+}
+
+/// Commands printed at each `timer_irq` hit, after the `continue` or
+/// `reverse-continue` that reached it.
+const HIT_PROBES: [&str; 4] = ["p ticks", "p/a f->rip", "info registers", "monitor when"];
+/// Commands per hit: the motion and its probes.
+const PER_HIT: usize = 1 + HIT_PROBES.len();
+
+/// After `setup`, breaks on `timer_irq`, continues to `hits` hits, goes back over
+/// all but the first with reverse-continue, then forward again to the last. Checks
+/// that the hits come back in reverse order and then forward again with the same
+/// tick count, interrupted rip, registers and exit. Returns the session.
+fn timer_irq_hits_retrace(dir: &Path, server: &Server, setup: &[&str], hits: usize) -> Session {
+    assert!(hits >= 2);
+    let mut commands: Vec<&str> = setup.to_vec();
+    commands.push("break timer_irq");
+    let first = commands.len();
+    // Forward hits 0..hits, then back to hits-2..=0, then forward to 1..hits.
+    let mut plan: Vec<usize> = (0..hits).collect();
+    plan.extend((0..hits - 1).rev());
+    plan.extend(1..hits);
+    for (step, _) in plan.iter().enumerate() {
+        let motion = if step >= hits && step < 2 * hits - 1 {
+            "reverse-continue"
+        } else {
+            "continue"
+        };
+        commands.push(motion);
+        commands.extend(HIT_PROBES);
+    }
+    let s = gdb(dir, server, &commands);
+    s.expect(first - 1, "Breakpoint");
+    s.no_replay_error();
+    let base = |step: usize| first + PER_HIT * step;
+    let first_ticks: u64 = s.value(base(0) + 1).parse().unwrap_or_else(|_| {
+        panic!(
+            "`p ticks` printed no number at the first hit\n{}",
+            s.transcript
+        )
+    });
+    for (step, &hit) in plan.iter().enumerate() {
+        let at = base(step);
+        s.expect(at, ", timer_irq (f=");
+        // ticks counts the handler's runs: hit k sees the count before its own.
+        s.expect(at + 1, &format!("= {}", first_ticks + hit as u64));
+        let forward = base(hit);
+        if step == hit {
+            continue;
+        }
+        assert_eq!(
+            s.value(forward + 2),
+            s.value(at + 2),
+            "hit {hit} again (command {at}) interrupted another instruction\n{}",
+            s.transcript
+        );
+        s.same_registers(forward + 3, at + 3);
+        assert_eq!(
+            s.when_exit(forward + 4),
+            s.when_exit(at + 4),
+            "hit {hit} again (command {at}) is not at the first hit's exit\n{}",
+            s.transcript
+        );
+    }
+    s
+}
+
+/// The first timer interrupts of `timer` land while it idles: the first right after
+/// `sti`, the next ones in its `hlt` loop (single-stepped in a soft recording, so
+/// `hlt` does not stop there). Each is positioned by ticks.
+#[test]
+fn soft_clock_timer_breakpoint_hits_come_back_in_reverse_order() {
+    require_tools();
+    let _one_at_a_time = soft_clock_test_lock();
+    let dir = record_soft_trace("timer", "gdb-soft-timer-bp", &[]);
+    let server = serve(&dir);
+    let s = timer_irq_hits_retrace(&dir, &server, &[], 4);
+    // Every hit interrupted main (its idle loop).
+    for step in 0..4 {
+        s.expect(1 + PER_HIT * step + 2, "<main+");
+    }
+}
+
+/// `compute` with one round: timer interrupts that land in `hash_buffer`'s loop,
+/// positioned by ticks (hundreds of branches after the exit before them).
+#[test]
+fn soft_clock_compute_breakpoint_hits_in_hash_buffer_come_back_in_reverse_order() {
+    require_tools();
+    let _one_at_a_time = soft_clock_test_lock();
+    let dir = record_soft_trace("compute", "gdb-soft-compute-bp", &["--cmdline", "rounds=1"]);
+    let server = serve(&dir);
+    let setup = ["break hash_buffer", "continue", "delete"];
+    let s = timer_irq_hits_retrace(&dir, &server, &setup, 4);
+    s.expect(1, "hash_buffer");
+    let first = setup.len() + 1;
+    for step in 0..(4 + 3 + 3) {
+        s.expect(first + PER_HIT * step + 2, "<hash_buffer+");
+    }
+}
+
+/// Back from the entry of `timer_irq` through the interrupt's delivery into the busy
+/// loop it interrupted (a point positioned by ticks), then forward over the
+/// injection again: the same registers at every instruction.
+#[test]
+fn soft_clock_stepping_backwards_and_forwards_across_a_timer_interrupt() {
+    require_tools();
+    let _one_at_a_time = soft_clock_test_lock();
+    let dir = record_soft_trace("timer", "gdb-soft-irq-steps", &[]);
+    let server = serve(&dir);
+    // From timer_irq's first instruction, about 43 instructions back lie in
+    // busy_wait_ticks (the interrupt stub, isr_common, isr_dispatch in between).
+    const STEPS: usize = 48;
+    let mut commands = vec![
+        "break busy_wait_ticks", // 0
+        "continue",              // 1
+        "delete",                // 2
+        "break timer_irq",       // 3
+        "continue",              // 4: the first tick of the busy loop
+        "continue",              // 5: the second
+        "delete",                // 6
+        "p ticks",               // 7
+        "info registers",        // 8: A
+    ];
+    // 9..: (reverse-stepi, info registers) x STEPS.
+    for _ in 0..STEPS {
+        commands.extend(["reverse-stepi", "info registers"]);
+    }
+    // 9 + 2 STEPS..: (stepi, info registers) x STEPS: forward over the injection.
+    for _ in 0..STEPS {
+        commands.extend(["stepi", "info registers"]);
+    }
+    let tail = commands.len();
+    let back_all = format!("reverse-stepi {STEPS}");
+    let forward_all = format!("stepi {STEPS}");
+    commands.extend([
+        "p ticks",            // tail: == 7
+        back_all.as_str(),    // tail + 1
+        "info registers",     // tail + 2: == after STEPS reverse steps
+        forward_all.as_str(), // tail + 3
+        "info registers",     // tail + 4: == A
+        "monitor info trace", // tail + 5
+    ]);
+    let s = gdb(&dir, &server, &commands);
+    s.expect(1, "Breakpoint 1, busy_wait_ticks");
+    s.expect(5, "Breakpoint 2, timer_irq");
+    s.no_replay_error();
+    // After k reverse steps (registers at 8 + 2k) == after STEPS - k forward steps
+    // (registers at 8 + 2 STEPS + 2 (STEPS - k)).
+    let back = |k: usize| 8 + 2 * k;
+    let forward = |j: usize| 8 + 2 * STEPS + 2 * j;
+    for k in 0..=STEPS {
+        s.same_registers(back(k), forward(STEPS - k));
+    }
+    // The walk back left the interrupt handling for the interrupted busy loop.
+    let interrupted = (1..=STEPS).find(|&k| s.out(back(k)).contains("<busy_wait_ticks+"));
+    assert!(
+        interrupted.is_some(),
+        "{STEPS} reverse steps from timer_irq never reached busy_wait_ticks\n{}",
+        s.transcript
+    );
+    assert_eq!(s.value(7), s.value(tail), "{}", s.transcript);
+    s.same_registers(back(STEPS), tail + 2);
+    s.same_registers(8, tail + 4);
+    s.expect(tail + 5, "by ticks");
+}
+
+#[test]
+fn soft_clock_monitor_info_trace_names_the_clock() {
+    require_tools();
+    let _one_at_a_time = soft_clock_test_lock();
+    let dir = record_soft_trace("timer", "gdb-soft-info", &[]);
+    let server = serve(&dir);
+    let s = gdb(
+        &dir,
+        &server,
+        &[
+            "monitor info trace",    // 0
+            "break busy_wait_ticks", // 1
+            "continue",              // 2
+            "monitor info trace",    // 3
+        ],
+    );
+    s.expect(0, "guest timer.elf");
+    s.expect(0, "clock soft;");
+    s.expect(0, "exits in the recording");
+    s.expect(2, "Breakpoint 1, busy_wait_ticks");
+    s.expect(3, "clock soft;");
+    // The idle loop's interrupts were found by ticks on the way.
+    s.expect(3, " by ticks with ");
+    s.expect_not(3, "(0 by ticks");
+    s.no_replay_error();
 }

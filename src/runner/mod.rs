@@ -686,7 +686,9 @@ impl Runner {
         }
     }
 
-    /// Turns single-stepping on or off for the next entries. Stepping is set again
+    /// Turns single-stepping on or off for the next entries, and with it whether a
+    /// kick may stop an entry (see [`VcpuKickGuard::set_kicks_in_run`]: the recorder
+    /// checks for due interrupts at every step anyway). Stepping is set again
     /// before every step, exactly as replay does: where KVM puts the trap flag
     /// depends on it, and an interrupt delivered by a step pushes that flag into
     /// guest memory.
@@ -699,6 +701,7 @@ impl Runner {
             crate::vmm::debug::apply(self.vm.vcpu(), &setup)?;
             self.single_stepping = on;
         }
+        self.kick_guard.set_kicks_in_run(self.vm.vcpu(), !on)?;
         Ok(())
     }
 

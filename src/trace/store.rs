@@ -346,6 +346,27 @@ impl TraceDir {
         result
     }
 
+    /// Forces everything written into the trace onto the disk (the files, then the
+    /// directory entries), so that a finished recording survives a power loss, not
+    /// only a killed recorder. Files the trace does not have are skipped.
+    pub fn sync_to_disk(&self) -> Result<(), TraceError> {
+        for path in [
+            self.events_path(),
+            self.snapshots_path(),
+            self.image_path(),
+            self.header_path(),
+        ] {
+            match File::open(&path) {
+                Ok(file) => file.sync_all().map_err(io_error("sync", &path))?,
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                Err(error) => return Err(io_error("open", &path)(error)),
+            }
+        }
+        File::open(&self.path)
+            .and_then(|dir| dir.sync_all())
+            .map_err(io_error("sync", &self.path))
+    }
+
     /// Reads and checks the header.
     pub fn read_header(&self) -> Result<TraceHeader, TraceError> {
         let path = self.header_path();

@@ -80,9 +80,42 @@ impl Kicker {
 }
 
 /// Set up on the vCPU thread; owns the signal-mask arrangement described above.
-#[derive(Debug)]
 pub struct VcpuKickGuard {
     kicker: Kicker,
+    /// The mask inside `KVM_RUN` when kicks are allowed.
+    run_mask: libc::sigset_t,
+    kicks_in_run: bool,
+}
+
+impl std::fmt::Debug for VcpuKickGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VcpuKickGuard")
+            .field("kicker", &self.kicker)
+            .field("kicks_in_run", &self.kicks_in_run)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Tells KVM which signals to block inside `KVM_RUN`.
+fn set_run_mask(vcpu: &VcpuFd, mask: &libc::sigset_t) -> Result<(), VmmError> {
+    let mut arg = SignalMaskArg {
+        len: 8,
+        sigset: [0; 8],
+    };
+    // SAFETY: sigset_t is at least 8 bytes on Linux; we copy the kernel's 64 bits.
+    let raw =
+        unsafe { std::slice::from_raw_parts((mask as *const libc::sigset_t).cast::<u8>(), 8) };
+    arg.sigset.copy_from_slice(raw);
+    // SAFETY: the ioctl reads a kvm_signal_mask header followed by `len` bytes,
+    // which `SignalMaskArg` provides; `vcpu` is a valid vCPU fd.
+    let ret = unsafe { ioctl_with_ref(&vcpu.as_raw_fd(), KVM_SET_SIGNAL_MASK(), &arg) };
+    if ret < 0 {
+        return Err(VmmError::Kvm {
+            operation: "KVM_SET_SIGNAL_MASK",
+            source: kvm_ioctls::Error::last(),
+        });
+    }
+    Ok(())
 }
 
 impl VcpuKickGuard {
@@ -107,28 +140,33 @@ impl VcpuKickGuard {
         // Inside KVM_RUN: the thread's previous mask, which does not block the kick.
         // SAFETY: `old` is an initialised sigset.
         unsafe { libc::sigdelset(&mut old, kick_signal()) };
-        let mut arg = SignalMaskArg {
-            len: 8,
-            sigset: [0; 8],
-        };
-        // SAFETY: sigset_t is at least 8 bytes on Linux; we copy the kernel's 64 bits.
-        let raw =
-            unsafe { std::slice::from_raw_parts((&old as *const libc::sigset_t).cast::<u8>(), 8) };
-        arg.sigset.copy_from_slice(raw);
-        // SAFETY: the ioctl reads a kvm_signal_mask header followed by `len` bytes,
-        // which `SignalMaskArg` provides; `vcpu` is a valid vCPU fd.
-        let ret = unsafe { ioctl_with_ref(&vcpu.as_raw_fd(), KVM_SET_SIGNAL_MASK(), &arg) };
-        if ret < 0 {
-            return Err(VmmError::Kvm {
-                operation: "KVM_SET_SIGNAL_MASK",
-                source: kvm_ioctls::Error::last(),
-            });
-        }
+        set_run_mask(vcpu, &old)?;
         // SAFETY: pthread_self has no preconditions.
         let thread = unsafe { libc::pthread_self() };
         Ok(Self {
             kicker: Kicker { thread },
+            run_mask: old,
+            kicks_in_run: true,
         })
+    }
+
+    /// Lets kicks stop `KVM_RUN` (the default), or keeps them pending until they are
+    /// allowed again — while the recorder single-steps, a kick landing inside a step
+    /// could stop the guest at a boundary no uninterrupted step reaches (on our hosts
+    /// a step over `iret` runs the next instruction too), which replay could not
+    /// reproduce. A kick kept pending stops the first entry after it is allowed.
+    pub fn set_kicks_in_run(&mut self, vcpu: &VcpuFd, allowed: bool) -> Result<(), VmmError> {
+        if self.kicks_in_run == allowed {
+            return Ok(());
+        }
+        let mut mask = self.run_mask;
+        if !allowed {
+            // SAFETY: `mask` is an initialised sigset.
+            unsafe { libc::sigaddset(&mut mask, kick_signal()) };
+        }
+        set_run_mask(vcpu, &mask)?;
+        self.kicks_in_run = allowed;
+        Ok(())
     }
 
     /// A handle for other threads.
