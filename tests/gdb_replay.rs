@@ -689,10 +689,8 @@ fn record_soft_trace(name: &str, tag: &str, extra: &[&str]) -> PathBuf {
             .stderr
             .contains("lore-dbg: replay matched the recording:")
             && replayed.stdout == recorded.stdout,
-        "the soft-clock recording of {name} does not replay (no gdb involved)
-         recording: {recorded:#?}
-info: {}
-replay: {replayed:#?}",
+        "the soft-clock recording of {name} does not replay (no gdb involved)\n\
+         recording: {recorded:#?}\ninfo: {}\nreplay: {replayed:#?}",
         info.stdout
     );
     dir
@@ -802,8 +800,9 @@ fn timer_irq_hits_retrace(dir: &Path, server: &Server, setup: &[&str], hits: usi
 }
 
 /// The first timer interrupts of `timer` land while it idles: the first right after
-/// `sti`, the next ones in its `hlt` loop (single-stepped in a soft recording, so
-/// `hlt` does not stop there). Each is positioned by ticks.
+/// `sti`, the next ones in its `hlt` loop (every instruction is single-stepped in
+/// a soft recording and its replay; a single-stepped `hlt` does not wait). Each is
+/// positioned by ticks.
 #[test]
 fn soft_clock_timer_breakpoint_hits_come_back_in_reverse_order() {
     require_tools();
@@ -818,7 +817,7 @@ fn soft_clock_timer_breakpoint_hits_come_back_in_reverse_order() {
 }
 
 /// `compute` with one round: timer interrupts that land in `hash_buffer`'s loop,
-/// positioned by ticks (hundreds of branches after the exit before them).
+/// positioned by the ticks its loop branches retire after the exit before them.
 #[test]
 fn soft_clock_compute_breakpoint_hits_in_hash_buffer_come_back_in_reverse_order() {
     require_tools();
