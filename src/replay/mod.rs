@@ -31,7 +31,7 @@ pub mod timeline;
 use crate::boot;
 use crate::clock::{
     self, ApproachError, BranchCounter, ClockError, CounterKind, MachineError, MachineStop,
-    Steppable, TickPosition,
+    TickPosition,
 };
 use crate::digest::{self, RegisterArray};
 use crate::runner::{ExitHistory, ExitRecord};
@@ -1228,37 +1228,17 @@ impl ReplayMachine<'_> {
     }
 }
 
-impl Steppable for ReplayMachine<'_> {
-    fn rip(&mut self) -> Result<u64, MachineError> {
-        clock::vcpu::rip(self.replayer.vm.vcpu())
+impl clock::vcpu::VcpuEntry for ReplayMachine<'_> {
+    fn vm(&self) -> &Vm {
+        &self.replayer.vm
     }
 
-    fn code_mode(&mut self) -> Result<clock::CodeMode, MachineError> {
-        Ok(clock::vcpu::code_mode(&clock::vcpu::sregs(
-            self.replayer.vm.vcpu(),
-        )?))
+    fn vm_mut(&mut self) -> &mut Vm {
+        &mut self.replayer.vm
     }
 
-    fn fetch(&mut self, rip: u64, buf: &mut [u8]) -> Result<usize, MachineError> {
-        let sregs = clock::vcpu::sregs(self.replayer.vm.vcpu())?;
-        Ok(clock::vcpu::fetch_code(
-            self.replayer.vm.memory(),
-            &sregs,
-            rip,
-            buf,
-        ))
-    }
-
-    fn single_step(&mut self) -> Result<MachineStop, MachineError> {
-        self.enter(true)
-    }
-
-    fn run(&mut self) -> Result<MachineStop, MachineError> {
-        self.enter(false)
-    }
-
-    fn registers_digest(&mut self) -> Result<u64, MachineError> {
-        clock::vcpu::registers_digest(self.replayer.vm.vcpu())
+    fn enter(&mut self, single_step: bool) -> Result<MachineStop, MachineError> {
+        ReplayMachine::enter(self, single_step)
     }
 }
 

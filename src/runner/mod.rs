@@ -33,7 +33,7 @@ mod ticker;
 pub use report::{ExitHistory, ExitRecord, GuestStop, RunError, RunOutcome};
 
 use crate::boot;
-use crate::clock::{self, BranchCounter, CounterKind, MachineError, MachineStop, Steppable};
+use crate::clock::{self, BranchCounter, CounterKind, MachineError, MachineStop};
 use crate::digest;
 use crate::trace::event::{Event, Landmark, Position};
 use crate::trace::EventWriter;
@@ -979,37 +979,17 @@ impl LiveMachine<'_> {
     }
 }
 
-impl Steppable for LiveMachine<'_> {
-    fn rip(&mut self) -> Result<u64, MachineError> {
-        clock::vcpu::rip(self.runner.vm.vcpu())
+impl clock::vcpu::VcpuEntry for LiveMachine<'_> {
+    fn vm(&self) -> &Vm {
+        &self.runner.vm
     }
 
-    fn code_mode(&mut self) -> Result<clock::CodeMode, MachineError> {
-        Ok(clock::vcpu::code_mode(&clock::vcpu::sregs(
-            self.runner.vm.vcpu(),
-        )?))
+    fn vm_mut(&mut self) -> &mut Vm {
+        &mut self.runner.vm
     }
 
-    fn fetch(&mut self, rip: u64, buf: &mut [u8]) -> Result<usize, MachineError> {
-        let sregs = clock::vcpu::sregs(self.runner.vm.vcpu())?;
-        Ok(clock::vcpu::fetch_code(
-            self.runner.vm.memory(),
-            &sregs,
-            rip,
-            buf,
-        ))
-    }
-
-    fn single_step(&mut self) -> Result<MachineStop, MachineError> {
-        self.enter(true)
-    }
-
-    fn run(&mut self) -> Result<MachineStop, MachineError> {
-        self.enter(false)
-    }
-
-    fn registers_digest(&mut self) -> Result<u64, MachineError> {
-        clock::vcpu::registers_digest(self.runner.vm.vcpu())
+    fn enter(&mut self, single_step: bool) -> Result<MachineStop, MachineError> {
+        LiveMachine::enter(self, single_step)
     }
 }
 
