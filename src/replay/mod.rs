@@ -691,6 +691,17 @@ impl Replayer {
                 }
             }
             debug::apply(self.vm.vcpu(), &setup)?;
+            let witness = if setup.single_step {
+                let rip = self.registers_now()?[16];
+                let sregs = self
+                    .vm
+                    .vcpu()
+                    .get_sregs()
+                    .map_err(kvm_op("KVM_GET_SREGS"))?;
+                Some(clock::vcpu::witness(self.vm.memory(), &sregs, rip))
+            } else {
+                None
+            };
             let ordinal = self.cursor.exits + 1;
             let debug_status = match self.vm.vcpu_mut().run() {
                 Ok(VcpuExit::Debug(arch)) => Ok(arch.dr6),
@@ -730,6 +741,12 @@ impl Replayer {
                     continue;
                 }
             };
+            if let Some(witness) = &witness {
+                // The recording ran this freely: keep the step's trap flag out of
+                // guest memory, as the counted steps do.
+                clock::vcpu::scrub_trap_flag(&mut self.vm, witness)
+                    .map_err(|error| ReplayError::Counter(ClockError::Machine(error)))?;
+            }
             if setup.single_step {
                 if single_step {
                     return Ok(EngineStop::Stepped);
