@@ -63,7 +63,7 @@ enum ClockArg {
     /// Hardware breakpoint on RIP plus a digest of registers and written pages.
     Landmark,
     /// The software branch counter: single-steps every guest ring-0 instruction,
-    /// in recording and around each asynchronous point in replay (about 20,000
+    /// in recording and around each asynchronous point in replay (about 10,000
     /// instructions per second: for small guests and tests of the tick logic).
     Soft,
 }

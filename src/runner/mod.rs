@@ -27,9 +27,11 @@
 //! Invariant: the runner is created and run on one thread, which becomes the vCPU
 //! thread (the kick signal mask is per thread).
 
+mod pace;
 mod report;
 mod ticker;
 
+pub use pace::NS_PER_STEP;
 pub use report::{ExitHistory, ExitRecord, GuestStop, RunError, RunOutcome};
 
 use crate::boot;
@@ -45,6 +47,7 @@ use crate::vmm::{Vm, VmmError};
 use kvm_ioctls::VcpuExit;
 use lore_devices::board::{Board, BoardConfig, PioOutcome};
 use lore_devices::debug_exit::port_value;
+use pace::GuestTime;
 use std::fmt;
 use std::io::Write;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -193,7 +196,7 @@ pub struct Runner {
     kick_guard: VcpuKickGuard,
     ticker: Ticker,
     stdin: Option<Receiver<Vec<u8>>>,
-    start: Instant,
+    time: GuestTime,
     exits: u64,
     last_stop: LastStop,
     window_requested: bool,
@@ -243,7 +246,9 @@ impl Runner {
             kick_guard,
             ticker,
             stdin,
-            start: Instant::now(),
+            time: GuestTime::Host {
+                start: Instant::now(),
+            },
             exits: 0,
             last_stop: LastStop::Exit,
             window_requested: false,
@@ -270,6 +275,14 @@ impl Runner {
     ) {
         let pages = self.vm.memory().size() / crate::vmm::memory::PAGE_SIZE;
         let words = pages.div_ceil(64) as usize;
+        if counter
+            .as_ref()
+            .is_some_and(|counter| counter.kind() == CounterKind::Software)
+        {
+            self.time = GuestTime::Counted {
+                ns: self.time.now_ns(),
+            };
+        }
         self.recorder = Some(Recorder {
             writer,
             dirty_since_boot: vec![0; words],
@@ -290,7 +303,7 @@ impl Runner {
     }
 
     fn now_ns(&self) -> u64 {
-        self.start.elapsed().as_nanos() as u64
+        self.time.now_ns()
     }
 
     fn guest_stop(&self) -> Box<GuestStop> {
@@ -505,7 +518,7 @@ impl Runner {
     fn deadline_instant(&self, now_ns: u64) -> Option<Instant> {
         self.board
             .next_deadline_ns(now_ns)
-            .map(|deadline| self.start + Duration::from_nanos(deadline))
+            .map(|deadline| Instant::now() + Duration::from_nanos(deadline.saturating_sub(now_ns)))
     }
 
     fn drain_stdin(&mut self) {
@@ -543,6 +556,15 @@ impl Runner {
                     stop: self.guest_stop(),
                 });
             }
+            let deadline_ns = self.board.next_deadline_ns(now_ns);
+            if let Some(deadline_ns) = deadline_ns.filter(|_| self.time.warps()) {
+                if self.stdin.is_none() {
+                    // Only the timer can wake the guest: nothing to wait for.
+                    self.time.warp_to(deadline_ns);
+                    continue;
+                }
+            }
+            let waiting = Instant::now();
             let timeout =
                 deadline.map(|deadline| deadline.saturating_duration_since(Instant::now()));
             match (&self.stdin, timeout) {
@@ -559,6 +581,7 @@ impl Runner {
                 // Serial bytes already queued: the board moves them on advance.
                 (None, None) => {}
             }
+            self.time.waited(waiting.elapsed(), deadline_ns);
         }
     }
 
@@ -761,7 +784,10 @@ impl Runner {
 
     /// One `KVM_RUN` and the handling of its exit.
     fn run_once(&mut self) -> Result<VcpuState, RunError> {
-        let exit = match self.vm.vcpu_mut().run() {
+        let entered = Instant::now();
+        let result = self.vm.vcpu_mut().run();
+        self.time.entered(self.single_stepping, entered.elapsed());
+        let exit = match result {
             Ok(exit) => exit,
             Err(error) if error.errno() == libc::EINTR || error.errno() == libc::EAGAIN => {
                 self.kick_guard.consume();
@@ -776,7 +802,7 @@ impl Runner {
                 .into())
             }
         };
-        let now_ns = self.start.elapsed().as_nanos() as u64;
+        let now_ns = self.time.now_ns();
         self.last_stop = LastStop::Exit;
         // Ordinals count every exit the guest causes, in the order replay meets them.
         let ordinal = self.exits + 1;

@@ -1,0 +1,109 @@
+//! Where the guest's clock comes from while the runner runs it.
+//!
+//! Normally the devices are paced by host time since boot. While the recorder
+//! single-steps the guest under the software branch counter (`--clock soft`), host
+//! time would make a guest that runs at a few ten thousand instructions per second
+//! see its timers fire every few hundred instructions — it would do little but take
+//! interrupts. Then time is *counted*, as QEMU's `-icount` does: every stepped
+//! instruction advances the guest's clock by [`NS_PER_STEP`]; a free run or a wait
+//! with serial input possible advances it by the host time it took; a halted guest
+//! that only a timer can wake skips straight to that timer's deadline.
+//!
+//! Replay never reads this clock: every value the guest saw is in the log.
+
+use std::time::{Duration, Instant};
+
+/// Guest nanoseconds per single-stepped instruction when time is counted: the guest
+/// sees a processor of 200,000 instructions per second.
+pub const NS_PER_STEP: u64 = 5_000;
+
+/// The guest's clock.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum GuestTime {
+    /// Host time since `start`.
+    Host {
+        /// Boot.
+        start: Instant,
+    },
+    /// Counted time (see the module docs).
+    Counted {
+        /// Guest nanoseconds since boot.
+        ns: u64,
+    },
+}
+
+impl GuestTime {
+    /// Guest nanoseconds since boot.
+    pub(super) fn now_ns(&self) -> u64 {
+        match self {
+            GuestTime::Host { start } => start.elapsed().as_nanos() as u64,
+            GuestTime::Counted { ns } => *ns,
+        }
+    }
+
+    /// Accounts for one entry of the guest that took `took` of host time.
+    pub(super) fn entered(&mut self, single_step: bool, took: Duration) {
+        if let GuestTime::Counted { ns } = self {
+            *ns += if single_step {
+                NS_PER_STEP
+            } else {
+                took.as_nanos() as u64
+            };
+        }
+    }
+
+    /// Accounts for a wait of the halted guest that took `took`, toward a timer
+    /// deadline `deadline_ns` if there is one.
+    pub(super) fn waited(&mut self, took: Duration, deadline_ns: Option<u64>) {
+        if let GuestTime::Counted { ns } = self {
+            let after = *ns + took.as_nanos() as u64;
+            *ns = deadline_ns.map_or(after, |deadline| after.min(deadline.max(*ns)));
+        }
+    }
+
+    /// Whether a halted guest that only a timer can wake may skip to its deadline.
+    pub(super) fn warps(&self) -> bool {
+        matches!(self, GuestTime::Counted { .. })
+    }
+
+    /// Moves counted time to `deadline_ns` (never backwards).
+    pub(super) fn warp_to(&mut self, deadline_ns: u64) {
+        if let GuestTime::Counted { ns } = self {
+            *ns = (*ns).max(deadline_ns);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counted_time_follows_steps_runs_and_warps() {
+        let mut time = GuestTime::Counted { ns: 0 };
+        time.entered(true, Duration::from_millis(5));
+        assert_eq!(time.now_ns(), NS_PER_STEP);
+        time.entered(false, Duration::from_micros(3));
+        assert_eq!(time.now_ns(), NS_PER_STEP + 3_000);
+        time.warp_to(1_000_000);
+        assert_eq!(time.now_ns(), 1_000_000);
+        time.warp_to(10);
+        assert_eq!(time.now_ns(), 1_000_000);
+        // A wait cut short by input, then one that reached its deadline.
+        time.waited(Duration::from_micros(100), Some(2_000_000));
+        assert_eq!(time.now_ns(), 1_100_000);
+        time.waited(Duration::from_secs(1), Some(2_000_000));
+        assert_eq!(time.now_ns(), 2_000_000);
+    }
+
+    #[test]
+    fn host_time_ignores_the_accounting() {
+        let mut time = GuestTime::Host {
+            start: Instant::now(),
+        };
+        time.entered(true, Duration::from_secs(100));
+        time.warp_to(u64::MAX);
+        assert!(time.now_ns() < Duration::from_secs(100).as_nanos() as u64);
+        assert!(!time.warps());
+    }
+}
