@@ -63,8 +63,8 @@ enum ClockArg {
     /// Hardware breakpoint on RIP plus a digest of registers and written pages.
     Landmark,
     /// The software branch counter: single-steps every guest ring-0 instruction,
-    /// in recording and around each asynchronous point in replay (about 10,000
-    /// instructions per second: for small guests and tests of the tick logic).
+    /// in recording and in replay (about 10,000 instructions per second: for small
+    /// guests and tests of the tick logic); guest time then counts instructions.
     Soft,
 }
 
