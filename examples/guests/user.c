@@ -114,21 +114,6 @@ static uint64_t gdt[8] __attribute__((aligned(16))) = {
     0, 0,                               /* 0x30 TSS, filled in by setup_gdt_tss */
 };
 
-struct idt_gate {
-    uint16_t offset_lo;
-    uint16_t selector;
-    uint8_t ist;
-    uint8_t type_attr;
-    uint16_t offset_mid;
-    uint32_t offset_hi;
-    uint32_t zero;
-} __attribute__((packed));
-
-struct desc_ptr {
-    uint16_t limit;
-    uint64_t base;
-} __attribute__((packed));
-
 extern char __image_start[], __bss_end[];      /* link.ld */
 
 #define STR_(x) #x
@@ -339,7 +324,7 @@ static void setup_user_exit(void)
 {
     struct desc_ptr p;
     __asm__ volatile("sidt %0" : "=m"(p));
-    struct idt_gate *g = &((struct idt_gate *)(uintptr_t)p.base)[6];
+    struct idt_entry *g = &((struct idt_entry *)(uintptr_t)p.base)[6];
     ud_default = g->offset_lo | ((uint64_t)g->offset_mid << 16) | ((uint64_t)g->offset_hi << 32);
     uint64_t a = (uint64_t)(uintptr_t)ud_entry;
     g->offset_lo = (uint16_t)a;

@@ -312,21 +312,6 @@ uint64_t cmdline_get_u64(const char *key, uint64_t dflt)
 /* ------------------------------------------------------------------ */
 /* IDT and interrupt dispatch                                          */
 
-struct idt_entry {
-    uint16_t offset_lo;
-    uint16_t selector;
-    uint8_t ist;
-    uint8_t type_attr;
-    uint16_t offset_mid;
-    uint32_t offset_hi;
-    uint32_t zero;
-} __attribute__((packed));
-
-struct idt_ptr {
-    uint16_t limit;
-    uint64_t base;
-} __attribute__((packed));
-
 #define IDT_VECTORS 48
 extern const uint64_t isr_stub_table[IDT_VECTORS];      /* isr.S */
 
@@ -357,7 +342,7 @@ void idt_init(void)
         idt[v].offset_hi = (uint32_t)(a >> 32);
         idt[v].zero = 0;
     }
-    struct idt_ptr p = { sizeof(idt) - 1, (uint64_t)(uintptr_t)idt };
+    struct desc_ptr p = { sizeof(idt) - 1, (uint64_t)(uintptr_t)idt };
     __asm__ volatile("lidt %0" : : "m"(p));
 }
 

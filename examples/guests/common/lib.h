@@ -134,6 +134,22 @@ struct frame {          /* as pushed by isr.S + the CPU; see isr_common */
 /* An IRQ handler returns the frame to resume (normally f itself). */
 typedef struct frame *(*irq_handler_t)(struct frame *f);
 
+/* A 64-bit IDT gate, and the operand of lgdt/lidt/sgdt/sidt. */
+struct idt_entry {
+    uint16_t offset_lo;
+    uint16_t selector;
+    uint8_t ist;
+    uint8_t type_attr;
+    uint16_t offset_mid;
+    uint32_t offset_hi;
+    uint32_t zero;
+} __attribute__((packed));
+
+struct desc_ptr {
+    uint16_t limit;
+    uint64_t base;
+} __attribute__((packed));
+
 void idt_init(void);                    /* exceptions + IRQ 0..15 gates */
 void irq_set_handler(int irq, irq_handler_t h);
 struct frame *isr_dispatch(struct frame *f);
