@@ -929,7 +929,7 @@ impl Replayer {
                 None,
             ));
         }
-        if now == target.ticks && self.at_tick_registers(target)? {
+        if now == target.ticks && self.registers_match(target.rip, target.regs_digest)? {
             // Ticks and registers match but not the memory written since boot.
             return Err(self.divergence(
                 format!(
@@ -942,10 +942,10 @@ impl Replayer {
         Ok(())
     }
 
-    /// Whether `rip` and the register digest are those of `target`.
-    fn at_tick_registers(&self, target: &TickPosition) -> Result<bool, ReplayError> {
+    /// Whether the vCPU is at `rip` with registers that digest to `regs_digest`.
+    fn registers_match(&self, rip: u64, regs_digest: u64) -> Result<bool, ReplayError> {
         let regs = self.registers_now()?;
-        Ok(regs[16] == target.rip && digest::registers(&regs) == target.regs_digest)
+        Ok(regs[16] == rip && digest::registers(&regs) == regs_digest)
     }
 
     /// Consumes the pending asynchronous injection and returns its vector.
@@ -1046,9 +1046,7 @@ impl Replayer {
         if landmark.ticks.is_some() && landmark.ticks != self.cursor.ticks_since_exit {
             return Ok(false);
         }
-        let regs = self.registers_now()?;
-        Ok(regs[16] == landmark.rip
-            && digest::registers(&regs) == landmark.regs_digest
+        Ok(self.registers_match(landmark.rip, landmark.regs_digest)?
             && self.memory_digest_since_boot()? == landmark.memory_digest)
     }
 

@@ -41,6 +41,11 @@ impl GuestTime {
         }
     }
 
+    /// Whether [`GuestTime::entered`] needs the host time an entry took.
+    pub(super) fn measures_entry(&self, single_step: bool) -> bool {
+        matches!(self, GuestTime::Counted { .. }) && !single_step
+    }
+
     /// Accounts for one entry of the guest that took `took` of host time.
     pub(super) fn entered(&mut self, single_step: bool, took: Duration) {
         if let GuestTime::Counted { ns } = self {
