@@ -16,6 +16,14 @@ pub const REGISTER_NAMES: [&str; 18] = [
     "r14", "r15", "rip", "rflags",
 ];
 
+/// Index of RIP in a [`RegisterArray`].
+const RIP_INDEX: usize = 16;
+
+/// The instruction pointer held in `regs`.
+pub fn rip(regs: &RegisterArray) -> u64 {
+    regs[RIP_INDEX]
+}
+
 /// `kvm_regs` as an array.
 pub fn register_array(regs: &kvm_regs) -> RegisterArray {
     [

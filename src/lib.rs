@@ -9,6 +9,7 @@ pub mod clock;
 pub mod digest;
 pub mod gdb;
 pub mod guests;
+pub mod machine;
 pub mod record;
 pub mod replay;
 pub mod runner;

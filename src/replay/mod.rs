@@ -1,4 +1,5 @@
-//! Replay: re-running a recorded guest from its trace alone (DESIGN §6).
+//! Replay: re-running a recorded guest from its trace alone (docs/design.md,
+//! "Replay and divergence detection").
 //!
 //! The replayer boots the recorded image with the recorded CPUID table, then runs
 //! the guest on KVM, answering every device read from the log and injecting every
@@ -10,7 +11,7 @@
 //! event at [`Position::Async`] is reached by a hardware breakpoint on the landmark's
 //! RIP, comparing the register digest at each hit and then the digest of the pages
 //! written since boot — equal state means equal future, so the first match is the
-//! point (DESIGN §3).
+//! point (docs/design.md, "Asynchronous points and landmarks").
 //!
 //! With a branch-counting clock, a point also carries its ticks since the exit it
 //! follows: from that exit to the last such point the replayer runs the guest only
@@ -34,19 +35,19 @@ use crate::clock::{
     TickPosition,
 };
 use crate::digest::{self, RegisterArray};
-use crate::runner::{ExitHistory, ExitRecord};
+use crate::machine::history::ExitRecord;
+use crate::machine::{
+    blob, BootSpec, Entry, ExitOutcome, InputError, Inputs, Machine, StartError,
+};
 use crate::trace::event::{Event, Landmark, Position};
 use crate::trace::ClockBackend;
 use crate::vmm::cpuid::CpuidTable;
 use crate::vmm::debug::{self, DebugSetup, HwBreakpoint, HwCondition};
 use crate::vmm::kick::VcpuKickGuard;
-use crate::vmm::regs;
 use crate::vmm::state::VcpuState;
+use crate::vmm::msr::TimeMsrs;
 use crate::vmm::{kvm_op, Vm, VmmError};
-use kvm_ioctls::VcpuExit;
-use lore_devices::board::BoardState;
-use lore_devices::board::{Board, BoardConfig, PioOutcome};
-use lore_devices::debug_exit::port_value;
+use lore_devices::board::{Board, BoardState};
 use std::fmt;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -55,6 +56,15 @@ use thiserror::Error;
 
 /// How many recent events a divergence report shows.
 const REPORT_EVENTS: usize = 8;
+
+impl From<StartError> for ReplayError {
+    fn from(error: StartError) -> Self {
+        match error {
+            StartError::Vmm(error) => Self::Vmm(error),
+            StartError::Boot(error) => Self::Boot(error),
+        }
+    }
+}
 
 /// Why a replay stopped before the recorded end.
 #[derive(Debug, Error)]
@@ -89,6 +99,15 @@ pub enum ReplayError {
     /// A timeline operation could not be carried out.
     #[error("{0}")]
     Timeline(String),
+    /// A snapshot of the trace cannot be started from.
+    #[error("trace snapshot {index} cannot be used")]
+    TraceSnapshot {
+        /// Its index in the trace.
+        index: u32,
+        /// What is wrong with it.
+        #[source]
+        problem: SnapshotProblem,
+    },
     /// The trace's clock backend cannot be used on this host, or its counter failed.
     #[error("the trace's clock backend '{backend}' cannot be used here")]
     Clock {
@@ -101,6 +120,34 @@ pub enum ReplayError {
     /// The trace's branch counter failed.
     #[error("the branch counter failed")]
     Counter(#[source] ClockError),
+}
+
+/// What is wrong with a trace snapshot.
+#[derive(Debug, Error)]
+pub enum SnapshotProblem {
+    /// The snapshot file could not give it back.
+    #[error("cannot restore it")]
+    Restore(#[source] snapshots::SnapshotError),
+    /// A state blob is missing.
+    #[error("it has no '{0}' state")]
+    MissingState(&'static str),
+    /// The vCPU state does not decode.
+    #[error("its vCPU state is damaged")]
+    Vcpu(#[source] crate::vmm::state::StateBytesError),
+    /// The device state does not decode.
+    #[error("its device state is damaged")]
+    Devices(#[source] lore_devices::StateError),
+    /// The dirty-page bitmap does not fit the guest memory.
+    #[error("its dirty-page bitmap has {actual} bytes, the guest memory needs {expected}")]
+    BitmapSize {
+        /// Bytes the memory size needs.
+        expected: usize,
+        /// Bytes found.
+        actual: usize,
+    },
+    /// No snapshot event in the log names it.
+    #[error("the event log does not mention it")]
+    NotInLog,
 }
 
 /// What a replay needs from a trace.
@@ -275,8 +322,7 @@ pub const USER_HW_SLOTS: usize = debug::HW_BREAKPOINT_SLOTS - 1;
 
 /// A replay in progress.
 pub struct Replayer {
-    vm: Vm,
-    board: Board,
+    machine: Machine,
     output: GatedOutput,
     /// Highest exit whose serial output was shown.
     output_shown_until: u64,
@@ -286,10 +332,7 @@ pub struct Replayer {
     /// [`Replayer::take_dirty_since_mark`]); every read of KVM's dirty log feeds it.
     dirty_since_mark: Vec<u64>,
     truncated: Option<String>,
-    history: ExitHistory,
     stats: ReplayStats,
-    /// End of what the boot loader wrote (see [`digest::loader_pages`]).
-    image_end: u64,
     /// The trace's branch counter; `None` with the landmark clock.
     counter: Option<Box<dyn BranchCounter>>,
     /// Lets the hardware counter's overflow signal stop `KVM_RUN` (it is blocked
@@ -318,9 +361,18 @@ impl Replayer {
         input: ReplayInput,
         serial_output: Box<dyn Write + Send>,
     ) -> Result<Self, ReplayError> {
-        let mut vm = Vm::new(input.memory_size, Some(input.cpuid))?;
-        let entry = boot::load(vm.memory_mut(), &input.image, &input.command_line)?;
-        regs::set_multiboot_entry(vm.vcpu(), &entry)?;
+        let output = GatedOutput {
+            inner: Arc::new(std::sync::Mutex::new(serial_output)),
+            enabled: Arc::new(AtomicBool::new(true)),
+        };
+        let machine = Machine::boot(BootSpec {
+            image: &input.image,
+            command_line: &input.command_line,
+            memory_size: input.memory_size,
+            cpuid: Some(input.cpuid),
+            serial_output: Box::new(output.clone()),
+            rtc_base_unix_secs: input.rtc_base_unix_secs,
+        })?;
         let counter =
             clock::counter_for(input.clock, true).map_err(|source| ReplayError::Clock {
                 backend: input.clock.name(),
@@ -328,23 +380,13 @@ impl Replayer {
             })?;
         let overflow_signal = match &counter {
             Some(counter) if counter.kind() == CounterKind::Hardware => {
-                Some(VcpuKickGuard::install(vm.vcpu())?)
+                Some(VcpuKickGuard::install(machine.vm().vcpu())?)
             }
             _ => None,
         };
-        let output = GatedOutput {
-            inner: Arc::new(std::sync::Mutex::new(serial_output)),
-            enabled: Arc::new(AtomicBool::new(true)),
-        };
-        let board = Board::new(BoardConfig {
-            serial_out: Box::new(output.clone()),
-            rtc_base_unix_secs: input.rtc_base_unix_secs,
-            mem_size_bytes: input.memory_size,
-        });
         let pages = input.memory_size / crate::vmm::memory::PAGE_SIZE;
         Ok(Self {
-            vm,
-            board,
+            machine,
             output,
             output_shown_until: 0,
             events: Arc::new(input.events),
@@ -358,9 +400,7 @@ impl Replayer {
             },
             dirty_since_mark: vec![0; pages.div_ceil(64) as usize],
             truncated: input.truncated,
-            history: ExitHistory::default(),
             stats: ReplayStats::default(),
-            image_end: entry.image_end,
             counter,
             overflow_signal,
         })
@@ -368,7 +408,7 @@ impl Replayer {
 
     /// Pages that can be non-zero at boot: what the loader wrote.
     pub fn loader_pages(&self) -> Vec<u64> {
-        digest::loader_pages(self.image_end, self.cursor.dirty_since_boot.len())
+        self.machine.loader_pages(self.cursor.dirty_since_boot.len())
     }
 
     /// Moves to trace snapshot `index` (taken by the recorder right after an exit)
@@ -378,38 +418,39 @@ impl Replayer {
         source: &dyn snapshots::SnapshotSource,
         index: u32,
     ) -> Result<(), ReplayError> {
-        use crate::runner::blob;
-        let bad = |what: &str| ReplayError::Timeline(format!("trace snapshot {index}: {what}"));
+        let bad = |problem| ReplayError::TraceSnapshot { index, problem };
         let blobs = source
             .restore(
                 snapshots::SnapshotId(u64::from(index)),
-                self.vm.memory_mut().as_mut_slice(),
+                self.machine.vm_mut().memory_mut().as_mut_slice(),
                 snapshots::MemoryState::Unknown,
             )
-            .map_err(|error| bad(&error.to_string()))?;
-        let vcpu = blobs
-            .get(blob::VCPU)
-            .ok_or_else(|| bad("no vCPU state"))
-            .and_then(|bytes| {
-                VcpuState::from_bytes(bytes).map_err(|error| bad(&error.to_string()))
-            })?;
-        let board = blobs
-            .get(blob::DEVICES)
-            .ok_or_else(|| bad("no device state"))
-            .and_then(|bytes| {
-                BoardState::from_bytes(bytes).map_err(|error| bad(&error.to_string()))
-            })?;
-        let dirty = blobs
-            .get(blob::DIRTY_SINCE_BOOT)
-            .ok_or_else(|| bad("no dirty-page bitmap"))?;
-        if dirty.len() != self.cursor.dirty_since_boot.len() * 8 {
-            return Err(bad("dirty-page bitmap of the wrong size"));
+            .map_err(|error| bad(SnapshotProblem::Restore(error)))?;
+        let blob = |name: &'static str| {
+            blobs
+                .get(name)
+                .ok_or(ReplayError::TraceSnapshot {
+                    index,
+                    problem: SnapshotProblem::MissingState(name),
+                })
+        };
+        let vcpu = VcpuState::from_bytes(blob(blob::VCPU)?)
+            .map_err(|error| bad(SnapshotProblem::Vcpu(error)))?;
+        let board = BoardState::from_bytes(blob(blob::DEVICES)?)
+            .map_err(|error| bad(SnapshotProblem::Devices(error)))?;
+        let dirty = blob(blob::DIRTY_SINCE_BOOT)?;
+        let expected = self.cursor.dirty_since_boot.len() * 8;
+        if dirty.len() != expected {
+            return Err(bad(SnapshotProblem::BitmapSize {
+                expected,
+                actual: dirty.len(),
+            }));
         }
         let event_index = self
             .events
             .iter()
             .position(|event| matches!(event, Event::Snapshot { index: at, .. } if *at == index))
-            .ok_or_else(|| bad("not in the event log"))?;
+            .ok_or(bad(SnapshotProblem::NotInLog))?;
         let exit = self.events[event_index].exit();
         let mut cursor = self.cursor.clone();
         cursor.next_event = event_index + 1;
@@ -471,17 +512,17 @@ impl Replayer {
 
     /// The VM, for reading registers and memory.
     pub fn vm(&self) -> &Vm {
-        &self.vm
+        self.machine.vm()
     }
 
     /// Guest memory, writable: only for restoring checkpoints.
     pub fn memory_mut(&mut self) -> &mut [u8] {
-        self.vm.memory_mut().as_mut_slice()
+        self.machine.vm_mut().memory_mut().as_mut_slice()
     }
 
     /// Reads KVM's dirty log into both accumulations.
     fn collect_dirty_log(&mut self) -> Result<(), ReplayError> {
-        let log = self.vm.take_dirty_log()?;
+        let log = self.machine.vm().take_dirty_log()?;
         for ((since_boot, since_mark), new) in self
             .cursor
             .dirty_since_boot
@@ -510,8 +551,8 @@ impl Replayer {
         self.settle()?;
         self.cursor.ticks_since_exit = self.ticks_now()?;
         Ok(MachineState {
-            vcpu: VcpuState::capture(self.vm.vcpu())?,
-            board: self.board.state(),
+            vcpu: VcpuState::capture(self.machine.vm().vcpu())?,
+            board: self.machine.board().state(),
             cursor: self.cursor.clone(),
         })
     }
@@ -522,14 +563,14 @@ impl Replayer {
         // `in` whose value KVM would write into RAX, an `out` whose RIP it would
         // advance): finish it now, or the next entry would apply it to the restored
         // state.
-        self.vm.complete_pending_io()?;
+        self.machine.vm_mut().complete_pending_io()?;
         // Pages KVM logged before the restore describe the old timeline; the caller
         // took what it needed with `take_dirty_since_mark` before restoring memory.
-        self.vm.take_dirty_log()?;
+        self.machine.vm_mut().take_dirty_log()?;
         self.dirty_since_mark.iter_mut().for_each(|word| *word = 0);
-        debug::apply(self.vm.vcpu(), &DebugSetup::default())?;
-        state.vcpu.restore(self.vm.vcpu())?;
-        self.board =
+        debug::apply(self.machine.vm().vcpu(), &DebugSetup::default())?;
+        state.vcpu.restore(self.machine.vm().vcpu())?;
+        let board =
             Board::from_state(&state.board, Box::new(self.output.clone())).map_err(|error| {
                 ReplayError::Divergence {
                     exit: state.cursor.exits,
@@ -537,6 +578,7 @@ impl Replayer {
                     details: String::new(),
                 }
             })?;
+        self.machine.set_board(board);
         self.cursor = state.cursor.clone();
         if let Some(counter) = &mut self.counter {
             counter
@@ -545,7 +587,7 @@ impl Replayer {
         }
         // Refresh what kvm_run says about the restored vCPU (interrupt flag, readiness
         // for injection) with an entry that runs nothing.
-        self.vm.complete_pending_io()?;
+        self.machine.vm_mut().complete_pending_io()?;
         Ok(())
     }
 
@@ -578,7 +620,7 @@ impl Replayer {
     fn settle(&mut self) -> Result<(), ReplayError> {
         if self.cursor.at_boundary {
             self.apply_boundary_events()?;
-            self.vm.complete_pending_io()?;
+            self.machine.vm_mut().complete_pending_io()?;
             self.cursor.at_boundary = false;
         }
         Ok(())
@@ -618,7 +660,7 @@ impl Replayer {
         if stop_at_exit.is_some_and(|exit| exit <= self.cursor.exits) {
             return Ok(EngineStop::Boundary);
         }
-        let rip = self.registers_now()?[16];
+        let rip = digest::rip(&self.registers_now()?);
         let mut step_over = stops
             .iter()
             .any(|stop| stop.condition == HwCondition::Execute && stop.address == rip);
@@ -690,47 +732,28 @@ impl Replayer {
                     });
                 }
             }
-            debug::apply(self.vm.vcpu(), &setup)?;
+            debug::apply(self.machine.vm().vcpu(), &setup)?;
             let witness = if setup.single_step {
-                let rip = self.registers_now()?[16];
+                let rip = digest::rip(&self.registers_now()?);
                 let sregs = self
-                    .vm
+                    .machine
+                    .vm()
                     .vcpu()
                     .get_sregs()
                     .map_err(kvm_op("KVM_GET_SREGS"))?;
-                Some(clock::vcpu::witness(self.vm.memory(), &sregs, rip))
+                Some(clock::vcpu::witness(self.machine.vm().memory(), &sregs, rip))
             } else {
                 None
             };
-            let ordinal = self.cursor.exits + 1;
-            let debug_status = match self.vm.vcpu_mut().run() {
-                Ok(VcpuExit::Debug(arch)) => Ok(arch.dr6),
-                Ok(exit) => Err(serve_exit(
-                    exit,
-                    ordinal,
-                    &self.events,
-                    self.cursor.next_event,
-                    &mut self.board,
-                    &mut self.history,
-                    &self.output,
-                    &mut self.output_shown_until,
-                )),
-                Err(error) if error.errno() == libc::EINTR || error.errno() == libc::EAGAIN => {
-                    continue
-                }
-                Err(source) => {
-                    return Err(VmmError::Kvm {
-                        operation: "KVM_RUN",
-                        source,
-                    }
-                    .into())
-                }
+            let debug_status = match self.enter()? {
+                (Entry::Debug { dr6, .. }, _) => Ok(dr6),
+                // A signal, not a guest exit.
+                (Entry::Signal, _) => continue,
+                (entry, consumed) => Err(served(entry, consumed)),
             };
             let dr6 = match debug_status {
                 Ok(dr6) => dr6,
-                // A signal, not a guest exit.
-                Err(None) => continue,
-                Err(Some(served)) => {
+                Err(served) => {
                     if let Progress::Ended(status) = self.finish_exit(served)? {
                         return Ok(EngineStop::Ended { status });
                     }
@@ -744,7 +767,7 @@ impl Replayer {
             if let Some(witness) = &witness {
                 // The recording ran this freely: keep the step's trap flag out of
                 // guest memory, as the counted steps do.
-                clock::vcpu::scrub_trap_flag(&mut self.vm, witness)
+                clock::vcpu::scrub_trap_flag(self.machine.vm_mut(), witness)
                     .map_err(|error| ReplayError::Counter(ClockError::Machine(error)))?;
             }
             if setup.single_step {
@@ -782,6 +805,27 @@ impl Replayer {
         }
     }
 
+    /// One `KVM_RUN` with the log as the exit's inputs; returns the entry and
+    /// whether the exit consumed the next event. Serial output is shown only for
+    /// exits not shown before (after going back in time, history re-executes).
+    fn enter(&mut self) -> Result<(Entry, bool), ReplayError> {
+        let ordinal = self.cursor.exits + 1;
+        self.output
+            .enabled
+            .store(ordinal > self.output_shown_until, Ordering::Relaxed);
+        let mut inputs = LoggedInputs {
+            events: &self.events,
+            next_event: self.cursor.next_event,
+            consumed: false,
+        };
+        let entry = self.machine.enter(ordinal, &mut inputs)?;
+        let consumed = inputs.consumed;
+        if matches!(entry, Entry::Exit(_)) {
+            self.output_shown_until = self.output_shown_until.max(ordinal);
+        }
+        Ok((entry, consumed))
+    }
+
     /// Whether the next entry runs under the trace's branch counter. The software
     /// counter mirrors the recorder, which single-stepped every guest ring-0
     /// instruction from an exit on (single steps can leave traces in guest memory,
@@ -795,12 +839,7 @@ impl Replayer {
                 if self.cursor.ticks_since_exit.is_none() {
                     return Ok(false);
                 }
-                let sregs = self
-                    .vm
-                    .vcpu()
-                    .get_sregs()
-                    .map_err(kvm_op("KVM_GET_SREGS"))?;
-                Ok(sregs.cs.dpl == 0)
+                Ok(self.machine.in_ring0()?)
             }
         }
     }
@@ -868,7 +907,7 @@ impl Replayer {
         match outcome {
             Ok(MachineStop::Stepped) if single_step => Ok(Some(EngineStop::Stepped)),
             Ok(MachineStop::Stepped) => {
-                let rip = self.registers_now()?[16];
+                let rip = digest::rip(&self.registers_now()?);
                 Ok(execute_stops
                     .contains(&rip)
                     .then_some(EngineStop::Breakpoint { address: rip }))
@@ -945,7 +984,7 @@ impl Replayer {
     /// Whether the vCPU is at `rip` with registers that digest to `regs_digest`.
     fn registers_match(&self, rip: u64, regs_digest: u64) -> Result<bool, ReplayError> {
         let regs = self.registers_now()?;
-        Ok(regs[16] == rip && digest::registers(&regs) == regs_digest)
+        Ok(digest::rip(&regs) == rip && digest::registers(&regs) == regs_digest)
     }
 
     /// Consumes the pending asynchronous injection and returns its vector.
@@ -959,8 +998,7 @@ impl Replayer {
     }
 
     pub(crate) fn registers_now(&self) -> Result<RegisterArray, ReplayError> {
-        let regs = self.vm.vcpu().get_regs().map_err(kvm_op("KVM_GET_REGS"))?;
-        Ok(digest::register_array(&regs))
+        Ok(self.machine.registers()?)
     }
 
     /// The last events before the current one, for reports.
@@ -976,7 +1014,10 @@ impl Replayer {
         if let Some(next) = self.peek() {
             text.push_str(&format!("  next:     {next:?}\n"));
         }
-        text.push_str(&format!("last exits (replayed):\n{}", self.history));
+        text.push_str(&format!(
+            "last exits (replayed):\n{}",
+            self.machine.history()
+        ));
         text
     }
 
@@ -1020,15 +1061,15 @@ impl Replayer {
     }
 
     fn inject(&mut self, vector: u8) -> Result<(), ReplayError> {
-        let run = self.vm.vcpu_mut().get_kvm_run();
-        if run.ready_for_interrupt_injection == 0 || run.if_flag == 0 {
+        if !self.machine.can_take_interrupt() {
             return Err(self.divergence(
                 format!("the recording injected vector {vector:#x} here, but the guest cannot take an interrupt"),
                 None,
             ));
         }
-        self.vm.inject_interrupt(vector)?;
-        self.history
+        self.machine.vm().inject_interrupt(vector)?;
+        self.machine
+            .history_mut()
             .push(self.cursor.exits, ExitRecord::Interrupt { vector });
         Ok(())
     }
@@ -1036,7 +1077,7 @@ impl Replayer {
     pub(crate) fn memory_digest_since_boot(&mut self) -> Result<u64, ReplayError> {
         self.collect_dirty_log()?;
         Ok(digest::dirty_pages(
-            self.vm.memory().as_slice(),
+            self.machine.vm().memory().as_slice(),
             &self.cursor.dirty_since_boot,
         ))
     }
@@ -1102,20 +1143,21 @@ impl Replayer {
                 }
                 Err(self.divergence(what, None))
             }
-            Ok(Some(PioOutcome::Exit(status))) => {
+            Ok(Some(status)) => {
                 self.check_end(status)?;
                 // Nothing was recorded after this: the machine must not run on.
                 self.cursor.ended = Some(status);
                 Ok(Progress::Ended(status))
             }
-            Ok(Some(PioOutcome::Continue) | None) => Ok(Progress::Continue),
+            Ok(None) => Ok(Progress::Continue),
         }
     }
 
     /// The guest wrote to isa-debug-exit: compare with the recorded end.
     fn check_end(&mut self, status: i32) -> Result<(), ReplayError> {
         self.apply_boundary_events()?;
-        self.board
+        self.machine
+            .board_mut()
             .serial_output_mut()
             .flush()
             .map_err(ReplayError::SerialOutput)?;
@@ -1152,9 +1194,9 @@ impl Replayer {
         }
         self.collect_dirty_log()?;
         let memory_now = digest::touched_memory(
-            self.vm.memory().as_slice(),
+            self.machine.vm().memory().as_slice(),
             &self.cursor.dirty_since_boot,
-            self.image_end,
+            self.machine.image_end(),
         );
         if memory_now != memory_digest {
             differences.push("final guest memory differs".to_string());
@@ -1206,50 +1248,35 @@ impl ReplayMachine<'_> {
             breakpoints: Vec::new(),
             single_step,
         };
-        debug::apply(replayer.vm.vcpu(), &setup).map_err(MachineError::new)?;
-        let ordinal = replayer.cursor.exits + 1;
-        match replayer.vm.vcpu_mut().run() {
-            Ok(VcpuExit::Debug(_)) if single_step => Ok(MachineStop::Stepped),
-            Ok(exit) => {
-                let reason = exit_name(&exit);
-                match serve_exit(
-                    exit,
-                    ordinal,
-                    &replayer.events,
-                    replayer.cursor.next_event,
-                    &mut replayer.board,
-                    &mut replayer.history,
-                    &replayer.output,
-                    &mut replayer.output_shown_until,
-                ) {
-                    None => Ok(MachineStop::Kicked),
-                    Some(served) => {
-                        self.served = Some(served);
-                        Ok(MachineStop::Exit { reason })
-                    }
-                }
-            }
-            Err(error) if error.errno() == libc::EINTR || error.errno() == libc::EAGAIN => {
+        debug::apply(replayer.machine.vm().vcpu(), &setup).map_err(MachineError::new)?;
+        match replayer.enter().map_err(MachineError::new)? {
+            (Entry::Debug { .. }, _) if single_step => Ok(MachineStop::Stepped),
+            (Entry::Signal, _) => {
                 if let Some(guard) = &replayer.overflow_signal {
                     guard.consume();
                 }
                 Ok(MachineStop::Kicked)
             }
-            Err(source) => Err(MachineError::new(VmmError::Kvm {
-                operation: "KVM_RUN",
-                source,
-            })),
+            (entry, consumed) => {
+                let served = served(entry, consumed);
+                let reason = match &served.handled {
+                    Err(what) => what.clone(),
+                    Ok(_) => replayer.machine.history().describe_last(),
+                };
+                self.served = Some(served);
+                Ok(MachineStop::Exit { reason })
+            }
         }
     }
 }
 
 impl clock::vcpu::VcpuEntry for ReplayMachine<'_> {
     fn vm(&self) -> &Vm {
-        &self.replayer.vm
+        self.replayer.machine.vm()
     }
 
     fn vm_mut(&mut self) -> &mut Vm {
-        &mut self.replayer.vm
+        self.replayer.machine.vm_mut()
     }
 
     fn enter(&mut self, single_step: bool) -> Result<MachineStop, MachineError> {
@@ -1257,36 +1284,68 @@ impl clock::vcpu::VcpuEntry for ReplayMachine<'_> {
     }
 }
 
-/// What serving one exit from the log produced.
+/// What one exit of the guest, answered from the log, produced.
 struct Served {
     /// The exit consumed the next event.
     consumed: bool,
-    /// A device outcome, or why the exit does not match the recording.
-    handled: Result<Option<PioOutcome>, String>,
+    /// `Some(status)` when the guest ended, or why the exit does not match the
+    /// recording.
+    handled: Result<Option<i32>, String>,
 }
 
-/// Answers guest exit `exit` (ordinal `ordinal`) from the log, field by field:
-/// the caller's `exit` borrows the vCPU, so this cannot take the whole replayer.
-/// Returns `None` for an exit that is not the guest's (a signal).
-#[allow(clippy::too_many_arguments)]
-fn serve_exit(
-    exit: VcpuExit<'_>,
-    ordinal: u64,
-    events: &[Event],
+/// Turns an entry that is not a signal into what the replay makes of it.
+fn served(entry: Entry, consumed: bool) -> Served {
+    let handled = match entry {
+        Entry::Exit(ExitOutcome::Continue | ExitOutcome::Halted) => Ok(None),
+        Entry::Exit(ExitOutcome::Ended(status)) => Ok(Some(status)),
+        Entry::Exit(ExitOutcome::Unanswered(error)) => Err(error.to_string()),
+        Entry::Exit(ExitOutcome::Failed(failure)) => Err(format!(
+            "the guest stopped with {failure} (not in the recording)"
+        )),
+        Entry::InterruptWindow => {
+            Err("the guest stopped at an interrupt window (not in the recording)".into())
+        }
+        Entry::Debug { pc, .. } => Err(format!(
+            "the guest stopped with a debug exit at {pc:#x} (not in the recording)"
+        )),
+        Entry::Signal => Ok(None),
+    };
+    Served { consumed, handled }
+}
+
+/// The event log as the source of an exit's inputs: each read must match the
+/// next recorded event, which it consumes.
+struct LoggedInputs<'a> {
+    events: &'a [Event],
     next_event: usize,
-    board: &mut Board,
-    history: &mut ExitHistory,
-    output: &GatedOutput,
-    output_shown_until: &mut u64,
-) -> Option<Served> {
-    // The recorded event this exit consumes, if it needs one. Fields are borrowed
-    // one by one: `exit` holds the vCPU.
-    let recorded = events
-        .get(next_event)
-        .filter(|event| event.exit() == ordinal);
-    let mut consumed = false;
-    let handled: Result<Option<PioOutcome>, String> = match exit {
-        VcpuExit::IoIn(port, data) => match recorded {
+    consumed: bool,
+}
+
+impl<'a> LoggedInputs<'a> {
+    /// The recorded event of exit `ordinal`, if the next one is it.
+    fn recorded(&self, ordinal: u64) -> Option<&'a Event> {
+        self.events
+            .get(self.next_event)
+            .filter(|event| event.exit() == ordinal)
+    }
+}
+
+impl Inputs for LoggedInputs<'_> {
+    fn guest_ns(&mut self) -> u64 {
+        // What the devices' clocks would say only matters for what the guest reads
+        // from them, and that comes from the log.
+        0
+    }
+
+    fn pio_in(
+        &mut self,
+        ordinal: u64,
+        port: u16,
+        data: &mut [u8],
+        _board: &mut Board,
+        _now_ns: u64,
+    ) -> Result<(), InputError> {
+        match self.recorded(ordinal) {
             Some(Event::PioIn {
                 port: recorded_port,
                 len,
@@ -1294,138 +1353,68 @@ fn serve_exit(
                 ..
             }) if *recorded_port == port && usize::from(*len) == data.len() => {
                 data.copy_from_slice(&value.to_le_bytes()[..data.len()]);
-                consumed = true;
-                history.push(
-                    ordinal,
-                    ExitRecord::PioIn {
-                        port,
-                        value: *value,
-                    },
-                );
-                Ok(None)
+                self.consumed = true;
+                Ok(())
             }
-            other => Err(format!(
+            other => Err(InputError::NotRecorded(format!(
                 "the guest read {} bytes from port {port:#x}; the recording has {}",
                 data.len(),
                 describe(other)
-            )),
-        },
-        VcpuExit::IoOut(port, data) => {
-            history.push(
-                ordinal,
-                ExitRecord::PioOut {
-                    port,
-                    value: port_value(data),
-                },
-            );
-            {
-                output
-                    .enabled
-                    .store(ordinal > *output_shown_until, Ordering::Relaxed);
-                *output_shown_until = (*output_shown_until).max(ordinal);
-                Ok(Some(board.pio_write(port, data, 0)))
-            }
+            ))),
         }
-        VcpuExit::MmioRead(address, data) => match recorded {
+    }
+
+    fn mmio_read(
+        &mut self,
+        ordinal: u64,
+        address: u64,
+        data: &mut [u8],
+    ) -> Result<(), InputError> {
+        match self.recorded(ordinal) {
             Some(Event::MmioRead {
                 address: recorded_address,
                 value,
                 ..
             }) if *recorded_address == address && data.len() <= 8 => {
                 data.copy_from_slice(&value.to_le_bytes()[..data.len()]);
-                consumed = true;
-                history.push(
-                    ordinal,
-                    ExitRecord::Mmio {
-                        address,
-                        write: false,
-                    },
-                );
-                Ok(None)
+                self.consumed = true;
+                Ok(())
             }
-            other => Err(format!(
+            other => Err(InputError::NotRecorded(format!(
                 "the guest read MMIO address {address:#x}; the recording has {}",
                 describe(other)
-            )),
-        },
-        VcpuExit::MmioWrite(address, _) => {
-            history.push(
-                ordinal,
-                ExitRecord::Mmio {
-                    address,
-                    write: true,
-                },
-            );
-            Ok(None)
+            ))),
         }
-        VcpuExit::Hlt => {
-            history.push(ordinal, ExitRecord::Halt);
-            Ok(None)
-        }
-        VcpuExit::X86Rdmsr(msr) => match recorded {
-            Some(Event::MsrRead { index, value, .. }) if *index == msr.index => {
-                match value {
-                    Some(value) => {
-                        *msr.data = *value;
-                        *msr.error = 0;
-                    }
-                    None => *msr.error = 1,
-                }
-                consumed = true;
-                history.push(
-                    ordinal,
-                    ExitRecord::Msr {
-                        index: *index,
-                        write: false,
-                    },
-                );
-                Ok(None)
+    }
+
+    fn msr_read(
+        &mut self,
+        ordinal: u64,
+        index: u32,
+        _msrs: &TimeMsrs,
+        _now_ns: u64,
+    ) -> Result<Option<u64>, InputError> {
+        match self.recorded(ordinal) {
+            Some(Event::MsrRead {
+                index: recorded_index,
+                value,
+                ..
+            }) if *recorded_index == index => {
+                let value = *value;
+                self.consumed = true;
+                Ok(value)
             }
-            other => Err(format!(
-                "the guest read MSR {:#x}; the recording has {}",
-                msr.index,
+            other => Err(InputError::NotRecorded(format!(
+                "the guest read MSR {index:#x}; the recording has {}",
                 describe(other)
-            )),
-        },
-        VcpuExit::X86Wrmsr(msr) => {
-            // Writes to the routed MSRs always succeeded at record time.
-            *msr.error = 0;
-            history.push(
-                ordinal,
-                ExitRecord::Msr {
-                    index: msr.index,
-                    write: true,
-                },
-            );
-            Ok(None)
+            ))),
         }
-        VcpuExit::Intr => return None,
-        other => Err(format!(
-            "the guest stopped with {} (not in the recording)",
-            exit_name(&other)
-        )),
-    };
-    Some(Served { consumed, handled })
+    }
 }
 
 fn describe(event: Option<&Event>) -> String {
     match event {
         Some(event) => format!("{event:?} here"),
         None => "no device read here".to_string(),
-    }
-}
-
-fn exit_name(exit: &VcpuExit<'_>) -> String {
-    match exit {
-        VcpuExit::IoIn(port, _) => format!("in from port {port:#x}"),
-        VcpuExit::IoOut(port, _) => format!("out to port {port:#x}"),
-        VcpuExit::MmioRead(address, _) => format!("MMIO read at {address:#x}"),
-        VcpuExit::MmioWrite(address, _) => format!("MMIO write at {address:#x}"),
-        VcpuExit::Hlt => "hlt".into(),
-        VcpuExit::Shutdown => "a triple fault".into(),
-        VcpuExit::IrqWindowOpen => "an interrupt window".into(),
-        VcpuExit::X86Rdmsr(msr) => format!("rdmsr {:#x}", msr.index),
-        VcpuExit::X86Wrmsr(msr) => format!("wrmsr {:#x}", msr.index),
-        other => format!("{other:?}"),
     }
 }

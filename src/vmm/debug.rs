@@ -1,7 +1,8 @@
 //! Guest debugging through KVM: hardware instruction breakpoints and single-step,
 //! the two primitives replay uses to stop at an exact instruction. Software
 //! breakpoints (`int3`) are never used: on our hosts they end in an internal error
-//! (DESIGN §9), and they would change guest-visible memory.
+//! (docs/design.md, "Host facts the code relies on"), and they would change
+//! guest-visible memory.
 
 use super::{kvm_op, VmmError};
 use kvm_bindings::{

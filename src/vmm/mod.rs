@@ -1,9 +1,9 @@
 //! The KVM objects of one single-vCPU x86-64 machine.
 //!
-//! [`Vm`] opens `/dev/kvm`, creates a VM with no in-kernel irqchip, PIT or clock (every
-//! device is in user space, DESIGN §1), maps guest memory as memslot 0, installs the
-//! fixed CPUID table and the MSR filter, and puts the vCPU in the state a multiboot
-//! kernel expects. It does not run the vCPU: that is [`crate::runner`]'s job.
+//! [`Vm`] opens `/dev/kvm`, creates a VM with no in-kernel irqchip, PIT or clock
+//! (every device is in user space, docs/design.md, "The machine a guest sees"), maps
+//! guest memory as memslot 0, installs the fixed CPUID table and the MSR filter,
+//! and sets the vCPU's CPUID. It does not run the vCPU: that is [`crate::machine`]'s job.
 //!
 //! Invariant: field order makes the vCPU and VM file descriptors close before the
 //! guest memory mapping they reference is unmapped.

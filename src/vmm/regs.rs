@@ -2,7 +2,6 @@
 //! registers for error reports (triple faults, divergences).
 
 use super::{kvm_op, VmmError};
-use crate::boot::{EntryState, BOOTLOADER_MAGIC};
 use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
 use kvm_ioctls::VcpuFd;
 use std::fmt;
@@ -32,9 +31,21 @@ fn flat_segment(selector: u16, type_: u8) -> kvm_segment {
     }
 }
 
-/// Puts the vCPU in the multiboot entry state: flat 32-bit protected mode, paging
-/// and interrupts off, `EAX` = bootloader magic, `EBX` = information structure.
-pub fn set_multiboot_entry(vcpu: &VcpuFd, entry: &EntryState) -> Result<(), VmmError> {
+/// The registers a 32-bit boot protocol hands over (multiboot: `EAX` = the boot
+/// loader's magic, `EBX` = the information structure).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryRegisters {
+    /// Entry point.
+    pub eip: u32,
+    /// `EAX` at entry.
+    pub eax: u32,
+    /// `EBX` at entry.
+    pub ebx: u32,
+}
+
+/// Puts the vCPU at a 32-bit protected-mode entry: flat segments, paging and
+/// interrupts off, the given registers.
+pub fn set_protected_mode_entry(vcpu: &VcpuFd, entry: EntryRegisters) -> Result<(), VmmError> {
     let mut sregs = vcpu.get_sregs().map_err(kvm_op("KVM_GET_SREGS"))?;
     // Execute/read code (0xb, accessed) and read/write data (0x3, accessed).
     sregs.cs = flat_segment(0x08, 0xb);
@@ -50,9 +61,9 @@ pub fn set_multiboot_entry(vcpu: &VcpuFd, entry: &EntryState) -> Result<(), VmmE
     sregs.efer = 0;
     vcpu.set_sregs(&sregs).map_err(kvm_op("KVM_SET_SREGS"))?;
     let regs = kvm_regs {
-        rip: u64::from(entry.entry),
-        rax: u64::from(BOOTLOADER_MAGIC),
-        rbx: u64::from(entry.info_address),
+        rip: u64::from(entry.eip),
+        rax: u64::from(entry.eax),
+        rbx: u64::from(entry.ebx),
         rflags: RFLAGS_RESERVED,
         ..Default::default()
     };

@@ -1,7 +1,7 @@
 //! The vCPU's architectural state as plain data, captured and restored as a whole
-//! (DESIGN §5): registers, segments and control registers, FPU/SSE, pending events
-//! (interrupt shadow, a queued injection, NMI), MP state and the MSRs a guest of ours
-//! can change. Debugger state (guest-debug registers) is deliberately not part of it.
+//! (docs/design.md, "Machine state as plain data"): registers, segments and control
+//! registers, FPU/SSE, pending events (interrupt shadow, a queued injection, NMI),
+//! MP state and the MSRs a guest of ours can change. Debugger state (guest-debug registers) is deliberately not part of it.
 //!
 //! Invariant: capture only at an instruction boundary, after
 //! [`super::Vm::complete_pending_io`], so that no half-finished exit hides in KVM.

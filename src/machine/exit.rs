@@ -1,0 +1,264 @@
+//! The exit handler: the one place that matches on KVM's exit kinds.
+//!
+//! [`handle_exit`] turns one `VcpuExit` into an [`Entry`]: device writes go to the
+//! board, every value the guest reads from outside comes from the caller's
+//! [`Inputs`], and each exit the guest causes is noted in the exit history. It is
+//! a plain function over every `VcpuExit` variant, with no wildcard arm, so a new
+//! exit kind in kvm-ioctls fails to compile here instead of being swallowed.
+//!
+//! What an [`Entry`] means for the run (halt and sleep, inject an interrupt, find a
+//! recorded point, report a divergence) is the caller's business: the live runner
+//! and the replayer decide differently, but from the same facts.
+
+use super::history::{ExitHistory, ExitRecord};
+use super::inputs::{le_value, InputError, Inputs};
+use crate::vmm::msr::TimeMsrs;
+use kvm_ioctls::VcpuExit;
+use lore_devices::board::{Board, PioOutcome};
+use lore_devices::debug_exit::port_value;
+use std::fmt;
+
+/// How one `KVM_RUN` ended.
+#[derive(Debug)]
+pub enum Entry {
+    /// The guest caused exit number `ordinal` (the caller's count plus one); the
+    /// exit was handled.
+    Exit(ExitOutcome),
+    /// A signal (a kick, a counter overflow) stopped `KVM_RUN`: not an exit of the
+    /// guest, which stands at an arbitrary instruction boundary.
+    Signal,
+    /// The interrupt window the VMM asked for opened. Not an exit ordinal: where KVM
+    /// reports the window differs between runs on nested hosts.
+    InterruptWindow,
+    /// A debug exit: a single step completed or a hardware breakpoint fired.
+    Debug {
+        /// DR6 as KVM reported it (bits 0-3: which breakpoint fired).
+        dr6: u64,
+        /// Where the guest stopped.
+        pc: u64,
+    },
+}
+
+/// What handling an exit of the guest produced.
+#[derive(Debug)]
+pub enum ExitOutcome {
+    /// Carry on.
+    Continue,
+    /// The guest executed `hlt`.
+    Halted,
+    /// The guest wrote `status` to isa-debug-exit.
+    Ended(i32),
+    /// The input source could not answer the exit.
+    Unanswered(InputError),
+    /// The guest cannot go on.
+    Failed(GuestFailure),
+}
+
+/// Why the guest cannot go on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestFailure {
+    /// `KVM_EXIT_SHUTDOWN`: a triple fault.
+    TripleFault,
+    /// KVM could not emulate an instruction.
+    InternalError,
+    /// VM entry failed.
+    FailEntry {
+        /// Hardware reason.
+        reason: u64,
+        /// Host CPU.
+        cpu: u32,
+    },
+    /// Any other exit this VMM never asks for, named.
+    Unexpected(String),
+}
+
+impl fmt::Display for GuestFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::TripleFault => write!(f, "a triple fault"),
+            Self::InternalError => {
+                write!(f, "internal error (KVM could not emulate an instruction)")
+            }
+            Self::FailEntry { reason, cpu } => {
+                write!(f, "VM entry failed (hardware reason {reason:#x} on cpu {cpu})")
+            }
+            Self::Unexpected(what) => write!(f, "{what}"),
+        }
+    }
+}
+
+/// The machine's side of an exit: everything an exit may touch but the vCPU.
+#[derive(Debug)]
+pub struct Peripherals {
+    /// The PC device models.
+    pub board: Board,
+    /// The time-dependent MSRs.
+    pub msrs: TimeMsrs,
+    /// The last exits, for reports.
+    pub history: ExitHistory,
+}
+
+/// Handles `exit`, which is exit number `ordinal` if the guest caused it.
+pub fn handle_exit(
+    exit: VcpuExit<'_>,
+    ordinal: u64,
+    peripherals: &mut Peripherals,
+    inputs: &mut dyn Inputs,
+) -> Entry {
+    let Peripherals {
+        board,
+        msrs,
+        history,
+    } = peripherals;
+    let outcome = match exit {
+        VcpuExit::IoIn(port, data) => {
+            let now_ns = inputs.guest_ns();
+            match inputs.pio_in(ordinal, port, data, board, now_ns) {
+                Ok(()) => {
+                    let value = port_value(data);
+                    history.push(ordinal, ExitRecord::PioIn { port, value });
+                    ExitOutcome::Continue
+                }
+                Err(error) => ExitOutcome::Unanswered(error),
+            }
+        }
+        VcpuExit::IoOut(port, data) => {
+            let now_ns = inputs.guest_ns();
+            history.push(
+                ordinal,
+                ExitRecord::PioOut {
+                    port,
+                    value: port_value(data),
+                },
+            );
+            match board.pio_write(port, data, now_ns) {
+                PioOutcome::Continue => ExitOutcome::Continue,
+                PioOutcome::Exit(status) => ExitOutcome::Ended(status),
+            }
+        }
+        VcpuExit::MmioRead(address, data) => {
+            inputs.guest_ns();
+            match inputs.mmio_read(ordinal, address, data) {
+                Ok(()) => {
+                    history.push(
+                        ordinal,
+                        ExitRecord::Mmio {
+                            address,
+                            write: false,
+                        },
+                    );
+                    ExitOutcome::Continue
+                }
+                Err(error) => ExitOutcome::Unanswered(error),
+            }
+        }
+        VcpuExit::MmioWrite(address, data) => {
+            inputs.guest_ns();
+            tracing::debug!(
+                address,
+                len = data.len(),
+                value = le_value(data),
+                "mmio write outside RAM ignored"
+            );
+            history.push(
+                ordinal,
+                ExitRecord::Mmio {
+                    address,
+                    write: true,
+                },
+            );
+            ExitOutcome::Continue
+        }
+        VcpuExit::Hlt => {
+            inputs.guest_ns();
+            history.push(ordinal, ExitRecord::Halt);
+            ExitOutcome::Halted
+        }
+        VcpuExit::X86Rdmsr(msr) => {
+            let now_ns = inputs.guest_ns();
+            match inputs.msr_read(ordinal, msr.index, msrs, now_ns) {
+                Ok(value) => {
+                    match value {
+                        Some(value) => {
+                            *msr.data = value;
+                            *msr.error = 0;
+                        }
+                        None => *msr.error = 1,
+                    }
+                    history.push(
+                        ordinal,
+                        ExitRecord::Msr {
+                            index: msr.index,
+                            write: false,
+                        },
+                    );
+                    ExitOutcome::Continue
+                }
+                Err(error) => ExitOutcome::Unanswered(error),
+            }
+        }
+        VcpuExit::X86Wrmsr(msr) => {
+            let now_ns = inputs.guest_ns();
+            // Whether a write succeeds depends on the index alone, so a replay
+            // answers it the same way without the log.
+            *msr.error = u8::from(!msrs.write(msr.index, msr.data, now_ns));
+            history.push(
+                ordinal,
+                ExitRecord::Msr {
+                    index: msr.index,
+                    write: true,
+                },
+            );
+            ExitOutcome::Continue
+        }
+        VcpuExit::IrqWindowOpen => {
+            history.push(ordinal - 1, ExitRecord::InterruptWindow);
+            return Entry::InterruptWindow;
+        }
+        // A signal other than ours interrupted KVM_RUN: not a guest exit.
+        VcpuExit::Intr => return Entry::Signal,
+        VcpuExit::Debug(debug) => {
+            return Entry::Debug {
+                dr6: debug.dr6,
+                pc: debug.pc,
+            }
+        }
+        VcpuExit::Shutdown => ExitOutcome::Failed(GuestFailure::TripleFault),
+        VcpuExit::InternalError => ExitOutcome::Failed(GuestFailure::InternalError),
+        VcpuExit::FailEntry(reason, cpu) => {
+            ExitOutcome::Failed(GuestFailure::FailEntry { reason, cpu })
+        }
+        VcpuExit::SystemEvent(kind, data) => ExitOutcome::Failed(GuestFailure::Unexpected(
+            format!("system event {kind} {data:?}"),
+        )),
+        VcpuExit::MemoryFault { flags, gpa, size } => {
+            ExitOutcome::Failed(GuestFailure::Unexpected(format!(
+                "memory fault at {gpa:#x}+{size:#x} (flags {flags:#x})"
+            )))
+        }
+        VcpuExit::Hypercall(hypercall) => ExitOutcome::Failed(GuestFailure::Unexpected(
+            format!("unexpected hypercall {}", hypercall.nr),
+        )),
+        unexpected @ (VcpuExit::Unknown
+        | VcpuExit::Exception
+        | VcpuExit::SetTpr
+        | VcpuExit::TprAccess
+        | VcpuExit::S390Sieic
+        | VcpuExit::S390Reset
+        | VcpuExit::Dcr
+        | VcpuExit::Nmi
+        | VcpuExit::Osi
+        | VcpuExit::PaprHcall
+        | VcpuExit::S390Ucontrol
+        | VcpuExit::Watchdog
+        | VcpuExit::S390Tsch
+        | VcpuExit::Epr
+        | VcpuExit::S390Stsi
+        | VcpuExit::IoapicEoi(_)
+        | VcpuExit::Hyperv
+        | VcpuExit::Unsupported(_)) => ExitOutcome::Failed(GuestFailure::Unexpected(format!(
+            "an exit this VMM never asks for ({unexpected:?})"
+        ))),
+    };
+    Entry::Exit(outcome)
+}

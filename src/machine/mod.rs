@@ -1,0 +1,240 @@
+//! One machine for live and replayed runs.
+//!
+//! A [`Machine`] is the VM with its one vCPU and guest memory, the PC device board,
+//! the time MSRs and the exit history — everything `run`, `record` and `replay`
+//! share. It is built by one function, [`Machine::boot`], from a boot image (for a
+//! replay: the recorded image and CPUID table; a replay that starts from a snapshot
+//! then restores the snapshot over it). [`Machine::enter`] runs the vCPU once and
+//! hands the exit to the one exit handler ([`exit::handle_exit`]), which asks the
+//! caller's [`Inputs`] for every value from outside the guest.
+//!
+//! What differs between the modes sits above the machine: the live runner
+//! (`crate::runner`) sleeps on `hlt`, kicks the vCPU for timer interrupts and
+//! answers from the devices; the recorder (in `crate::runner`) writes down what the
+//! live inputs produced; the replayer (`crate::replay`) answers from the log and
+//! finds the recorded positions of asynchronous events.
+//!
+//! Invariant: the machine is created and entered on one thread (KVM's vCPU and the
+//! kick signal mask are per thread).
+
+pub mod exit;
+pub mod history;
+pub mod inputs;
+
+pub use exit::{Entry, ExitOutcome, GuestFailure, Peripherals};
+pub use inputs::{InputError, Inputs, LiveInputs};
+
+use crate::boot::{self, BootError};
+use crate::digest::{self, RegisterArray};
+use crate::vmm::cpuid::CpuidTable;
+use crate::vmm::msr::TimeMsrs;
+use crate::vmm::regs::{self, RegisterDump};
+use crate::vmm::{kvm_op, Vm, VmmError};
+use history::ExitHistory;
+use lore_devices::board::{Board, BoardConfig};
+use std::fmt;
+use std::io::Write;
+use thiserror::Error;
+
+/// Why a machine could not be built.
+#[derive(Debug, Error)]
+pub enum StartError {
+    /// Creating the VM failed.
+    #[error(transparent)]
+    Vmm(#[from] VmmError),
+    /// The image cannot be booted.
+    #[error(transparent)]
+    Boot(#[from] BootError),
+}
+
+/// Names of the state blobs in a trace snapshot.
+pub mod blob {
+    /// [`crate::vmm::state::VcpuState::to_bytes`].
+    pub const VCPU: &str = "vcpu";
+    /// `lore_devices::BoardState::to_bytes`.
+    pub const DEVICES: &str = "devices";
+    /// Bitmap (little-endian u64 words) of the pages written since boot.
+    pub const DIRTY_SINCE_BOOT: &str = "dirty-since-boot";
+}
+
+/// What to boot.
+pub struct BootSpec<'a> {
+    /// The multiboot ELF image.
+    pub image: &'a [u8],
+    /// Its command line.
+    pub command_line: &'a str,
+    /// Guest RAM in bytes.
+    pub memory_size: u64,
+    /// The CPUID table the guest sees; `None` derives the fixed table from the host.
+    pub cpuid: Option<CpuidTable>,
+    /// Where the serial port's output goes.
+    pub serial_output: Box<dyn Write + Send>,
+    /// The RTC's date and time at boot, in Unix seconds.
+    pub rtc_base_unix_secs: i64,
+}
+
+impl fmt::Debug for BootSpec<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BootSpec")
+            .field("image_len", &self.image.len())
+            .field("command_line", &self.command_line)
+            .field("memory_size", &self.memory_size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A booted single-vCPU PC.
+pub struct Machine {
+    vm: Vm,
+    peripherals: Peripherals,
+    /// End of what the boot loader wrote (see [`digest::loader_pages`]).
+    image_end: u64,
+}
+
+impl fmt::Debug for Machine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Machine")
+            .field("image_end", &self.image_end)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Machine {
+    /// Creates the VM, loads the image, puts the vCPU at the multiboot entry and
+    /// creates the devices.
+    pub fn boot(spec: BootSpec<'_>) -> Result<Self, StartError> {
+        let mut vm = Vm::new(spec.memory_size, spec.cpuid)?;
+        let entry = boot::load(vm.memory_mut(), spec.image, spec.command_line)?;
+        regs::set_protected_mode_entry(
+            vm.vcpu(),
+            regs::EntryRegisters {
+                eip: entry.entry,
+                eax: boot::BOOTLOADER_MAGIC,
+                ebx: entry.info_address,
+            },
+        )?;
+        let board = Board::new(BoardConfig {
+            serial_out: spec.serial_output,
+            rtc_base_unix_secs: spec.rtc_base_unix_secs,
+            mem_size_bytes: spec.memory_size,
+        });
+        Ok(Self {
+            vm,
+            peripherals: Peripherals {
+                board,
+                msrs: TimeMsrs::default(),
+                history: ExitHistory::default(),
+            },
+            image_end: entry.image_end,
+        })
+    }
+
+    /// Runs the vCPU until it stops and handles the exit, which is exit number
+    /// `ordinal` if the guest caused one. `EINTR` (a kick or counter overflow
+    /// before or during the entry) is [`Entry::Signal`]; the caller consumes its
+    /// signal.
+    pub fn enter(&mut self, ordinal: u64, inputs: &mut dyn Inputs) -> Result<Entry, VmmError> {
+        match self.vm.vcpu_mut().run() {
+            Ok(exit) => Ok(exit::handle_exit(
+                exit,
+                ordinal,
+                &mut self.peripherals,
+                inputs,
+            )),
+            Err(error) if error.errno() == libc::EINTR || error.errno() == libc::EAGAIN => {
+                Ok(Entry::Signal)
+            }
+            Err(source) => Err(VmmError::Kvm {
+                operation: "KVM_RUN",
+                source,
+            }),
+        }
+    }
+
+    /// The KVM objects.
+    pub fn vm(&self) -> &Vm {
+        &self.vm
+    }
+
+    /// The KVM objects, writable.
+    pub fn vm_mut(&mut self) -> &mut Vm {
+        &mut self.vm
+    }
+
+    /// The device board.
+    pub fn board(&self) -> &Board {
+        &self.peripherals.board
+    }
+
+    /// The device board, writable.
+    pub fn board_mut(&mut self) -> &mut Board {
+        &mut self.peripherals.board
+    }
+
+    /// Replaces the device board (restoring a checkpoint).
+    pub fn set_board(&mut self, board: Board) {
+        self.peripherals.board = board;
+    }
+
+    /// The last exits.
+    pub fn history(&self) -> &ExitHistory {
+        &self.peripherals.history
+    }
+
+    /// The last exits, for noting what the caller did (an injection).
+    pub fn history_mut(&mut self) -> &mut ExitHistory {
+        &mut self.peripherals.history
+    }
+
+    /// End of what the boot loader wrote.
+    pub fn image_end(&self) -> u64 {
+        self.image_end
+    }
+
+    /// Pages that can be non-zero at boot (what the loader wrote), as a bitmap of
+    /// `words` words.
+    pub fn loader_pages(&self, words: usize) -> Vec<u64> {
+        digest::loader_pages(self.image_end, words)
+    }
+
+    /// The general-purpose registers, RIP and RFLAGS.
+    pub fn registers(&self) -> Result<RegisterArray, VmmError> {
+        let regs = self.vm.vcpu().get_regs().map_err(kvm_op("KVM_GET_REGS"))?;
+        Ok(digest::register_array(&regs))
+    }
+
+    /// Whether the guest runs in ring 0 now.
+    pub fn in_ring0(&self) -> Result<bool, VmmError> {
+        let sregs = self
+            .vm
+            .vcpu()
+            .get_sregs()
+            .map_err(kvm_op("KVM_GET_SREGS"))?;
+        Ok(sregs.cs.dpl == 0)
+    }
+
+    /// All registers, for error reports (zeros where KVM cannot say).
+    pub fn register_dump(&self) -> RegisterDump {
+        RegisterDump::read(self.vm.vcpu()).unwrap_or_else(|_| RegisterDump {
+            regs: Default::default(),
+            sregs: Default::default(),
+        })
+    }
+
+    /// Whether KVM would inject an interrupt at the next entry: the guest has
+    /// interrupts enabled and no interrupt shadow.
+    pub fn can_take_interrupt(&mut self) -> bool {
+        let run = self.vm.vcpu_mut().get_kvm_run();
+        run.ready_for_interrupt_injection != 0 && run.if_flag != 0
+    }
+
+    /// Whether the guest has interrupts enabled (RFLAGS.IF as of the last exit).
+    pub fn interrupts_enabled(&mut self) -> bool {
+        self.vm.vcpu_mut().get_kvm_run().if_flag != 0
+    }
+
+    /// Asks KVM to exit as soon as the guest can take an interrupt, or stops asking.
+    pub fn request_interrupt_window(&mut self, requested: bool) {
+        self.vm.vcpu_mut().get_kvm_run().request_interrupt_window = u8::from(requested);
+    }
+}
