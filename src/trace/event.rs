@@ -22,7 +22,7 @@ pub struct Landmark {
     pub rip: u64,
     /// Digest of the general-purpose registers, RIP and RFLAGS.
     pub regs_digest: u64,
-    /// Digest of the guest pages written since the last snapshot (or boot).
+    /// Digest of the guest pages written since boot.
     pub memory_digest: u64,
     /// Guest conditional branches retired since the exit the point follows
     /// (`after_exit`), when the clock backend counts branches (docs/design.md,
