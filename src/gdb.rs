@@ -1,8 +1,9 @@
 //! The replay timeline as a [`lore_stub::Debuggee`]: what `lore-dbg replay --gdb`
 //! serves to gdb.
 //!
-//! gdb's breakpoints and watchpoints become hardware breakpoints (DR0–DR3, one kept
-//! for the replayer's own landmarks), never `int3` in guest memory. Memory is read
+//! gdb's breakpoints become hardware breakpoints (DR0–DR3, one kept for the
+//! replayer's own landmarks), never `int3` in guest memory; its watchpoints are
+//! checked in software by the timeline while single-stepping. Memory is read
 //! by guest-virtual address through the guest's page tables (4-level long-mode
 //! paging, or 32-bit/PAE, or none before paging is on).
 

@@ -1,8 +1,9 @@
 //! lore-dbg: a time-travel debugger for whole KVM virtual machines.
 //!
-//! The crate is organised as DESIGN §8 describes: [`vmm`] holds the KVM objects,
-//! [`boot`] the multiboot loader, [`runner`] the vCPU loop; devices live in the
-//! `lore-devices` crate, snapshots in `snapshots`, the gdb stub in `lore-stub`.
+//! The crate is organised as docs/design.md, "Layers and crates", describes: [`vmm`]
+//! holds the KVM objects, [`boot`] the multiboot loader, [`runner`] the vCPU loop;
+//! devices live in the `lore-devices` crate, snapshots in `snapshots`, the gdb stub
+//! in `lore-stub`.
 
 pub mod boot;
 pub mod clock;

@@ -19,11 +19,11 @@
  *     DPL only restricts INT n, not hardware interrupts or exceptions;
  * and then IRETQs to user_main in ring 3 with IF = 1 and IOPL = 3.
  *
- * Why not simpler: on our host (DESIGN.md section 9) IRETQ does not give
- * ring 3 IOPL 3 (RFLAGS.IOPL reads 0 there, so IN/OUT rely on the TSS
- * bitmap), INT n from ring 3 raises #UD, and SYSCALL from ring 3 does not
- * reach ring 0 (it arrives at LSTAR with CS 0x33, still CPL 3). Under QEMU
- * all of those work; what this guest uses works under both.
+ * Why not simpler: on our host (docs/design.md, "Host facts the code relies
+ * on") IRETQ does not give ring 3 IOPL 3 (RFLAGS.IOPL reads 0 there, so
+ * IN/OUT rely on the TSS bitmap), INT n from ring 3 raises #UD, and SYSCALL
+ * from ring 3 does not reach ring 0 (it arrives at LSTAR with CS 0x33, still
+ * CPL 3). Under QEMU all of those work; what this guest uses works under both.
  *
  * In ring 3: 6 rounds; each runs `passes` passes (default 5000, `passes=N`
  * on the command line) of filling a 16 KiB buffer from an LCG (fill_round)

@@ -1,4 +1,5 @@
-//! The branch-counter clock: tick positions (DESIGN §3) and how replay reaches them.
+//! The branch-counter clock: tick positions (docs/design.md, "Ticks: branch counters")
+//! and how replay reaches them.
 //!
 //! A *tick* is one retired guest conditional branch. The count of ticks since a
 //! known point, together with `rip` and a digest of the registers, names one
@@ -10,8 +11,9 @@
 //! * [`PmuCounter`] — the hardware backend: a host `perf_event_open` counter of
 //!   guest-only retired conditional branches (Intel `0x5101c4`, AMD Zen `0x5100d1`).
 //!   Its overflow interrupt sends a signal to the vCPU thread, which makes `KVM_RUN`
-//!   return. Our machines have no hardware PMU (DESIGN §9): there it reports
-//!   [`PmuUnavailable`] and its overflow path is only compile-checked.
+//!   return. Our machines have no hardware PMU (docs/design.md, "Host facts the code
+//!   relies on"): there it reports [`PmuUnavailable`] and its overflow path is only
+//!   compile-checked.
 //! * [`SoftCounter`] — the software backend: single-steps every instruction, decodes
 //!   the instruction at `rip` before each step (iced-x86) and counts the conditional
 //!   branches that retired. Slow, but exact, and it runs anywhere single-step works,
@@ -202,7 +204,7 @@ pub enum ClockError {
 }
 
 /// A counter of guest-only retired conditional branches, with an overflow
-/// notification (DESIGN §3, "ticks").
+/// notification (docs/design.md, "Ticks: branch counters").
 ///
 /// The counter is attached to one vCPU (the hardware one counts on the thread that
 /// opened it, which must be the vCPU thread). Object safe, so the clock backend can

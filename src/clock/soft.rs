@@ -1,6 +1,6 @@
 //! The software branch counter: single-step every instruction and count the
 //! conditional branches that retire, by decoding the instruction at `rip` before
-//! each step (DESIGN §3, last bullet).
+//! each step (docs/design.md, "Ticks: branch counters").
 //!
 //! # What counts
 //!

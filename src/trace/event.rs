@@ -1,17 +1,19 @@
 //! The events of a recording, in the order the vCPU met them.
 //!
-//! Every non-deterministic input of DESIGN §2 is one event. Each carries the
-//! **exit ordinal** it belongs to: the count of guest-caused user-space exits
-//! since boot (PIO, MMIO, HLT, MSR), which replay reproduces in the same order.
-//! Events are stored in exit order, so ordinals are delta-encoded.
+//! Every non-deterministic input (docs/design.md, "Non-deterministic inputs and what
+//! is logged") is one event. Each carries the **exit ordinal** it belongs to: the
+//! count of guest-caused user-space exits since boot (PIO, MMIO, HLT, MSR), which
+//! replay reproduces in the same order. Events are stored in exit order, so ordinals
+//! are delta-encoded.
 //!
-//! Positions (DESIGN §3): an interrupt injected right after exit N was handled is
-//! at [`Position::Exit`]`(N)`. An interrupt injected where a kick stopped the
-//! guest between exits N and N+1, or where an interrupt window opened, is at
-//! [`Position::Async`], identified by a [`Landmark`]: equal landmarks mean equal
+//! Positions (docs/design.md, "Positions"): an interrupt injected right after exit N
+//! was handled is at [`Position::Exit`]`(N)`. An interrupt injected where a kick
+//! stopped the guest between exits N and N+1, or where an interrupt window opened, is
+//! at [`Position::Async`], identified by a [`Landmark`]: equal landmarks mean equal
 //! machine state, hence equal futures. Window exits are not exit ordinals: on our
-//! hosts (guest ring 0 emulated, DESIGN §9) KVM reports an open window some
-//! instructions after it opened, at a point that differs from run to run.
+//! hosts (guest ring 0 emulated; docs/design.md, "Host facts the code relies on") KVM
+//! reports an open window some instructions after it opened, at a point that differs
+//! from run to run.
 
 /// Identity of an asynchronous point between two exits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -20,10 +22,11 @@ pub struct Landmark {
     pub rip: u64,
     /// Digest of the general-purpose registers, RIP and RFLAGS.
     pub regs_digest: u64,
-    /// Digest of the guest pages written since the last snapshot (or boot).
+    /// Digest of the guest pages written since boot.
     pub memory_digest: u64,
     /// Guest conditional branches retired since the exit the point follows
-    /// (`after_exit`), when the clock backend counts branches (DESIGN §3, "ticks").
+    /// (`after_exit`), when the clock backend counts branches (docs/design.md,
+    /// "Ticks: branch counters").
     pub ticks: Option<u64>,
 }
 

@@ -1,7 +1,7 @@
 //! The trace header: everything replay must know before the first event
-//! (DESIGN §4) — which image ran with which command line, how much memory, the
-//! CPUID table the guest saw, the clock backend, and facts about the recording
-//! host for error messages.
+//! (docs/design.md, "The header") — which image ran with which command line, how
+//! much memory, the CPUID table the guest saw, the clock backend, and facts about
+//! the recording host for error messages.
 //!
 //! The encoding is explicit and field by field (no serde), stored as the single
 //! chunk of the `header` file. Invariants: every length read is checked against a
@@ -18,7 +18,7 @@ pub const MAX_STRING_LEN: usize = 64 << 10;
 /// Most CPUID entries a header may hold.
 pub const MAX_CPUID_ENTRIES: usize = 256;
 
-/// How asynchronous points are located (DESIGN §3).
+/// How asynchronous points are located (docs/design.md, "Positions").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ClockBackend {
     /// Hardware breakpoint on `rip` plus register and memory digests.

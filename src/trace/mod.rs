@@ -1,5 +1,5 @@
-//! Trace files (DESIGN §4). [`chunk`] is the self-checking container; the event log,
-//! snapshots and the end record are built on it.
+//! Trace files (docs/design.md, "The trace format"). [`chunk`] is the self-checking
+//! container; the event log, snapshots and the end record are built on it.
 
 pub mod chunk;
 pub mod event;

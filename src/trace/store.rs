@@ -1,6 +1,6 @@
 //! The trace directory, where traces live by default, and [`TraceError`].
 //!
-//! Layout of one trace (DESIGN §4):
+//! Layout of one trace (docs/design.md, "Directory layout"):
 //! * `header` — chunk file holding one header chunk ([`TraceHeader`]), written
 //!   atomically (temporary file + rename): it exists complete or not at all;
 //! * `events` — chunk file of event chunks ([`EventWriter`], [`EventReader`]);

@@ -1,5 +1,6 @@
 //! The event log writer: cheap on the vCPU thread, compression and I/O on a
-//! background thread (DESIGN §4, LoRe's reusable circular buffer queue).
+//! background thread (docs/design.md, "The event log"; LoRe's reusable circular
+//! buffer queue).
 //!
 //! The vCPU thread encodes each event into the current buffer. When the buffer
 //! reaches the chunk target, or on [`EventWriter::flush`], it goes through a

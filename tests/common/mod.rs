@@ -13,7 +13,8 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Generous: guest ring-0 code is emulated on our machines (DESIGN §9).
+/// Generous: guest ring-0 code is emulated on our machines (docs/design.md, "Host facts
+/// the code relies on").
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What a finished process left.

@@ -61,7 +61,8 @@ impl Host {
             (false, _) => "no /dev/kvm".to_string(),
             (true, true) => "/dev/kvm present; the host is itself a VM (CPU flag `hypervisor`), \
                  so KVM is nested: on these machines guest ring-0 code is emulated \
-                 (about 1-2 M instructions/s, DESIGN.md §9), not run natively"
+                 (about 1-2 M instructions/s; docs/design.md, \"Host facts the code relies \
+                 on\"), not run natively"
                 .to_string(),
             (true, false) => "/dev/kvm present, bare metal (no `hypervisor` CPU flag)".to_string(),
         };
