@@ -247,8 +247,8 @@ impl Runner {
 
     /// Whether replay can find the current asynchronous point. On our hosts hardware
     /// breakpoints do not fire and single steps trap into the guest in guest ring 3
-    /// (docs/design.md, "Host facts"); a branch-counting clock also needs the exact
-    /// ticks.
+    /// (docs/design.md, "Host facts the code relies on"); a branch-counting clock
+    /// also needs the exact ticks.
     fn async_point_findable(&self) -> Result<bool, RunError> {
         let ticks_known = self.tick_clock().map_or(true, |clock| clock.known);
         Ok(ticks_known && self.machine.in_ring0()?)
