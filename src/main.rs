@@ -295,7 +295,7 @@ fn serve_gdb(dir: &std::path::Path, address: &str) -> Result<ExitCode> {
     let local = listener.local_addr().context("listening address")?;
     eprintln!(
         "lore-dbg: waiting for gdb on {local}: gdb {} -ex 'target remote {local}'",
-        dir.join(lore_dbg::trace::store::IMAGE_FILE).display()
+        dir.join(lore_dbg::trace::layout::IMAGE_FILE).display()
     );
     let end = lore_stub::serve(&listener, &mut session).context("gdb session")?;
     tracing::info!(?end, "gdb session ended");
@@ -307,7 +307,7 @@ fn debug(args: DebugArgs) -> Result<ExitCode> {
     let mut session = gdb_session(&dir)?;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("cannot listen for gdb")?;
     let local = listener.local_addr().context("listening address")?;
-    let image = dir.join(lore_dbg::trace::store::IMAGE_FILE);
+    let image = dir.join(lore_dbg::trace::layout::IMAGE_FILE);
     let mut gdb = std::process::Command::new(&args.gdb_binary)
         .arg(&image)
         .args(["-ex", &format!("target remote {local}")])
