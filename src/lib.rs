@@ -1,7 +1,8 @@
 //! lore-dbg: a time-travel debugger for whole KVM virtual machines.
 //!
-//! The crate is organised as DESIGN §8 describes: [`vmm`] holds the KVM objects,
-//! [`boot`] the multiboot loader, [`runner`] the vCPU loop; devices live in the
+//! The crate is organised in layers: [`trace`], the files of a recording, at the
+//! bottom (it imports no other module); [`vmm`] holds the KVM objects, [`boot`]
+//! the multiboot loader, [`runner`] the vCPU loop; devices live in the
 //! `lore-devices` crate, snapshots in `snapshots`, the gdb stub in `lore-stub`.
 
 pub mod boot;
@@ -14,3 +15,13 @@ pub mod replay;
 pub mod runner;
 pub mod trace;
 pub mod vmm;
+
+/// Size of a guest page in bytes, the one page size of this crate: the granularity
+/// of guest-virtual to guest-physical translation (4 KiB pages; larger pages are
+/// multiples), of KVM's dirty log, of the memory digests ([`digest`]) and of the
+/// snapshot store.
+pub const PAGE_SIZE: u64 = 4096;
+
+// The snapshot store keeps pages of its own size; if it differed, a snapshot built
+// from KVM's dirty log would miss or split pages.
+const _: () = assert!(PAGE_SIZE == snapshots::PAGE_SIZE as u64);
