@@ -10,6 +10,7 @@ pub mod clock;
 pub mod digest;
 pub mod gdb;
 pub mod guests;
+pub mod info;
 pub mod record;
 pub mod replay;
 pub mod runner;
