@@ -1,11 +1,12 @@
 //! Digests of machine state, shared by the recorder and the replayer so that both
 //! sides compute exactly the same values: registers, dirty pages, all of memory.
 
+use crate::PAGE_SIZE;
 use kvm_bindings::kvm_regs;
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
-/// Size of a guest page.
-const PAGE_SIZE: usize = 4096;
+/// [`PAGE_SIZE`] as an index into guest memory.
+const PAGE_LEN: usize = PAGE_SIZE as usize;
 
 /// The general-purpose registers, RIP and RFLAGS in KVM's `kvm_regs` order.
 pub type RegisterArray = [u64; 18];
@@ -66,8 +67,8 @@ pub fn dirty_pages(memory: &[u8], dirty: &[u64]) -> u64 {
         while bits != 0 {
             let page = word_index * 64 + bits.trailing_zeros() as usize;
             bits &= bits - 1;
-            let start = page * PAGE_SIZE;
-            if let Some(contents) = memory.get(start..start + PAGE_SIZE) {
+            let start = page * PAGE_LEN;
+            if let Some(contents) = memory.get(start..start + PAGE_LEN) {
                 hasher.update(&(page as u64).to_le_bytes());
                 hasher.update(contents);
             }
@@ -91,7 +92,7 @@ pub fn register_diff(expected: &RegisterArray, actual: &RegisterArray) -> String
 /// (KVM's dirty log) it covers every page that can be non-zero.
 pub fn loader_pages(image_end: u64, words: usize) -> Vec<u64> {
     let mut bitmap = vec![0u64; words];
-    let pages = image_end.div_ceil(PAGE_SIZE as u64) as usize;
+    let pages = image_end.div_ceil(PAGE_SIZE) as usize;
     for page in 0..pages.min(words * 64) {
         bitmap[page / 64] |= 1 << (page % 64);
     }
@@ -117,27 +118,24 @@ mod tests {
 
     #[test]
     fn dirty_page_digest_depends_on_page_numbers_and_contents() {
-        let mut memory = vec![0u8; 4 * PAGE_SIZE];
-        memory[PAGE_SIZE] = 1;
+        let mut memory = vec![0u8; 4 * PAGE_LEN];
+        memory[PAGE_LEN] = 1;
         let first = dirty_pages(&memory, &[0b10]);
         assert_ne!(first, dirty_pages(&memory, &[0b100]));
-        memory[PAGE_SIZE + 7] = 2;
+        memory[PAGE_LEN + 7] = 2;
         assert_ne!(first, dirty_pages(&memory, &[0b10]));
         assert_eq!(dirty_pages(&memory, &[0]), dirty_pages(&[], &[]));
     }
 
     #[test]
     fn touched_memory_covers_loader_and_written_pages() {
-        let mut memory = vec![0u8; 8 * PAGE_SIZE];
-        let before = touched_memory(&memory, &[0], 2 * PAGE_SIZE as u64);
-        memory[PAGE_SIZE] = 1; // a loader page
-        assert_ne!(before, touched_memory(&memory, &[0], 2 * PAGE_SIZE as u64));
-        memory[5 * PAGE_SIZE] = 1; // a page only KVM's log names
-        let without = touched_memory(&memory, &[0], 2 * PAGE_SIZE as u64);
-        assert_ne!(
-            without,
-            touched_memory(&memory, &[1 << 5], 2 * PAGE_SIZE as u64)
-        );
+        let mut memory = vec![0u8; 8 * PAGE_LEN];
+        let before = touched_memory(&memory, &[0], 2 * PAGE_SIZE);
+        memory[PAGE_LEN] = 1; // a loader page
+        assert_ne!(before, touched_memory(&memory, &[0], 2 * PAGE_SIZE));
+        memory[5 * PAGE_LEN] = 1; // a page only KVM's log names
+        let without = touched_memory(&memory, &[0], 2 * PAGE_SIZE);
+        assert_ne!(without, touched_memory(&memory, &[1 << 5], 2 * PAGE_SIZE));
         assert_eq!(loader_pages(4097, 1), vec![0b11]);
     }
 

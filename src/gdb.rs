@@ -13,6 +13,7 @@ use crate::replay::timeline::{
 use crate::replay::USER_HW_SLOTS;
 use crate::trace::TraceHeader;
 use crate::vmm::paging;
+use crate::PAGE_SIZE;
 use lore_stub::debuggee::{
     Address, Capabilities, Debuggee, DebuggeeError, ResumeControl, ResumeRequest, StopConditions,
     StopReason, WatchKind,
@@ -210,7 +211,7 @@ impl Debuggee for GdbSession {
                 Err(error) if done == 0 => return Err(error),
                 Err(_) => break,
             };
-            let in_page = (4096 - (address & 0xfff)) as usize;
+            let in_page = (PAGE_SIZE - address % PAGE_SIZE) as usize;
             let chunk = in_page.min(buf.len() - done);
             let memory = self.timeline.replayer().vm().memory();
             if memory.read(physical, &mut buf[done..done + chunk]).is_err() {

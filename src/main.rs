@@ -3,9 +3,9 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use lore_dbg::guests;
+use lore_dbg::info::TraceInfo;
 use lore_dbg::record;
 use lore_dbg::runner::{self, RunConfig, SerialInput};
-use lore_dbg::trace::event::Event;
 use lore_dbg::trace::store::format_utc;
 use lore_dbg::trace::{ClockBackend, Store, TraceDir};
 use std::io::Write;
@@ -295,7 +295,7 @@ fn serve_gdb(dir: &std::path::Path, address: &str) -> Result<ExitCode> {
     let local = listener.local_addr().context("listening address")?;
     eprintln!(
         "lore-dbg: waiting for gdb on {local}: gdb {} -ex 'target remote {local}'",
-        dir.join(lore_dbg::trace::store::IMAGE_FILE).display()
+        dir.join(lore_dbg::trace::layout::IMAGE_FILE).display()
     );
     let end = lore_stub::serve(&listener, &mut session).context("gdb session")?;
     tracing::info!(?end, "gdb session ended");
@@ -307,7 +307,7 @@ fn debug(args: DebugArgs) -> Result<ExitCode> {
     let mut session = gdb_session(&dir)?;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("cannot listen for gdb")?;
     let local = listener.local_addr().context("listening address")?;
-    let image = dir.join(lore_dbg::trace::store::IMAGE_FILE);
+    let image = dir.join(lore_dbg::trace::layout::IMAGE_FILE);
     let mut gdb = std::process::Command::new(&args.gdb_binary)
         .arg(&image)
         .args(["-ex", &format!("target remote {local}")])
@@ -341,173 +341,19 @@ fn replay(args: ReplayArgs) -> Result<ExitCode> {
 
 fn info(args: InfoArgs) -> Result<ExitCode> {
     let dir = resolve_trace(&args.trace)?;
-    let (trace, header) = TraceDir::open(&dir)?;
-    let log = trace.read_events(record::MAX_EVENTS)?;
-    let mut by_kind = std::collections::BTreeMap::<&str, u64>::new();
-    let mut end = None;
-    let mut deferred = None;
-    for event in &log.events {
-        *by_kind.entry(event.kind()).or_default() += 1;
-        if let Event::End {
-            status,
-            guest_ns,
-            exit,
-            deferred_injections,
-            ..
-        } = event
-        {
-            end = Some((*status, *guest_ns, *exit));
-            deferred = Some(*deferred_injections);
-        }
-    }
-    let events_bytes = std::fs::metadata(trace.events_path())
-        .map(|meta| meta.len())
-        .unwrap_or(0);
-    let total_events = log.events.len() as u64;
-    let guest_secs = end.map(|(_, ns, _)| ns as f64 / 1e9);
-    let per_event = if total_events > 0 {
-        events_bytes as f64 / total_events as f64
-    } else {
-        0.0
-    };
-    let per_second = guest_secs
-        .filter(|&secs| secs > 0.0)
-        .map(|secs| events_bytes as f64 / secs);
-    let async_points = by_kind.get("interrupt-async").copied().unwrap_or(0);
-    let measured = if args.measure {
-        let outcome = record::replay(&dir, None, Box::new(std::io::sink()))
+    let mut info = TraceInfo::read(&dir)?;
+    if args.measure {
+        info.measure()
             .with_context(|| format!("replaying {} to measure it", dir.display()))?;
-        Some(outcome.stats)
-    } else {
-        None
-    };
+    }
+    let mut stdout = std::io::stdout().lock();
     if args.json {
-        let kinds: Vec<String> = by_kind
-            .iter()
-            .map(|(kind, count)| format!("\"{kind}\": {count}"))
-            .collect();
-        println!("{{");
-        println!("  \"trace\": {:?},", dir.display().to_string());
-        println!("  \"guest\": {:?},", header.guest_name);
-        println!("  \"command_line\": {:?},", header.command_line);
-        println!("  \"memory_size\": {},", header.memory_size);
-        println!("  \"clock\": {:?},", header.clock.name());
-        println!(
-            "  \"recorded_at\": {:?},",
-            format_utc(header.recorded_at_unix_secs)
-        );
-        println!("  \"lore_version\": {:?},", header.lore_version);
-        println!("  \"complete\": {},", log.truncation.is_none());
-        println!(
-            "  \"exit_status\": {},",
-            end.map(|(status, _, _)| status.to_string())
-                .unwrap_or_else(|| "null".into())
-        );
-        println!(
-            "  \"exits\": {},",
-            end.map(|(_, _, exit)| exit.to_string())
-                .unwrap_or_else(|| "null".into())
-        );
-        println!(
-            "  \"guest_seconds\": {},",
-            guest_secs
-                .map(|secs| format!("{secs:.6}"))
-                .unwrap_or_else(|| "null".into())
-        );
-        println!("  \"events\": {total_events},");
-        println!("  \"events_by_kind\": {{{}}},", kinds.join(", "));
-        println!("  \"event_log_bytes\": {events_bytes},");
-        println!("  \"bytes_per_event\": {per_event:.3},");
-        println!(
-            "  \"bytes_per_guest_second\": {},",
-            per_second
-                .map(|value| format!("{value:.1}"))
-                .unwrap_or_else(|| "null".into())
-        );
-        println!("  \"async_points\": {async_points},");
-        println!(
-            "  \"deferred_injections\": {},",
-            deferred
-                .map(|count| count.to_string())
-                .unwrap_or_else(|| "null".into())
-        );
-        if let Some(stats) = &measured {
-            println!("  \"landmark_breakpoint_hits\": {},", stats.landmark_hits);
-            println!("  \"tick_steps\": {},", stats.tick_steps);
-        }
-        println!(
-            "  \"snapshots\": {},",
-            by_kind.get("snapshot").copied().unwrap_or(0)
-        );
-        println!("  \"trace_bytes\": {}", trace.size_bytes());
-        println!("}}");
-        return Ok(ExitCode::SUCCESS);
+        let json = info.to_json().context("cannot encode the report as JSON")?;
+        writeln!(stdout, "{json}")
+    } else {
+        info.write_text(&mut stdout)
     }
-    println!("trace:        {}", dir.display());
-    println!(
-        "guest:        {} (command line {:?}, {} MiB)",
-        header.guest_name,
-        header.command_line,
-        header.memory_size >> 20
-    );
-    println!(
-        "recorded:     {} by lore-dbg {} on {} ({})",
-        format_utc(header.recorded_at_unix_secs),
-        header.lore_version,
-        header.host.cpu_model,
-        header.host.kernel_release
-    );
-    println!("clock:        {}", header.clock.name());
-    match (end, &log.truncation) {
-        (Some((status, ns, exit)), _) => println!(
-            "ended:        exit status {status} after {exit} exits and {:.3} s of guest time",
-            ns as f64 / 1e9
-        ),
-        (None, Some(error)) => println!("ended:        INCOMPLETE: {error}"),
-        (None, None) => println!("ended:        no end record"),
-    }
-    println!("events:       {total_events}");
-    for (kind, count) in &by_kind {
-        println!("  {kind:<20} {count}");
-    }
-    println!(
-        "event log:    {events_bytes} bytes, {per_event:.2} bytes/event{}",
-        per_second
-            .map(|value| format!(", {value:.0} bytes per second of guest time"))
-            .unwrap_or_default()
-    );
-    let how_found = match header.clock {
-        ClockBackend::Landmark => "by landmark: hardware breakpoint + state digest",
-        ClockBackend::Pmu | ClockBackend::Soft => {
-            "by ticks: conditional branches since the exit, then rip + register digest"
-        }
-    };
-    println!("async points: {async_points} (each found in replay {how_found})");
-    if let Some(count) = deferred {
-        println!("deferred:     {count} interrupts delivered at the next exit (they arrived where replay could not find the point on this host: guest ring 3, or code the software counter did not count)");
-    }
-    match &measured {
-        Some(stats) if header.clock != ClockBackend::Landmark => println!(
-            "tick cost:    {} counted single steps to find {} points ({:.1} per point)",
-            stats.tick_steps,
-            stats.tick_points,
-            stats.tick_steps as f64 / stats.tick_points.max(1) as f64
-        ),
-        Some(stats) => println!(
-            "landmark cost: {} breakpoint hits to find {} points ({:.1} per point)",
-            stats.landmark_hits,
-            stats.landmarks,
-            stats.landmark_hits as f64 / stats.landmarks.max(1) as f64
-        ),
-        None => println!(
-            "landmark cost: run `lore-dbg info --measure` to replay and count breakpoint hits"
-        ),
-    }
-    println!(
-        "snapshots:    {}",
-        by_kind.get("snapshot").copied().unwrap_or(0)
-    );
-    println!("trace size:   {} bytes", trace.size_bytes());
+    .context("cannot write the report")?;
     Ok(ExitCode::SUCCESS)
 }
 

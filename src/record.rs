@@ -1,12 +1,18 @@
 //! `lore-dbg record` and the loading side of `lore-dbg replay`: everything between
 //! the CLI and the two loops — creating and opening trace directories, the header,
 //! the guest image copy, and the checks that a trace belongs to its image.
+//!
+//! This is also where the VMM's types meet the trace's plain data: the trace layer
+//! imports nothing from the VMM, so the CPUID table is converted here, both ways,
+//! field for field (a table read back from a trace is the table that was recorded).
 
 use crate::replay::{ReplayError, ReplayInput, ReplayOutcome, Replayer};
 use crate::runner::{RecordStats, RunConfig, RunError, RunOutcome, Runner, SnapshotSchedule};
 use crate::trace::header::image_digest;
-use crate::trace::{ClockBackend, HostFacts, TraceDir, TraceError, TraceHeader, WriterStats};
-use crate::vmm::cpuid::CpuidTable;
+use crate::trace::{
+    ClockBackend, CpuidRecord, HostFacts, TraceDir, TraceError, TraceHeader, WriterStats,
+};
+use crate::vmm::cpuid::{CpuidEntry, CpuidTable};
 use std::io::Write;
 use thiserror::Error;
 
@@ -48,6 +54,69 @@ pub enum RecordError {
         #[source]
         source: crate::clock::ClockError,
     },
+}
+
+impl From<CpuidEntry> for CpuidRecord {
+    fn from(entry: CpuidEntry) -> Self {
+        let CpuidEntry {
+            function,
+            index,
+            flags,
+            eax,
+            ebx,
+            ecx,
+            edx,
+        } = entry;
+        Self {
+            function,
+            index,
+            flags,
+            eax,
+            ebx,
+            ecx,
+            edx,
+        }
+    }
+}
+
+impl From<CpuidRecord> for CpuidEntry {
+    fn from(record: CpuidRecord) -> Self {
+        let CpuidRecord {
+            function,
+            index,
+            flags,
+            eax,
+            ebx,
+            ecx,
+            edx,
+        } = record;
+        Self {
+            function,
+            index,
+            flags,
+            eax,
+            ebx,
+            ecx,
+            edx,
+        }
+    }
+}
+
+/// The CPUID table as the trace header stores it.
+pub fn cpuid_records(table: &CpuidTable) -> Vec<CpuidRecord> {
+    table
+        .entries
+        .iter()
+        .copied()
+        .map(CpuidRecord::from)
+        .collect()
+}
+
+/// The CPUID table stored in a trace header, for the VMM.
+pub fn cpuid_table(records: &[CpuidRecord]) -> CpuidTable {
+    CpuidTable {
+        entries: records.iter().copied().map(CpuidEntry::from).collect(),
+    }
 }
 
 /// What a recording produced.
@@ -92,7 +161,7 @@ pub fn record(
         image_digest: header_base.0,
         command_line: header_base.1,
         memory_size: header_base.2,
-        cpuid: runner.cpuid().entries.clone(),
+        cpuid: cpuid_records(runner.cpuid()),
         clock,
         rtc_base_unix_secs: header_base.3,
         recorded_at_unix_secs: crate::runner::host_unix_secs(),
@@ -141,9 +210,7 @@ pub fn load(dir: &std::path::Path) -> Result<(TraceHeader, ReplayInput), RecordE
         image,
         command_line: header.command_line.clone(),
         memory_size: header.memory_size,
-        cpuid: CpuidTable {
-            entries: header.cpuid.clone(),
-        },
+        cpuid: cpuid_table(&header.cpuid),
         rtc_base_unix_secs: header.rtc_base_unix_secs,
         clock: header.clock,
         events: log.events,
@@ -162,7 +229,7 @@ pub fn replay(
     let (_, input) = load(dir)?;
     let mut replayer = Replayer::new(input, output)?;
     if let Some(index) = from_snapshot {
-        let path = dir.join(crate::trace::store::SNAPSHOTS_FILE);
+        let path = dir.join(crate::trace::layout::SNAPSHOTS_FILE);
         let reader = snapshots::DiskReader::open(&path).map_err(RecordError::Snapshots)?;
         if let Some(damage) = reader.damage() {
             tracing::warn!(%damage, "the trace's snapshot file is damaged after its intact prefix");

@@ -25,7 +25,7 @@ use std::fmt;
 use vm_superio::SerialState;
 
 use crate::bus::{PioBus, PortRange};
-use crate::codec::{Reader, Writer};
+use crate::codec::{invalid, PutLe, PutState, ReadState, Reader};
 use crate::debug_exit::{self, DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_COUNT};
 use crate::pic::{InitStep, Pic, PicChipState, PicState};
 use crate::pit::{AccessMode, Pit, PitChannelState, PitMode, PitState};
@@ -342,7 +342,7 @@ impl Board {
     }
 }
 
-fn encode_chip(w: &mut Writer, chip: &PicChipState) {
+fn encode_chip(w: &mut Vec<u8>, chip: &PicChipState) {
     for value in [
         chip.irr,
         chip.isr,
@@ -353,7 +353,7 @@ fn encode_chip(w: &mut Writer, chip: &PicChipState) {
         chip.init_step.code(),
         chip.cascade_config,
     ] {
-        w.u8(value);
+        w.put_u8(value);
     }
     for flag in [
         chip.expect_icw4,
@@ -366,7 +366,7 @@ fn encode_chip(w: &mut Writer, chip: &PicChipState) {
         chip.read_isr,
         chip.poll,
     ] {
-        w.bool(flag);
+        w.put_bool(flag);
     }
 }
 
@@ -378,25 +378,17 @@ fn decode_chip(r: &mut Reader<'_>) -> Result<PicChipState, StateError> {
     let offset = r.offset();
     let vector_base = r.u8()?;
     if vector_base & 7 != 0 {
-        return Err(Reader::invalid(
-            "pic.vector_base",
-            vector_base.into(),
-            offset,
-        ));
+        return Err(invalid("pic.vector_base", vector_base.into(), offset));
     }
     let offset = r.offset();
     let priority_add = r.u8()?;
     if priority_add > 7 {
-        return Err(Reader::invalid(
-            "pic.priority_add",
-            priority_add.into(),
-            offset,
-        ));
+        return Err(invalid("pic.priority_add", priority_add.into(), offset));
     }
     let offset = r.offset();
     let code = r.u8()?;
     let init_step =
-        InitStep::from_code(code).ok_or(Reader::invalid("pic.init_step", code.into(), offset))?;
+        InitStep::from_code(code).ok_or(invalid("pic.init_step", code.into(), offset))?;
     let cascade_config = r.u8()?;
     Ok(PicChipState {
         irr,
@@ -419,33 +411,33 @@ fn decode_chip(r: &mut Reader<'_>) -> Result<PicChipState, StateError> {
     })
 }
 
-fn encode_channel(w: &mut Writer, channel: &PitChannelState) {
-    w.u8(channel.mode.number());
-    w.u8(channel.access.bits());
-    w.bool(channel.bcd);
-    w.u32(channel.reload);
-    w.bool(channel.loaded);
-    w.bool(channel.armed);
-    w.bool(channel.gate);
-    w.u64(channel.start_ns);
-    w.u64(channel.base_ticks);
-    w.u64(channel.edges_reported);
-    w.bool(channel.null_count);
-    w.bool(channel.read_high_next);
-    w.bool(channel.write_high_next);
-    w.u8(channel.write_low_byte);
-    w.bool(channel.latched_count.is_some());
-    w.u16(channel.latched_count.unwrap_or(0));
-    w.bool(channel.latch_high_next);
-    w.bool(channel.latched_status.is_some());
-    w.u8(channel.latched_status.unwrap_or(0));
+fn encode_channel(w: &mut Vec<u8>, channel: &PitChannelState) {
+    w.put_u8(channel.mode.number());
+    w.put_u8(channel.access.bits());
+    w.put_bool(channel.bcd);
+    w.put_u32(channel.reload);
+    w.put_bool(channel.loaded);
+    w.put_bool(channel.armed);
+    w.put_bool(channel.gate);
+    w.put_u64(channel.start_ns);
+    w.put_u64(channel.base_ticks);
+    w.put_u64(channel.edges_reported);
+    w.put_bool(channel.null_count);
+    w.put_bool(channel.read_high_next);
+    w.put_bool(channel.write_high_next);
+    w.put_u8(channel.write_low_byte);
+    w.put_bool(channel.latched_count.is_some());
+    w.put_u16(channel.latched_count.unwrap_or(0));
+    w.put_bool(channel.latch_high_next);
+    w.put_bool(channel.latched_status.is_some());
+    w.put_u8(channel.latched_status.unwrap_or(0));
 }
 
 fn decode_channel(r: &mut Reader<'_>) -> Result<PitChannelState, StateError> {
     let offset = r.offset();
     let mode = r.u8()?;
     if mode > 5 {
-        return Err(Reader::invalid("pit.mode", mode.into(), offset));
+        return Err(invalid("pit.mode", mode.into(), offset));
     }
     let offset = r.offset();
     let access_bits = r.u8()?;
@@ -453,12 +445,12 @@ fn decode_channel(r: &mut Reader<'_>) -> Result<PitChannelState, StateError> {
         1..=3 => AccessMode::from_bits(access_bits),
         _ => None,
     }
-    .ok_or(Reader::invalid("pit.access", access_bits.into(), offset))?;
+    .ok_or(invalid("pit.access", access_bits.into(), offset))?;
     let bcd = r.bool("pit.bcd")?;
     let offset = r.offset();
     let reload = r.u32()?;
     if !(1..=0x1_0000).contains(&reload) {
-        return Err(Reader::invalid("pit.reload", reload.into(), offset));
+        return Err(invalid("pit.reload", reload.into(), offset));
     }
     Ok(PitChannelState {
         mode: PitMode::from_bits(mode),
@@ -489,15 +481,15 @@ fn decode_channel(r: &mut Reader<'_>) -> Result<PitChannelState, StateError> {
     })
 }
 
-fn encode_rtc(w: &mut Writer, rtc: &RtcState) {
-    w.raw(&rtc.cmos);
-    w.u8(rtc.index);
-    w.bool(rtc.nmi_disabled);
-    w.i64(rtc.base_unix_secs);
-    w.u64(rtc.base_ns);
-    w.bool(rtc.frozen.is_some());
+fn encode_rtc(w: &mut Vec<u8>, rtc: &RtcState) {
+    w.extend_from_slice(&rtc.cmos);
+    w.put_u8(rtc.index);
+    w.put_bool(rtc.nmi_disabled);
+    w.put_i64(rtc.base_unix_secs);
+    w.put_u64(rtc.base_ns);
+    w.put_bool(rtc.frozen.is_some());
     let frozen = rtc.frozen.unwrap_or(RtcDateTime::from_unix(0));
-    w.i64(frozen.year);
+    w.put_i64(frozen.year);
     for value in [
         frozen.month,
         frozen.day,
@@ -506,9 +498,9 @@ fn encode_rtc(w: &mut Writer, rtc: &RtcState) {
         frozen.second,
         frozen.day_of_week,
     ] {
-        w.u8(value);
+        w.put_u8(value);
     }
-    w.i64(rtc.last_c_read_second);
+    w.put_i64(rtc.last_c_read_second);
 }
 
 fn decode_rtc(r: &mut Reader<'_>) -> Result<RtcState, StateError> {
@@ -517,7 +509,7 @@ fn decode_rtc(r: &mut Reader<'_>) -> Result<RtcState, StateError> {
     let offset = r.offset();
     let index = r.u8()?;
     if index > 0x7f {
-        return Err(Reader::invalid("rtc.index", index.into(), offset));
+        return Err(invalid("rtc.index", index.into(), offset));
     }
     let nmi_disabled = r.bool("rtc.nmi_disabled")?;
     let base_unix_secs = r.i64()?;
@@ -543,7 +535,7 @@ fn decode_rtc(r: &mut Reader<'_>) -> Result<RtcState, StateError> {
     })
 }
 
-fn encode_serial(w: &mut Writer, serial: &SerialDeviceState) {
+fn encode_serial(w: &mut Vec<u8>, serial: &SerialDeviceState) {
     let uart = &serial.uart;
     for value in [
         uart.baud_divisor_low,
@@ -556,10 +548,10 @@ fn encode_serial(w: &mut Writer, serial: &SerialDeviceState) {
         uart.modem_status,
         uart.scratch,
     ] {
-        w.u8(value);
+        w.put_u8(value);
     }
-    w.blob(&uart.in_buffer);
-    w.blob(&serial.pending_input);
+    w.put_blob(&uart.in_buffer);
+    w.put_blob(&serial.pending_input);
 }
 
 fn decode_serial(r: &mut Reader<'_>) -> Result<SerialDeviceState, StateError> {
@@ -578,7 +570,7 @@ fn decode_serial(r: &mut Reader<'_>) -> Result<SerialDeviceState, StateError> {
     let offset = r.offset();
     let in_buffer = r.blob()?;
     if in_buffer.len() > RX_FIFO_CAPACITY {
-        return Err(Reader::invalid(
+        return Err(invalid(
             "serial.in_buffer length",
             in_buffer.len() as u64,
             offset,
@@ -595,19 +587,19 @@ impl BoardState {
     /// Encodes the state: magic `LDEV`, version byte, then every device in a fixed
     /// little-endian layout.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut w = Writer::new();
-        w.raw(STATE_MAGIC);
-        w.u8(STATE_VERSION);
+        let mut w = Vec::new();
+        w.extend_from_slice(STATE_MAGIC);
+        w.put_u8(STATE_VERSION);
         encode_chip(&mut w, &self.pic.master);
         encode_chip(&mut w, &self.pic.slave);
         for channel in &self.pit.channels {
             encode_channel(&mut w, channel);
         }
-        w.u8(self.pit.port61);
+        w.put_u8(self.pit.port61);
         encode_rtc(&mut w, &self.rtc);
         encode_serial(&mut w, &self.serial);
-        w.u8(self.post_code);
-        w.into_bytes()
+        w.put_u8(self.post_code);
+        w
     }
 
     /// Decodes [`BoardState::to_bytes`] output, checking the magic, the version,
@@ -639,7 +631,7 @@ impl BoardState {
         let offset = r.offset();
         let port61 = r.u8()?;
         if port61 > 0x0f {
-            return Err(Reader::invalid("pit.port61", port61.into(), offset));
+            return Err(invalid("pit.port61", port61.into(), offset));
         }
         let state = Self {
             pic,

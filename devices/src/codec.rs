@@ -1,149 +1,78 @@
-//! Minimal explicit binary encoding used by the device states.
+//! The device-state conventions on top of the shared little-endian codec
+//! ([`lore_codec`]): booleans are one byte that must be 0 or 1, and
+//! variable-length data is a `u32` length followed by the bytes.
 //!
-//! Everything is little endian and fixed width; variable-length data is a `u32`
-//! length followed by the bytes. The reader never panics: every read checks the
-//! remaining length first and reports the offset of the failure, so garbage input
-//! yields a [`StateError`] instead of a crash.
+//! The fixed-width fields themselves are read by [`Reader`] and written by
+//! [`PutLe`]; a short read converts into [`StateError::Truncated`] with `?`, so
+//! garbage input yields a [`StateError`] naming the offset instead of a crash.
+
+pub(crate) use lore_codec::{PutLe, Reader};
 
 use crate::StateError;
 
-/// Appends fixed-width little-endian values to a byte vector.
-#[derive(Debug, Default)]
-pub(crate) struct Writer {
-    bytes: Vec<u8>,
-}
-
-impl Writer {
-    pub(crate) fn new() -> Self {
-        Self::default()
-    }
-
-    pub(crate) fn into_bytes(self) -> Vec<u8> {
-        self.bytes
-    }
-
-    pub(crate) fn u8(&mut self, value: u8) {
-        self.bytes.push(value);
-    }
-
-    pub(crate) fn bool(&mut self, value: bool) {
-        self.bytes.push(u8::from(value));
-    }
-
-    pub(crate) fn u16(&mut self, value: u16) {
-        self.bytes.extend_from_slice(&value.to_le_bytes());
-    }
-
-    pub(crate) fn u32(&mut self, value: u32) {
-        self.bytes.extend_from_slice(&value.to_le_bytes());
-    }
-
-    pub(crate) fn u64(&mut self, value: u64) {
-        self.bytes.extend_from_slice(&value.to_le_bytes());
-    }
-
-    pub(crate) fn i64(&mut self, value: i64) {
-        self.bytes.extend_from_slice(&value.to_le_bytes());
-    }
-
-    pub(crate) fn raw(&mut self, bytes: &[u8]) {
-        self.bytes.extend_from_slice(bytes);
-    }
-
-    /// Length-prefixed byte string. Lengths above `u32::MAX` cannot occur for the
-    /// device states (the largest is the pending serial input, bounded by memory).
-    pub(crate) fn blob(&mut self, bytes: &[u8]) {
-        let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
-        self.u32(len);
-        self.raw(&bytes[..len as usize]);
-    }
-}
-
-/// Reads values written by [`Writer`], checking lengths and reporting offsets.
-#[derive(Debug)]
-pub(crate) struct Reader<'a> {
-    bytes: &'a [u8],
-    offset: usize,
-}
-
-impl<'a> Reader<'a> {
-    pub(crate) fn new(bytes: &'a [u8]) -> Self {
-        Self { bytes, offset: 0 }
-    }
-
-    pub(crate) fn offset(&self) -> usize {
-        self.offset
-    }
-
-    pub(crate) fn remaining(&self) -> usize {
-        self.bytes.len() - self.offset
-    }
-
-    pub(crate) fn take(&mut self, len: usize) -> Result<&'a [u8], StateError> {
-        if self.remaining() < len {
-            return Err(StateError::Truncated {
-                offset: self.offset,
-                needed: len - self.remaining(),
-            });
+impl From<lore_codec::Truncated> for StateError {
+    fn from(error: lore_codec::Truncated) -> Self {
+        StateError::Truncated {
+            offset: error.offset,
+            needed: error.needed,
         }
-        let slice = &self.bytes[self.offset..self.offset + len];
-        self.offset += len;
-        Ok(slice)
+    }
+}
+
+/// Writes the device-state encodings of booleans and byte strings.
+pub(crate) trait PutState {
+    /// A boolean as one byte, 0 or 1.
+    fn put_bool(&mut self, value: bool);
+    /// Length-prefixed byte string. Lengths above `u32::MAX` cannot occur for the
+    /// device states (the largest is the pending serial input, bounded by memory);
+    /// should one, the bytes are cut to the length written, so the state still
+    /// decodes.
+    fn put_blob(&mut self, bytes: &[u8]);
+}
+
+impl PutState for Vec<u8> {
+    fn put_bool(&mut self, value: bool) {
+        self.put_u8(u8::from(value));
     }
 
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], StateError> {
-        let mut out = [0u8; N];
-        out.copy_from_slice(self.take(N)?);
-        Ok(out)
+    fn put_blob(&mut self, bytes: &[u8]) {
+        let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+        self.put_u32(len);
+        self.extend_from_slice(&bytes[..len as usize]);
     }
+}
 
-    pub(crate) fn u8(&mut self) -> Result<u8, StateError> {
-        Ok(self.array::<1>()?[0])
-    }
+/// Reads what [`PutState`] writes.
+pub(crate) trait ReadState<'a> {
+    /// A boolean; any byte but 0 and 1 is an invalid `field`.
+    fn bool(&mut self, field: &'static str) -> Result<bool, StateError>;
+    /// A length-prefixed byte string; the length is checked against the bytes that
+    /// are actually left, so a garbage length cannot trigger a huge allocation.
+    fn blob(&mut self) -> Result<&'a [u8], StateError>;
+}
 
-    pub(crate) fn bool(&mut self, field: &'static str) -> Result<bool, StateError> {
-        let offset = self.offset;
+impl<'a> ReadState<'a> for Reader<'a> {
+    fn bool(&mut self, field: &'static str) -> Result<bool, StateError> {
+        let offset = self.offset();
         match self.u8()? {
             0 => Ok(false),
             1 => Ok(true),
-            other => Err(StateError::InvalidField {
-                field,
-                value: u64::from(other),
-                offset,
-            }),
+            other => Err(invalid(field, other.into(), offset)),
         }
     }
 
-    pub(crate) fn u16(&mut self) -> Result<u16, StateError> {
-        Ok(u16::from_le_bytes(self.array()?))
-    }
-
-    pub(crate) fn u32(&mut self) -> Result<u32, StateError> {
-        Ok(u32::from_le_bytes(self.array()?))
-    }
-
-    pub(crate) fn u64(&mut self) -> Result<u64, StateError> {
-        Ok(u64::from_le_bytes(self.array()?))
-    }
-
-    pub(crate) fn i64(&mut self) -> Result<i64, StateError> {
-        Ok(i64::from_le_bytes(self.array()?))
-    }
-
-    /// Length-prefixed byte string; the length is checked against the bytes that
-    /// are actually left, so a garbage length cannot trigger a huge allocation.
-    pub(crate) fn blob(&mut self) -> Result<&'a [u8], StateError> {
+    fn blob(&mut self) -> Result<&'a [u8], StateError> {
         let len = self.u32()? as usize;
-        self.take(len)
+        Ok(self.take(len)?)
     }
+}
 
-    /// Error for a field whose encoded value is out of range; `offset` is where the
-    /// field started.
-    pub(crate) fn invalid(field: &'static str, value: u64, offset: usize) -> StateError {
-        StateError::InvalidField {
-            field,
-            value,
-            offset,
-        }
+/// Error for a field whose encoded value is out of range; `offset` is where the
+/// field started.
+pub(crate) fn invalid(field: &'static str, value: u64, offset: usize) -> StateError {
+    StateError::InvalidField {
+        field,
+        value,
+        offset,
     }
 }

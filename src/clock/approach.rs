@@ -154,10 +154,10 @@ pub enum ApproachError {
         now: Ticks,
     },
     /// The counter failed.
-    #[error("branch counter: {0}")]
+    #[error("the branch counter failed")]
     Counter(#[from] ClockError),
     /// The machine failed.
-    #[error("machine: {0}")]
+    #[error("the machine failed")]
     Machine(#[from] MachineError),
 }
 

@@ -168,7 +168,7 @@ pub enum ClockError {
     #[error(transparent)]
     Unavailable(#[from] PmuUnavailable),
     /// A system call on the perf event failed.
-    #[error("perf event: {operation} failed: {source}")]
+    #[error("perf event: {operation} failed")]
     Perf {
         /// What was being done.
         operation: &'static str,
@@ -177,7 +177,7 @@ pub enum ClockError {
         source: std::io::Error,
     },
     /// The machine under the counter failed.
-    #[error("machine: {0}")]
+    #[error("the machine under the branch counter failed")]
     Machine(#[from] MachineError),
     /// An overflow was requested at a count that has already passed.
     #[error("cannot arm the overflow at tick {at}: the counter already reads {now}")]

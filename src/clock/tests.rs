@@ -563,7 +563,18 @@ fn approach_error_paths() {
     let at_start = positions[0].position;
     let error = approach(at_start, &mut counter, &mut machine).expect_err("broken");
     assert!(matches!(error, ApproachError::Machine(_)));
-    assert!(error.to_string().contains("KVM_GET_REGS failed"), "{error}");
+    // The cause is the error's source, not part of its own message.
+    let cause = std::error::Error::source(&error).map(ToString::to_string);
+    assert!(
+        cause
+            .as_deref()
+            .is_some_and(|cause| cause.contains("KVM_GET_REGS failed")),
+        "{error}: {cause:?}"
+    );
+    assert!(
+        !error.to_string().contains("KVM_GET_REGS failed"),
+        "{error}"
+    );
 }
 
 #[test]

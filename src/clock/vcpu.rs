@@ -7,11 +7,11 @@ use super::{CodeMode, MachineError, MachineStop, Steppable};
 use crate::digest;
 use crate::vmm::memory::GuestMemory;
 use crate::vmm::{kvm_op, paging, Vm};
+use crate::PAGE_SIZE;
 use kvm_bindings::kvm_sregs;
 use kvm_ioctls::VcpuFd;
 
 const CR0_PE: u64 = 1;
-const PAGE_SIZE: u64 = 4096;
 
 /// The decoding mode of code running with these segment registers.
 pub fn code_mode(sregs: &kvm_sregs) -> CodeMode {

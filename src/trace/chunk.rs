@@ -11,6 +11,7 @@
 //! *truncated* trace (what a killed recorder leaves): every complete chunk before it
 //! stays readable and the reader reports where the damage starts.
 
+use lore_codec::{PutLe, Reader};
 use std::io::{self, Read, Write};
 use thiserror::Error;
 
@@ -32,7 +33,7 @@ const ZSTD_LEVEL: i32 = 3;
 /// What went wrong reading a trace file.
 #[derive(Debug, Error)]
 pub enum ChunkError {
-    /// Reading or writing the file failed.
+    /// Reading the file failed.
     #[error("I/O error")]
     Io(#[from] io::Error),
     /// The file is not a lore-dbg trace file at all.
@@ -70,7 +71,7 @@ pub enum ChunkError {
         /// Byte offset where it starts.
         offset: u64,
         /// Which check failed.
-        why: &'static str,
+        why: ChunkDamage,
     },
 }
 
@@ -79,6 +80,36 @@ impl ChunkError {
     pub fn is_truncation(&self) -> bool {
         matches!(self, Self::Truncated { .. })
     }
+}
+
+/// Which check of the container a damaged chunk (or preamble) fails: the reason
+/// [`ChunkError::Corrupt`] shows in its message (not a `source`, so it is shown once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum ChunkDamage {
+    /// The preamble's reserved bytes are not zero.
+    #[error("reserved preamble bytes are not zero")]
+    ReservedBytes,
+    /// The chunk header does not start with the chunk magic.
+    #[error("bad chunk magic")]
+    BadMagic,
+    /// The sequence number is not the next one.
+    #[error("out-of-order sequence number")]
+    Sequence,
+    /// A length is over [`MAX_CHUNK_RAW`] (or its compressed bound).
+    #[error("length over the cap")]
+    LengthOverCap,
+    /// The CRC does not match.
+    #[error("checksum mismatch")]
+    Checksum,
+    /// The compressed payload does not decompress.
+    #[error("bad zstd data")]
+    BadZstd,
+    /// The payload decompresses to another length than the header says.
+    #[error("decompressed length differs")]
+    LengthDiffers,
+    /// The compression code is unknown, or "none" with differing lengths.
+    #[error("unknown compression")]
+    UnknownCompression,
 }
 
 /// One chunk's payload and identity.
@@ -92,6 +123,61 @@ pub struct Chunk {
     pub payload: Vec<u8>,
 }
 
+/// The fields of a chunk header in file order; between `compression` and
+/// `sequence` lie two reserved bytes, written as zero.
+#[derive(Debug, Clone, Copy)]
+struct ChunkHeader {
+    magic: [u8; 4],
+    kind: u8,
+    compression: u8,
+    sequence: u32,
+    stored_len: u32,
+    raw_len: u32,
+    /// CRC-32 of [`ChunkHeader::covered_bytes`] followed by the stored payload.
+    crc: u32,
+}
+
+impl ChunkHeader {
+    /// The header's bytes before the CRC: what the CRC covers.
+    fn covered_bytes(&self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(CHUNK_HEADER_LEN);
+        bytes.extend_from_slice(&self.magic);
+        bytes.put_u8(self.kind);
+        bytes.put_u8(self.compression);
+        bytes.put_u16(0);
+        bytes.put_u32(self.sequence);
+        bytes.put_u32(self.stored_len);
+        bytes.put_u32(self.raw_len);
+        bytes
+    }
+
+    /// All [`CHUNK_HEADER_LEN`] bytes.
+    fn to_bytes(self) -> Vec<u8> {
+        let mut bytes = self.covered_bytes();
+        bytes.put_u32(self.crc);
+        bytes
+    }
+
+    /// Parses a header; fails only if `bytes` is shorter than [`CHUNK_HEADER_LEN`].
+    /// Nothing is checked here: the reader decides what is damage.
+    fn parse(bytes: &[u8]) -> Result<Self, lore_codec::Truncated> {
+        let mut fields = Reader::new(bytes);
+        let magic = fields.array()?;
+        let kind = fields.u8()?;
+        let compression = fields.u8()?;
+        let _reserved = fields.u16()?;
+        Ok(Self {
+            magic,
+            kind,
+            compression,
+            sequence: fields.u32()?,
+            stored_len: fields.u32()?,
+            raw_len: fields.u32()?,
+            crc: fields.u32()?,
+        })
+    }
+}
+
 /// Writes the preamble and then chunks.
 #[derive(Debug)]
 pub struct ChunkWriter<W: Write> {
@@ -101,12 +187,14 @@ pub struct ChunkWriter<W: Write> {
 }
 
 impl<W: Write> ChunkWriter<W> {
-    /// Starts a file of `file_kind`.
-    pub fn new(mut out: W, file_kind: u8) -> Result<Self, ChunkError> {
-        let mut preamble = [0u8; PREAMBLE_LEN];
-        preamble[..8].copy_from_slice(&FILE_MAGIC);
-        preamble[8..12].copy_from_slice(&TRACE_VERSION.to_le_bytes());
-        preamble[12] = file_kind;
+    /// Starts a file of `file_kind`. Writing can only fail on I/O, hence the plain
+    /// `io::Result`.
+    pub fn new(mut out: W, file_kind: u8) -> io::Result<Self> {
+        let mut preamble = Vec::with_capacity(PREAMBLE_LEN);
+        preamble.extend_from_slice(&FILE_MAGIC);
+        preamble.put_u32(TRACE_VERSION);
+        preamble.put_u8(file_kind);
+        preamble.resize(PREAMBLE_LEN, 0);
         out.write_all(&preamble)?;
         Ok(Self {
             out,
@@ -115,12 +203,14 @@ impl<W: Write> ChunkWriter<W> {
         })
     }
 
-    /// Appends one chunk and flushes it to the file.
-    pub fn write_chunk(&mut self, kind: u8, payload: &[u8]) -> Result<(), ChunkError> {
+    /// Appends one chunk and flushes it to the file. A payload over
+    /// [`MAX_CHUNK_RAW`] is refused as [`io::ErrorKind::InvalidInput`].
+    pub fn write_chunk(&mut self, kind: u8, payload: &[u8]) -> io::Result<()> {
         if payload.len() > MAX_CHUNK_RAW {
-            return Err(
-                io::Error::new(io::ErrorKind::InvalidInput, "chunk payload too large").into(),
-            );
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "chunk payload too large",
+            ));
         }
         let compressed = zstd::bulk::compress(payload, ZSTD_LEVEL)?;
         let (compression, stored): (u8, &[u8]) = if compressed.len() < payload.len() {
@@ -128,17 +218,20 @@ impl<W: Write> ChunkWriter<W> {
         } else {
             (COMPRESSION_NONE, payload)
         };
-        let mut header = [0u8; CHUNK_HEADER_LEN];
-        header[..4].copy_from_slice(&CHUNK_MAGIC);
-        header[4] = kind;
-        header[5] = compression;
-        header[8..12].copy_from_slice(&self.sequence.to_le_bytes());
-        header[12..16].copy_from_slice(&(stored.len() as u32).to_le_bytes());
-        header[16..20].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        let mut header = ChunkHeader {
+            magic: CHUNK_MAGIC,
+            kind,
+            compression,
+            sequence: self.sequence,
+            stored_len: stored.len() as u32,
+            raw_len: payload.len() as u32,
+            crc: 0,
+        };
         let mut crc = crc32fast::Hasher::new();
-        crc.update(&header[..20]);
+        crc.update(&header.covered_bytes());
         crc.update(stored);
-        header[20..24].copy_from_slice(&crc.finalize().to_le_bytes());
+        header.crc = crc.finalize();
+        let header = header.to_bytes();
         self.out.write_all(&header)?;
         self.out.write_all(stored)?;
         self.out.flush()?;
@@ -189,26 +282,28 @@ impl<R: Read> ChunkReader<R> {
         if read < 8 || preamble[..8] != FILE_MAGIC {
             return Err(ChunkError::NotATrace);
         }
-        if read < PREAMBLE_LEN {
+        // Fewer bytes than a preamble: the file was cut inside it.
+        let mut fields = Reader::new(&preamble[FILE_MAGIC.len()..read]);
+        let (Ok(version), Ok(kind), Ok(reserved)) = (fields.u32(), fields.u8(), fields.take(3))
+        else {
             return Err(ChunkError::Truncated {
                 chunk: 0,
                 offset: 0,
             });
-        }
-        let version = u32::from_le_bytes([preamble[8], preamble[9], preamble[10], preamble[11]]);
+        };
         if version != TRACE_VERSION {
             return Err(ChunkError::Version { found: version });
         }
-        if preamble[13..] != [0, 0, 0] {
+        if reserved != [0, 0, 0] {
             return Err(ChunkError::Corrupt {
                 chunk: 0,
                 offset: 0,
-                why: "reserved preamble bytes are not zero",
+                why: ChunkDamage::ReservedBytes,
             });
         }
-        if preamble[12] != file_kind {
+        if kind != file_kind {
             return Err(ChunkError::WrongKind {
-                found: preamble[12],
+                found: kind,
                 expected: file_kind,
             });
         }
@@ -237,45 +332,49 @@ impl<R: Read> ChunkReader<R> {
         }
         // From here on any failure ends the file: later chunks cannot be trusted.
         self.finished = true;
-        if read < CHUNK_HEADER_LEN {
+        let Ok(ChunkHeader {
+            magic,
+            kind,
+            compression,
+            sequence,
+            stored_len,
+            raw_len,
+            crc,
+        }) = ChunkHeader::parse(&header[..read])
+        else {
             return Err(truncated);
-        }
-        if header[..4] != CHUNK_MAGIC {
-            return Err(corrupt("bad chunk magic"));
-        }
-        let field = |at: usize| {
-            u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
         };
-        let (kind, compression) = (header[4], header[5]);
-        let (sequence, stored_len, raw_len, crc) = (field(8), field(12), field(16), field(20));
+        if magic != CHUNK_MAGIC {
+            return Err(corrupt(ChunkDamage::BadMagic));
+        }
         if u64::from(sequence) != chunk {
-            return Err(corrupt("out-of-order sequence number"));
+            return Err(corrupt(ChunkDamage::Sequence));
         }
         let (stored_len, raw_len) = (stored_len as usize, raw_len as usize);
         if raw_len > MAX_CHUNK_RAW || stored_len > MAX_CHUNK_RAW + MAX_CHUNK_RAW / 8 {
-            return Err(corrupt("length over the cap"));
+            return Err(corrupt(ChunkDamage::LengthOverCap));
         }
         let mut stored = vec![0u8; stored_len];
         if read_full(&mut self.input, &mut stored)? < stored_len {
             return Err(truncated);
         }
         let mut hasher = crc32fast::Hasher::new();
-        hasher.update(&header[..20]);
+        hasher.update(&header[..CHUNK_HEADER_LEN - 4]);
         hasher.update(&stored);
         if hasher.finalize() != crc {
-            return Err(corrupt("checksum mismatch"));
+            return Err(corrupt(ChunkDamage::Checksum));
         }
         let payload = match compression {
             COMPRESSION_NONE if stored_len == raw_len => stored,
             COMPRESSION_ZSTD => {
                 let payload = zstd::bulk::decompress(&stored, raw_len)
-                    .map_err(|_| corrupt("bad zstd data"))?;
+                    .map_err(|_| corrupt(ChunkDamage::BadZstd))?;
                 if payload.len() != raw_len {
-                    return Err(corrupt("decompressed length differs"));
+                    return Err(corrupt(ChunkDamage::LengthDiffers));
                 }
                 payload
             }
-            _ => return Err(corrupt("unknown compression")),
+            _ => return Err(corrupt(ChunkDamage::UnknownCompression)),
         };
         self.finished = false;
         self.next_sequence += 1;
@@ -289,7 +388,7 @@ impl<R: Read> ChunkReader<R> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn sample_file() -> (Vec<u8>, Vec<Vec<u8>>, Vec<u64>) {
@@ -371,6 +470,36 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Bytes from a hex string (test data).
+    pub(crate) fn hex(text: &str) -> Vec<u8> {
+        (0..text.len())
+            .step_by(2)
+            .map(|at| u8::from_str_radix(&text[at..at + 2], 16).expect("hex"))
+            .collect()
+    }
+
+    /// The exact bytes of a small file, worked out by hand from the layout in the
+    /// module documentation: any change here is a format change (bump
+    /// [`TRACE_VERSION`]).
+    #[test]
+    fn the_layout_on_disk_is_fixed() {
+        let mut writer = ChunkWriter::new(Vec::new(), 2).unwrap();
+        writer.write_chunk(5, b"abc").unwrap();
+        let expected = hex(concat!(
+            "4c4f524544424700", // magic
+            "04000000",         // version
+            "02000000",         // file kind, reserved
+            "43484e4b",         // chunk magic
+            "05000000",         // kind, no compression, reserved
+            "00000000",         // sequence
+            "03000000",         // stored length
+            "03000000",         // raw length
+            "5712c30e",         // CRC-32
+            "616263",           // payload
+        ));
+        assert_eq!(writer.into_inner(), expected);
     }
 
     #[test]

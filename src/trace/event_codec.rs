@@ -17,6 +17,7 @@
 //!   exactly one encoding.
 
 use super::event::{Event, Landmark, Position};
+use lore_codec::{PutLe, Reader};
 use thiserror::Error;
 
 /// Longest encoding of any event (an async interrupt with ticks): the writer
@@ -148,11 +149,10 @@ pub(crate) fn put_varint(out: &mut Vec<u8>, mut value: u64) {
 }
 
 /// Reads a canonical LEB128 varint of at most 64 bits.
-pub(crate) fn get_varint(input: &mut &[u8]) -> Result<u64, EventError> {
+pub(crate) fn get_varint(input: &mut Reader<'_>) -> Result<u64, EventError> {
     let mut value = 0u64;
     for index in 0..10 {
-        let (&byte, rest) = input.split_first().ok_or(EventError::Truncated)?;
-        *input = rest;
+        let byte = get_u8(input)?;
         let bits = u64::from(byte & 0x7f);
         // The tenth byte carries bit 63 only.
         if index == 9 && bits > 1 {
@@ -170,44 +170,25 @@ pub(crate) fn get_varint(input: &mut &[u8]) -> Result<u64, EventError> {
     Err(EventError::OverlongVarint)
 }
 
-fn get_bytes<const N: usize>(input: &mut &[u8]) -> Result<[u8; N], EventError> {
-    if input.len() < N {
-        return Err(EventError::Truncated);
-    }
-    let (head, rest) = input.split_at(N);
-    *input = rest;
-    let mut bytes = [0u8; N];
-    bytes.copy_from_slice(head);
-    Ok(bytes)
+// The record format has no use for where a short read happened (the reader names
+// the record's offset itself), so the codec's `Truncated` becomes the plain
+// `EventError::Truncated`.
+fn get_u8(input: &mut Reader<'_>) -> Result<u8, EventError> {
+    input.u8().map_err(|_| EventError::Truncated)
 }
 
-fn get_u8(input: &mut &[u8]) -> Result<u8, EventError> {
-    Ok(get_bytes::<1>(input)?[0])
-}
-
-fn get_u64_fixed(input: &mut &[u8]) -> Result<u64, EventError> {
-    Ok(u64::from_le_bytes(get_bytes::<8>(input)?))
+fn get_u64_fixed(input: &mut Reader<'_>) -> Result<u64, EventError> {
+    input.u64().map_err(|_| EventError::Truncated)
 }
 
 /// Reads `len` little-endian bytes (`len` <= 8, checked by the caller).
-fn get_value(input: &mut &[u8], len: usize) -> Result<u64, EventError> {
-    if input.len() < len {
-        return Err(EventError::Truncated);
-    }
-    let (head, rest) = input.split_at(len);
-    *input = rest;
-    let mut bytes = [0u8; 8];
-    bytes[..len].copy_from_slice(head);
-    Ok(u64::from_le_bytes(bytes))
+fn get_value(input: &mut Reader<'_>, len: usize) -> Result<u64, EventError> {
+    input.uint(len).map_err(|_| EventError::Truncated)
 }
 
-fn get_varint_u32(input: &mut &[u8], field: &'static str) -> Result<u32, EventError> {
+fn get_varint_u32(input: &mut Reader<'_>, field: &'static str) -> Result<u32, EventError> {
     let value = get_varint(input)?;
     u32::try_from(value).map_err(|_| EventError::OutOfRange { field, value })
-}
-
-fn put_value(out: &mut Vec<u8>, value: u64, len: usize) {
-    out.extend_from_slice(&value.to_le_bytes()[..len]);
 }
 
 /// Whether `value` fits in `len` bytes.
@@ -228,14 +209,14 @@ fn check_value(value: u64, len: u8) -> Result<(), EventError> {
 
 fn put_landmark(out: &mut Vec<u8>, landmark: &Landmark) {
     put_varint(out, landmark.rip);
-    out.extend_from_slice(&landmark.regs_digest.to_le_bytes());
-    out.extend_from_slice(&landmark.memory_digest.to_le_bytes());
+    out.put_u64(landmark.regs_digest);
+    out.put_u64(landmark.memory_digest);
     if let Some(ticks) = landmark.ticks {
         put_varint(out, ticks);
     }
 }
 
-fn get_landmark(input: &mut &[u8], with_ticks: bool) -> Result<Landmark, EventError> {
+fn get_landmark(input: &mut Reader<'_>, with_ticks: bool) -> Result<Landmark, EventError> {
     let rip = get_varint(input)?;
     let regs_digest = get_u64_fixed(input)?;
     let memory_digest = get_u64_fixed(input)?;
@@ -310,7 +291,7 @@ pub fn encode(event: &Event, state: &mut EncodeState, out: &mut Vec<u8>) -> Resu
             out.push(TAG_PIO_IN | width_code);
             put_varint(out, delta);
             put_varint(out, (*port).into());
-            put_value(out, (*value).into(), usize::from(*len));
+            out.put_uint((*value).into(), usize::from(*len));
         }
         Event::MmioRead {
             address,
@@ -321,7 +302,7 @@ pub fn encode(event: &Event, state: &mut EncodeState, out: &mut Vec<u8>) -> Resu
             out.push(TAG_MMIO_READ | (len - 1));
             put_varint(out, delta);
             put_varint(out, *address);
-            put_value(out, *value, usize::from(*len));
+            out.put_uint(*value, usize::from(*len));
         }
         Event::MsrRead { index, value, .. } => {
             out.push(if value.is_some() {
@@ -371,8 +352,8 @@ pub fn encode(event: &Event, state: &mut EncodeState, out: &mut Vec<u8>) -> Resu
             put_varint(out, delta);
             // Zigzag: small negative statuses stay short.
             put_varint(out, u64::from(((*status << 1) ^ (*status >> 31)) as u32));
-            out.extend_from_slice(&regs_digest.to_le_bytes());
-            out.extend_from_slice(&memory_digest.to_le_bytes());
+            out.put_u64(*regs_digest);
+            out.put_u64(*memory_digest);
             put_varint(out, *guest_ns);
             put_varint(out, *deferred_injections);
         }
@@ -385,7 +366,7 @@ pub fn encode(event: &Event, state: &mut EncodeState, out: &mut Vec<u8>) -> Resu
 ///
 /// On error `input` is left somewhere inside the bad record; the caller must
 /// treat the rest of the buffer as unusable.
-pub fn decode(input: &mut &[u8], state: &mut DecodeState) -> Result<Event, EventError> {
+pub fn decode(input: &mut Reader<'_>, state: &mut DecodeState) -> Result<Event, EventError> {
     let tag = get_u8(input)?;
     let delta = get_varint(input)?;
     let exit = state
@@ -395,7 +376,7 @@ pub fn decode(input: &mut &[u8], state: &mut DecodeState) -> Result<Event, Event
             field: "exit ordinal delta",
             value: delta,
         })?;
-    let position = |input: &mut &[u8], base: u8| -> Result<Position, EventError> {
+    let position = |input: &mut Reader<'_>, base: u8| -> Result<Position, EventError> {
         Ok(match tag - base {
             0 => Position::Exit(exit),
             async_kind => Position::Async {
@@ -649,7 +630,8 @@ pub(crate) mod tests {
         out
     }
 
-    fn decode_all(mut input: &[u8]) -> Result<Vec<Event>, EventError> {
+    fn decode_all(bytes: &[u8]) -> Result<Vec<Event>, EventError> {
+        let mut input = Reader::new(bytes);
         let mut state = DecodeState::new();
         let mut events = Vec::new();
         while !input.is_empty() {
@@ -772,7 +754,7 @@ pub(crate) mod tests {
 
     #[test]
     fn decode_errors() {
-        let decode_one = |bytes: &[u8]| decode(&mut &bytes[..], &mut DecodeState::new());
+        let decode_one = |bytes: &[u8]| decode(&mut Reader::new(bytes), &mut DecodeState::new());
         assert_eq!(
             decode_one(&[0x13, 0]),
             Err(EventError::UnknownTag { tag: 0x13 })
@@ -803,7 +785,7 @@ pub(crate) mod tests {
             ..DecodeState::default()
         };
         assert!(matches!(
-            decode(&mut &[0x50u8, 1][..], &mut state),
+            decode(&mut Reader::new(&[0x50, 1]), &mut state),
             Err(EventError::OutOfRange { .. })
         ));
     }
@@ -814,7 +796,7 @@ pub(crate) mod tests {
         let bytes = encode_all(&events);
         // Every proper prefix fails or yields a prefix of the events.
         for cut in 0..bytes.len() {
-            let mut input = &bytes[..cut];
+            let mut input = Reader::new(&bytes[..cut]);
             let mut state = DecodeState::new();
             let mut decoded = Vec::new();
             while !input.is_empty() {
@@ -835,14 +817,13 @@ pub(crate) mod tests {
                 random[0] = [0x10, 0x22, 0x30, 0x31, 0x41, 0x42, 0x52, 0x60, 0x70, 0x80]
                     [rng.below(10) as usize];
             }
-            let mut input = &random[..];
+            let mut input = Reader::new(&random);
             let mut state = DecodeState::new();
             let mut encoder = EncodeState::new();
             let mut reencoded = Vec::new();
-            let start_len = input.len();
             while let Ok(event) = decode(&mut input, &mut state) {
                 encode(&event, &mut encoder, &mut reencoded).expect("decoded events encode");
-                let consumed = start_len - input.len();
+                let consumed = input.offset();
                 assert_eq!(reencoded[..], random[..consumed]);
             }
         }

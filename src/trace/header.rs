@@ -1,16 +1,19 @@
-//! The trace header: everything replay must know before the first event
-//! (docs/design.md, "The header") — which image ran with which command line, how
-//! much memory, the CPUID table the guest saw, the clock backend, and facts about
-//! the recording host for error messages.
+//! The trace header: everything replay must know before the first event — which
+//! image ran with which command line, how much memory, the CPUID table the guest
+//! saw, the clock backend, and facts about the recording host for error messages.
 //!
 //! The encoding is explicit and field by field (no serde), stored as the single
 //! chunk of the `header` file. Invariants: every length read is checked against a
 //! cap before anything is allocated, the encoder refuses what the decoder would
 //! refuse, and decoding consumes the whole payload (trailing bytes are an error).
 //! The format version lives in the chunk preamble ([`super::chunk::TRACE_VERSION`]).
+//!
+//! The header is plain data: the trace is the bottom layer and knows nothing of the
+//! VMM, so the CPUID table is stored as [`CpuidRecord`]s, which the recorder and
+//! the replayer convert from and to the VMM's own type.
 
 use super::event_codec::{get_varint, put_varint, EventError};
-use crate::vmm::cpuid::CpuidEntry;
+use lore_codec::{PutLe, Reader};
 use thiserror::Error;
 
 /// Longest string field, in bytes (command lines included).
@@ -18,7 +21,7 @@ pub const MAX_STRING_LEN: usize = 64 << 10;
 /// Most CPUID entries a header may hold.
 pub const MAX_CPUID_ENTRIES: usize = 256;
 
-/// How asynchronous points are located (docs/design.md, "Positions").
+/// How asynchronous points are located.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ClockBackend {
     /// Hardware breakpoint on `rip` plus register and memory digests.
@@ -88,6 +91,30 @@ impl HostFacts {
     }
 }
 
+/// One CPUID entry as the trace stores it: the inputs that select it and the
+/// registers the guest reads, exactly as the VMM presented them. Stored as seven
+/// little-endian `u32`s in field order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuidRecord {
+    /// Leaf (EAX input).
+    pub function: u32,
+    /// Sub-leaf (ECX input), meaningful when `flags` says so.
+    pub index: u32,
+    /// `KVM_CPUID_FLAG_*`.
+    pub flags: u32,
+    /// Output EAX.
+    pub eax: u32,
+    /// Output EBX.
+    pub ebx: u32,
+    /// Output ECX.
+    pub ecx: u32,
+    /// Output EDX.
+    pub edx: u32,
+}
+
+/// Bytes of one encoded [`CpuidRecord`].
+const CPUID_RECORD_LEN: usize = 7 * 4;
+
 /// What a recording was made of and on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TraceHeader {
@@ -102,7 +129,7 @@ pub struct TraceHeader {
     /// Guest memory in bytes.
     pub memory_size: u64,
     /// The CPUID table the guest saw.
-    pub cpuid: Vec<CpuidEntry>,
+    pub cpuid: Vec<CpuidRecord>,
     /// How asynchronous points were recorded.
     pub clock: ClockBackend,
     /// What the guest's RTC read at boot, in seconds since the Unix epoch.
@@ -176,23 +203,22 @@ fn put_string(out: &mut Vec<u8>, field: &'static str, text: &str) -> Result<(), 
     Ok(())
 }
 
-fn put_i64(out: &mut Vec<u8>, value: i64) {
-    out.extend_from_slice(&value.to_le_bytes());
-}
-
 /// A cursor over the payload that names the field in every error.
 struct Fields<'a> {
-    input: &'a [u8],
+    input: Reader<'a>,
 }
 
-impl Fields<'_> {
-    fn bytes(&mut self, field: &'static str, len: usize) -> Result<&[u8], HeaderError> {
-        if self.input.len() < len {
-            return Err(HeaderError::Truncated { field });
-        }
-        let (head, rest) = self.input.split_at(len);
-        self.input = rest;
-        Ok(head)
+impl<'a> Fields<'a> {
+    fn bytes(&mut self, field: &'static str, len: usize) -> Result<&'a [u8], HeaderError> {
+        self.input
+            .take(len)
+            .map_err(|_| HeaderError::Truncated { field })
+    }
+
+    fn u8(&mut self, field: &'static str) -> Result<u8, HeaderError> {
+        self.input
+            .u8()
+            .map_err(|_| HeaderError::Truncated { field })
     }
 
     fn varint(&mut self, field: &'static str) -> Result<u64, HeaderError> {
@@ -203,18 +229,21 @@ impl Fields<'_> {
     }
 
     fn u32(&mut self, field: &'static str) -> Result<u32, HeaderError> {
-        let bytes = self.bytes(field, 4)?;
-        Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+        self.input
+            .u32()
+            .map_err(|_| HeaderError::Truncated { field })
     }
 
     fn i64(&mut self, field: &'static str) -> Result<i64, HeaderError> {
-        let mut bytes = [0u8; 8];
-        bytes.copy_from_slice(self.bytes(field, 8)?);
-        Ok(i64::from_le_bytes(bytes))
+        self.input
+            .i64()
+            .map_err(|_| HeaderError::Truncated { field })
     }
 
     fn u64(&mut self, field: &'static str) -> Result<u64, HeaderError> {
-        Ok(self.i64(field)? as u64)
+        self.input
+            .u64()
+            .map_err(|_| HeaderError::Truncated { field })
     }
 
     fn length(&mut self, field: &'static str, cap: usize) -> Result<usize, HeaderError> {
@@ -242,12 +271,13 @@ impl TraceHeader {
                 cap: MAX_CPUID_ENTRIES,
             });
         }
-        let mut out = Vec::with_capacity(256 + self.cpuid.len() * 28 + self.command_line.len());
+        let mut out =
+            Vec::with_capacity(256 + self.cpuid.len() * CPUID_RECORD_LEN + self.command_line.len());
         put_string(&mut out, "lore_version", &self.lore_version)?;
         put_string(&mut out, "guest_name", &self.guest_name)?;
-        out.extend_from_slice(&self.image_digest.to_le_bytes());
+        out.put_u64(self.image_digest);
         put_string(&mut out, "command_line", &self.command_line)?;
-        out.extend_from_slice(&self.memory_size.to_le_bytes());
+        out.put_u64(self.memory_size);
         put_varint(&mut out, self.cpuid.len() as u64);
         for entry in &self.cpuid {
             for word in [
@@ -259,12 +289,12 @@ impl TraceHeader {
                 entry.ecx,
                 entry.edx,
             ] {
-                out.extend_from_slice(&word.to_le_bytes());
+                out.put_u32(word);
             }
         }
-        out.push(self.clock.code());
-        put_i64(&mut out, self.rtc_base_unix_secs);
-        put_i64(&mut out, self.recorded_at_unix_secs);
+        out.put_u8(self.clock.code());
+        out.put_i64(self.rtc_base_unix_secs);
+        out.put_i64(self.recorded_at_unix_secs);
         put_string(&mut out, "kernel_release", &self.host.kernel_release)?;
         put_string(&mut out, "cpu_model", &self.host.cpu_model)?;
         Ok(out)
@@ -272,7 +302,9 @@ impl TraceHeader {
 
     /// Parses a header chunk's payload.
     pub fn decode(payload: &[u8]) -> Result<Self, HeaderError> {
-        let mut fields = Fields { input: payload };
+        let mut fields = Fields {
+            input: Reader::new(payload),
+        };
         let lore_version = fields.string("lore_version")?;
         let guest_name = fields.string("guest_name")?;
         let image_digest = fields.u64("image_digest")?;
@@ -281,7 +313,7 @@ impl TraceHeader {
         let count = fields.length("cpuid", MAX_CPUID_ENTRIES)?;
         let mut cpuid = Vec::with_capacity(count);
         for _ in 0..count {
-            cpuid.push(CpuidEntry {
+            cpuid.push(CpuidRecord {
                 function: fields.u32("cpuid")?,
                 index: fields.u32("cpuid")?,
                 flags: fields.u32("cpuid")?,
@@ -291,7 +323,7 @@ impl TraceHeader {
                 edx: fields.u32("cpuid")?,
             });
         }
-        let code = fields.bytes("clock", 1)?[0];
+        let code = fields.u8("clock")?;
         let clock = ClockBackend::from_code(code).ok_or(HeaderError::UnknownClock { code })?;
         let rtc_base_unix_secs = fields.i64("rtc_base_unix_secs")?;
         let recorded_at_unix_secs = fields.i64("recorded_at_unix_secs")?;
@@ -299,7 +331,7 @@ impl TraceHeader {
         let cpu_model = fields.string("cpu_model")?;
         if !fields.input.is_empty() {
             return Err(HeaderError::TrailingBytes {
-                count: fields.input.len(),
+                count: fields.input.remaining(),
             });
         }
         Ok(Self {
@@ -332,7 +364,7 @@ pub(crate) mod tests {
             command_line: "console=ttyS0 quiet".to_owned(),
             memory_size: 128 << 20,
             cpuid: (0..20)
-                .map(|leaf| CpuidEntry {
+                .map(|leaf| CpuidRecord {
                     function: leaf,
                     index: 0,
                     flags: 1,
@@ -366,6 +398,51 @@ pub(crate) mod tests {
             let bytes = header.encode().expect("encodes");
             assert_eq!(TraceHeader::decode(&bytes), Ok(header));
         }
+    }
+
+    /// The exact bytes of a small header, worked out by hand from the field order:
+    /// any change here is a format change (bump `TRACE_VERSION`).
+    #[test]
+    fn the_encoding_is_fixed() {
+        let header = TraceHeader {
+            lore_version: "0.1".to_owned(),
+            guest_name: "g".to_owned(),
+            image_digest: 0x0102_0304_0506_0708,
+            command_line: String::new(),
+            memory_size: 1 << 20,
+            cpuid: vec![CpuidRecord {
+                function: 1,
+                index: 2,
+                flags: 3,
+                eax: 4,
+                ebx: 5,
+                ecx: 6,
+                edx: 7,
+            }],
+            clock: ClockBackend::Pmu,
+            rtc_base_unix_secs: -2,
+            recorded_at_unix_secs: 3,
+            host: HostFacts {
+                kernel_release: "k".to_owned(),
+                cpu_model: "c".to_owned(),
+            },
+        };
+        let expected = crate::trace::chunk::tests::hex(concat!(
+            "03302e31",         // lore_version
+            "0167",             // guest_name
+            "0807060504030201", // image_digest
+            "00",               // command_line
+            "0000100000000000", // memory_size
+            "01",               // one CPUID entry: function, index, flags, eax..edx
+            "01000000020000000300000004000000050000000600000007000000",
+            "01",               // clock: pmu
+            "feffffffffffffff", // rtc_base_unix_secs
+            "0300000000000000", // recorded_at_unix_secs
+            "016b",             // kernel_release
+            "0163",             // cpu_model
+        ));
+        assert_eq!(header.encode(), Ok(expected.clone()));
+        assert_eq!(TraceHeader::decode(&expected), Ok(header));
     }
 
     #[test]

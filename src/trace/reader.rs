@@ -13,9 +13,11 @@
 //! yielded are always a prefix of what was recorded.
 
 use super::chunk::{ChunkError, ChunkReader};
+use super::error::{Corruption, TraceError};
 use super::event::Event;
 use super::event_codec::{decode, DecodeState};
-use super::store::{TraceError, EVENTS_FILE_KIND, EVENT_CHUNK_KIND};
+use super::layout::{EVENTS_FILE_KIND, EVENT_CHUNK_KIND};
+use lore_codec::Reader;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, BufReader, Read};
@@ -162,7 +164,7 @@ impl<R: Read> EventReader<R> {
         })
     }
 
-    fn corrupt(&self, chunk: u64, offset: u64, why: String) -> TraceError {
+    fn corrupt(&self, chunk: u64, offset: u64, why: Corruption) -> TraceError {
         TraceError::Corrupt {
             path: self.path.clone(),
             chunk,
@@ -186,11 +188,7 @@ impl<R: Read> EventReader<R> {
                 })
             }
             Err(ChunkError::Truncated { chunk, offset }) if self.end_seen => {
-                return Err(self.corrupt(
-                    chunk,
-                    offset,
-                    "a cut chunk follows the end record".into(),
-                ))
+                return Err(self.corrupt(chunk, offset, Corruption::CutChunkAfterEnd))
             }
             Err(error) => {
                 return Err(TraceError::from_chunk(
@@ -202,32 +200,28 @@ impl<R: Read> EventReader<R> {
         };
         let index = self.next_chunk;
         if self.end_seen {
-            return Err(self.corrupt(index, offset, "a chunk follows the end record".into()));
+            return Err(self.corrupt(index, offset, Corruption::ChunkAfterEnd));
         }
         if chunk.kind != EVENT_CHUNK_KIND {
             return Err(self.corrupt(
                 index,
                 offset,
-                format!("chunk kind {} is not an event chunk", chunk.kind),
+                Corruption::NotAnEventChunk { kind: chunk.kind },
             ));
         }
-        let mut input = &chunk.payload[..];
+        let mut input = Reader::new(&chunk.payload);
         let mut state = DecodeState::new();
         let mut last_exit = self.last_exit;
         let mut end_seen = false;
         while !input.is_empty() {
-            let at = chunk.payload.len() - input.len();
+            let at = input.offset();
             let problem = match decode(&mut input, &mut state) {
-                Err(error) => Some(format!("event record at payload byte {at}: {error}")),
-                Ok(_) if end_seen => Some(format!(
-                    "event record at payload byte {at} follows the end record"
-                )),
+                Err(error) => Some(Corruption::BadRecord { at, error }),
+                Ok(_) if end_seen => Some(Corruption::RecordAfterEnd { at }),
                 Ok(event) => {
                     let exit = event.exit();
                     if last_exit.is_some_and(|last| exit < last) {
-                        Some(format!(
-                            "event record at payload byte {at}: exit ordinal {exit} goes backwards"
-                        ))
+                        Some(Corruption::ExitBackwards { at, exit })
                     } else {
                         end_seen = matches!(event, Event::End { .. });
                         last_exit = Some(exit);
@@ -489,12 +483,9 @@ mod tests {
         let mut chunk_only = extra[16..].to_vec();
         // Its sequence number must follow: rewrite it and the CRC.
         chunk_only[8..12].copy_from_slice(&1u32.to_le_bytes());
-        let stored_len = u32::from_le_bytes([
-            chunk_only[12],
-            chunk_only[13],
-            chunk_only[14],
-            chunk_only[15],
-        ]) as usize;
+        let stored_len = Reader::new(&chunk_only[12..])
+            .u32()
+            .expect("a chunk header") as usize;
         let mut crc = crc32fast::Hasher::new();
         crc.update(&chunk_only[..20]);
         crc.update(&chunk_only[24..24 + stored_len]);

@@ -1,11 +1,7 @@
-//! The trace directory, where traces live by default, and [`TraceError`].
+//! The trace directory ([`TraceDir`]) and where traces live by default ([`Store`]).
 //!
-//! Layout of one trace (docs/design.md, "Directory layout"):
-//! * `header` — chunk file holding one header chunk ([`TraceHeader`]), written
-//!   atomically (temporary file + rename): it exists complete or not at all;
-//! * `events` — chunk file of event chunks ([`EventWriter`], [`EventReader`]);
-//! * `guest.elf` — a copy of the guest image;
-//! * `snapshots` — written by the snapshot store.
+//! The files of one trace are named in [`super::layout`]. The `header` file is
+//! written atomically (temporary file + rename): it exists complete or not at all.
 //!
 //! Without `-o`, traces go to `$XDG_DATA_HOME/lore-dbg/<guest-stem>-<n>/`
 //! (`~/.local/share/lore-dbg/` when `XDG_DATA_HOME` is unset), `n` being the
@@ -15,9 +11,13 @@
 //! [`Store`] takes its base directory as a value so tests never touch the
 //! process environment.
 
-use super::chunk::{ChunkError, ChunkReader, ChunkWriter, TRACE_VERSION};
-use super::event_codec::EventError;
-use super::header::{image_digest, HeaderError, TraceHeader};
+use super::chunk::{ChunkReader, ChunkWriter};
+use super::error::{Corruption, TraceError};
+use super::header::{image_digest, TraceHeader};
+use super::layout::{
+    EVENTS_FILE, HEADER_CHUNK_KIND, HEADER_FILE, HEADER_FILE_KIND, IMAGE_FILE, LATEST_LINK,
+    SNAPSHOTS_FILE,
+};
 use super::reader::{read_all, EventLog, EventReader};
 use super::writer::EventWriter;
 use std::ffi::OsString;
@@ -25,205 +25,9 @@ use std::fs::{self, File};
 use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use thiserror::Error;
-
-/// File kind (chunk preamble) of the header file.
-pub const HEADER_FILE_KIND: u8 = 1;
-/// File kind of the events file.
-pub const EVENTS_FILE_KIND: u8 = 2;
-/// File kind reserved for a snapshots file built on the chunk container.
-pub const SNAPSHOTS_FILE_KIND: u8 = 3;
-/// Chunk kind of the header chunk.
-pub const HEADER_CHUNK_KIND: u8 = 1;
-/// Chunk kind of event chunks.
-pub const EVENT_CHUNK_KIND: u8 = 2;
-
-/// Name of the header file in a trace directory.
-pub const HEADER_FILE: &str = "header";
-/// Name of the events file.
-pub const EVENTS_FILE: &str = "events";
-/// Name of the copy of the guest image.
-pub const IMAGE_FILE: &str = "guest.elf";
-/// Name reserved for the snapshots.
-pub const SNAPSHOTS_FILE: &str = "snapshots";
-/// Name of the symlink to the newest trace in the default directory.
-pub const LATEST_LINK: &str = "latest-trace";
 
 /// Largest header chunk accepted (the header's own caps keep it far below).
 const MAX_HEADER_BYTES: usize = 1 << 20;
-
-/// What went wrong with a trace.
-#[derive(Debug, Error)]
-pub enum TraceError {
-    /// A file operation failed.
-    #[error("cannot {action} {}", .path.display())]
-    Io {
-        /// What was being done ("write", "open", …).
-        action: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: io::Error,
-    },
-    /// The trace directory does not exist.
-    #[error("no trace at {}", .path.display())]
-    NoSuchTrace {
-        /// The directory.
-        path: PathBuf,
-    },
-    /// The path is not a lore-dbg trace (or trace file).
-    #[error("{} is not a lore-dbg trace", .path.display())]
-    NotATrace {
-        /// The path.
-        path: PathBuf,
-    },
-    /// Written by another version of the format.
-    #[error("{}: trace format version {found}, but this lore-dbg reads version {TRACE_VERSION}; replay it with the lore-dbg that recorded it", .path.display())]
-    Version {
-        /// The file.
-        path: PathBuf,
-        /// Its version.
-        found: u32,
-    },
-    /// A trace file holds another kind of content than its name says.
-    #[error("{}: file kind {found}, expected {expected}", .path.display())]
-    WrongKind {
-        /// The file.
-        path: PathBuf,
-        /// Kind found.
-        found: u8,
-        /// Kind expected.
-        expected: u8,
-    },
-    /// The recording was interrupted: the file ends early.
-    #[error("{}: the recording was interrupted at chunk {chunk} (byte offset {offset}); {}", .path.display(), stop_text(*.last_exit))]
-    Truncated {
-        /// The file.
-        path: PathBuf,
-        /// Index of the first missing or incomplete chunk.
-        chunk: u64,
-        /// Byte offset where it starts.
-        offset: u64,
-        /// Exit ordinal of the last event before the cut.
-        last_exit: Option<u64>,
-    },
-    /// A chunk fails its checks or holds malformed records.
-    #[error("{}: chunk {chunk} at byte offset {offset} is corrupt: {why}", .path.display())]
-    Corrupt {
-        /// The file.
-        path: PathBuf,
-        /// Index of the chunk.
-        chunk: u64,
-        /// Byte offset where it starts.
-        offset: u64,
-        /// What is wrong.
-        why: String,
-    },
-    /// The header cannot be encoded or decoded.
-    #[error("bad trace header in {}", .path.display())]
-    Header {
-        /// The header file.
-        path: PathBuf,
-        /// What is wrong.
-        #[source]
-        source: HeaderError,
-    },
-    /// The recorder pushed an event that cannot be stored.
-    #[error("refused event for {}", .path.display())]
-    InvalidEvent {
-        /// The events file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: EventError,
-    },
-    /// The recorder pushed an event after the END event.
-    #[error("event after the end record of {}", .path.display())]
-    AfterEnd {
-        /// The events file.
-        path: PathBuf,
-    },
-    /// The writer already failed and reported why.
-    #[error("the writer of {} stopped after an earlier error", .path.display())]
-    WriterStopped {
-        /// The events file.
-        path: PathBuf,
-    },
-    /// The writer thread panicked (a bug).
-    #[error("the writer thread of {} panicked", .path.display())]
-    WriterPanicked {
-        /// The events file.
-        path: PathBuf,
-    },
-    /// The log holds more events than the caller accepts.
-    #[error("{} holds more than {cap} events", .path.display())]
-    TooManyEvents {
-        /// The events file.
-        path: PathBuf,
-        /// The cap.
-        cap: usize,
-    },
-    /// A new trace would overwrite something.
-    #[error("{} already exists and is not empty", .path.display())]
-    AlreadyExists {
-        /// The directory.
-        path: PathBuf,
-    },
-    /// No trace named and none recorded in the default directory.
-    #[error("no trace recorded yet ({} does not exist); record one or name a trace", .link.display())]
-    NoLatestTrace {
-        /// The `latest-trace` link that is missing.
-        link: PathBuf,
-    },
-    /// Neither `XDG_DATA_HOME` nor `HOME` says where traces go.
-    #[error("cannot find the data directory: neither XDG_DATA_HOME nor HOME is set")]
-    NoDataDir,
-}
-
-fn stop_text(last_exit: Option<u64>) -> String {
-    match last_exit {
-        Some(exit) => format!("replay stops at exit {exit}"),
-        None => "it holds no events".to_owned(),
-    }
-}
-
-impl TraceError {
-    /// Whether the trace is intact up to a clean cut (a killed recorder).
-    pub fn is_truncation(&self) -> bool {
-        matches!(self, Self::Truncated { .. })
-    }
-
-    /// A container error of the file at `path`, read up to `last_exit`.
-    pub(crate) fn from_chunk(path: PathBuf, error: ChunkError, last_exit: Option<u64>) -> Self {
-        match error {
-            ChunkError::Io(source) => Self::Io {
-                action: "read",
-                path,
-                source,
-            },
-            ChunkError::NotATrace => Self::NotATrace { path },
-            ChunkError::Version { found } => Self::Version { path, found },
-            ChunkError::WrongKind { found, expected } => Self::WrongKind {
-                path,
-                found,
-                expected,
-            },
-            ChunkError::Truncated { chunk, offset } => Self::Truncated {
-                path,
-                chunk,
-                offset,
-                last_exit,
-            },
-            ChunkError::Corrupt { chunk, offset, why } => Self::Corrupt {
-                path,
-                chunk,
-                offset,
-                why: why.to_owned(),
-            },
-        }
-    }
-}
 
 fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> TraceError + 'a {
     move |source| TraceError::Io {
@@ -328,16 +132,13 @@ impl TraceDir {
         })?;
         let temp = self.path.join(temp_name(HEADER_FILE));
         let file = File::create(&temp).map_err(io_error("create", &temp))?;
-        let write = || -> Result<File, ChunkError> {
+        let write = || -> io::Result<File> {
             let mut chunks = ChunkWriter::new(file, HEADER_FILE_KIND)?;
             chunks.write_chunk(HEADER_CHUNK_KIND, &payload)?;
             Ok(chunks.into_inner())
         };
         let result = write()
-            .map_err(|error| match error {
-                ChunkError::Io(source) => io_error("write", &temp)(source),
-                other => io_error("write", &temp)(io::Error::other(other.to_string())),
-            })
+            .map_err(io_error("write", &temp))
             .and_then(|file| file.sync_all().map_err(io_error("sync", &temp)))
             .and_then(|()| fs::rename(&temp, &path).map_err(io_error("rename", &temp)));
         if result.is_err() {
@@ -391,7 +192,7 @@ impl TraceDir {
                 path,
                 chunk: 0,
                 offset: 16,
-                why: format!("chunk kind {} is not a header chunk", chunk.kind),
+                why: Corruption::NotAHeaderChunk { kind: chunk.kind },
             });
         }
         TraceHeader::decode(&chunk.payload).map_err(|source| TraceError::Header { path, source })

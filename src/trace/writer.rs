@@ -1,6 +1,5 @@
 //! The event log writer: cheap on the vCPU thread, compression and I/O on a
-//! background thread (docs/design.md, "The event log"; LoRe's reusable circular
-//! buffer queue).
+//! background thread (LoRe's reusable circular buffer queue).
 //!
 //! The vCPU thread encodes each event into the current buffer. When the buffer
 //! reaches the chunk target, or on [`EventWriter::flush`], it goes through a
@@ -19,10 +18,11 @@
 //! * an error on the writer thread (ENOSPC, EIO) stops it; the next `push`,
 //!   `flush` or `finish` returns that error, naming the file. Nothing panics.
 
-use super::chunk::{ChunkError, ChunkWriter, MAX_CHUNK_RAW};
+use super::chunk::{ChunkWriter, MAX_CHUNK_RAW};
+use super::error::TraceError;
 use super::event::Event;
-use super::event_codec::{encode, kind_slot, EncodeState, KIND_NAMES, MAX_EVENT_LEN};
-use super::store::{TraceError, EVENTS_FILE_KIND, EVENT_CHUNK_KIND};
+use super::event_codec::{encode, kind_slot, EncodeState, EventError, KIND_NAMES, MAX_EVENT_LEN};
+use super::layout::{EVENTS_FILE_KIND, EVENT_CHUNK_KIND};
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -102,19 +102,11 @@ pub struct EventWriter {
     buffers: u64,
 }
 
-fn write_error(path: &Path, error: ChunkError) -> TraceError {
-    match error {
-        ChunkError::Io(source) => TraceError::Io {
-            action: "write",
-            path: path.to_owned(),
-            source,
-        },
-        // The chunk writer only fails on I/O; keep whatever else it says.
-        other => TraceError::Io {
-            action: "write",
-            path: path.to_owned(),
-            source: std::io::Error::other(other.to_string()),
-        },
+fn write_error(path: &Path, source: std::io::Error) -> TraceError {
+    TraceError::Io {
+        action: "write",
+        path: path.to_owned(),
+        source,
     }
 }
 
@@ -225,7 +217,7 @@ impl EventWriter {
         if exit < self.last_exit {
             return Err(TraceError::InvalidEvent {
                 path: self.path.clone(),
-                source: super::event_codec::EventError::ExitOrder {
+                source: EventError::ExitOrder {
                     previous: self.last_exit,
                     exit,
                 },

@@ -313,67 +313,164 @@ fn bench_guest(
 ) -> Result<GuestResult> {
     let dir = work.join(guest.name);
     std::fs::create_dir_all(&dir)?;
-    let input = match guest.input {
-        Some(text) => {
-            let path = dir.join("serial-in.txt");
-            std::fs::write(&path, text)?;
-            Some(path)
-        }
-        None => None,
+    let bench = GuestBench {
+        guest,
+        elf,
+        lore,
+        qemu,
+        limit,
+        input: write_serial_input(&dir, guest)?,
     };
-    let input = input.as_deref();
     let mut result = GuestResult::new(guest.name, reps as usize);
-
-    // Availability.
-    if qemu.is_none() {
-        for op in Op::QEMU {
-            result.cell(op).unavailable = Some("QEMU not found".into());
-        }
-    }
-    for (op, have, what) in [
-        (Op::LoreRun, lore.has_run, "run"),
-        (Op::LoreRecord, lore.has_record, "record"),
-        (Op::LoreReplay, lore.has_replay && lore.has_record, "replay"),
-    ] {
-        if !lore.bin.is_file() {
-            result.cell(op).unavailable = Some("no lore-dbg binary".into());
-        } else if !have {
-            result.cell(op).unavailable = Some(format!("not available yet (no `{what}`)"));
-        }
-    }
-
-    // Warm-up: page cache, binaries, guest image.
-    let scratch = dir.join("warmup");
-    std::fs::create_dir_all(&scratch)?;
-    if lore.has_run {
-        exec::run_timed(&lore.run(guest, elf, input), limit, &scratch, "lore-run")?;
-    }
-    if let Some(qemu) = qemu {
-        exec::run_timed(
-            &qemu.base(guest, elf).stdin(input),
-            limit,
-            &scratch,
-            "qemu-run",
-        )?;
-    }
-
+    bench.mark_unavailable(&mut result);
+    bench.warm_up(&dir)?;
     for rep in 0..reps as usize {
+        let files = RepFiles::create(&dir, rep)?;
+        let outputs = bench.run_rep(rep, &files, &mut result, report)?;
+        bench.compare_plain_outputs(rep, &outputs, report);
+        record_sizes(lore, &files, &outputs, &mut result);
+        // Keep only the last repetition's files.
+        if rep + 1 < reps as usize {
+            let _ = std::fs::remove_dir_all(&files.scratch);
+        }
+    }
+    Ok(result)
+}
+
+/// The guest's serial input as a file the tools can read, if it takes any.
+fn write_serial_input(dir: &Path, guest: &Guest) -> Result<Option<PathBuf>> {
+    let Some(text) = guest.input else {
+        return Ok(None);
+    };
+    let path = dir.join("serial-in.txt");
+    std::fs::write(&path, text)?;
+    Ok(Some(path))
+}
+
+/// What every measurement of one guest shares.
+struct GuestBench<'a> {
+    guest: &'a Guest,
+    elf: &'a Path,
+    lore: &'a Lore,
+    qemu: Option<&'a Qemu>,
+    limit: Duration,
+    /// See [`write_serial_input`].
+    input: Option<PathBuf>,
+}
+
+/// The scratch directory of one repetition and the recordings made in it.
+struct RepFiles {
+    scratch: PathBuf,
+    lore_trace: PathBuf,
+    qemu_log: PathBuf,
+    qemu_snap_log: PathBuf,
+    qemu_image: PathBuf,
+}
+
+impl RepFiles {
+    fn create(dir: &Path, rep: usize) -> Result<Self> {
         let scratch = dir.join(format!("rep-{rep}"));
         std::fs::create_dir_all(&scratch)?;
-        let lore_trace = scratch.join("lore-trace");
-        let qemu_log = scratch.join("qemu.rr");
-        let qemu_snap_log = scratch.join("qemu-snap.rr");
-        let qemu_image = scratch.join("qemu-snap.qcow2");
+        Ok(Self {
+            lore_trace: scratch.join("lore-trace"),
+            qemu_log: scratch.join("qemu.rr"),
+            qemu_snap_log: scratch.join("qemu-snap.rr"),
+            qemu_image: scratch.join("qemu-snap.qcow2"),
+            scratch,
+        })
+    }
+}
+
+/// The serial output of one repetition's successful runs.
+#[derive(Default)]
+struct RepOutputs {
+    /// By [`Op::slot`] of the recording: what each replay must reproduce.
+    recorded: [Option<Vec<u8>>; 3],
+    /// lore-dbg run, QEMU run: the same image must print the same under both.
+    plain: [Option<Vec<u8>>; 2],
+}
+
+impl RepOutputs {
+    /// Keeps what `op`'s successful run printed, where a later check needs it.
+    fn keep(&mut self, op: Op, stdout: &[u8]) {
+        if op.is_record() {
+            self.recorded[op.slot()] = Some(stdout.to_vec());
+        }
+        match op {
+            Op::LoreRun => self.plain[0] = Some(stdout.to_vec()),
+            Op::QemuRun => self.plain[1] = Some(stdout.to_vec()),
+            _ => {}
+        }
+    }
+}
+
+impl GuestBench<'_> {
+    fn input(&self) -> Option<&Path> {
+        self.input.as_deref()
+    }
+
+    /// Marks the cells no run can fill: a missing tool or subcommand.
+    fn mark_unavailable(&self, result: &mut GuestResult) {
+        if self.qemu.is_none() {
+            for op in Op::QEMU {
+                result.cell(op).unavailable = Some("QEMU not found".into());
+            }
+        }
+        let lore = self.lore;
+        for (op, have, what) in [
+            (Op::LoreRun, lore.has_run, "run"),
+            (Op::LoreRecord, lore.has_record, "record"),
+            (Op::LoreReplay, lore.has_replay && lore.has_record, "replay"),
+        ] {
+            if !lore.bin.is_file() {
+                result.cell(op).unavailable = Some("no lore-dbg binary".into());
+            } else if !have {
+                result.cell(op).unavailable = Some(format!("not available yet (no `{what}`)"));
+            }
+        }
+    }
+
+    /// One untimed run of each tool: page cache, binaries, guest image.
+    fn warm_up(&self, dir: &Path) -> Result<()> {
+        let scratch = dir.join("warmup");
+        std::fs::create_dir_all(&scratch)?;
+        let (guest, elf, input) = (self.guest, self.elf, self.input());
+        if self.lore.has_run {
+            exec::run_timed(
+                &self.lore.run(guest, elf, input),
+                self.limit,
+                &scratch,
+                "lore-run",
+            )?;
+        }
+        if let Some(qemu) = self.qemu {
+            exec::run_timed(
+                &qemu.base(guest, elf).stdin(input),
+                self.limit,
+                &scratch,
+                "qemu-run",
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The measurements of one repetition, in their interleaved order: every
+    /// recording before the replays of it.
+    fn rep_jobs(&self, files: &RepFiles) -> Vec<(Op, Job)> {
+        let (guest, elf, input, lore) = (self.guest, self.elf, self.input(), self.lore);
         let mut jobs: Vec<(Op, Job)> = Vec::new();
         jobs.push((Op::LoreRun, lore.run(guest, elf, input)));
-        if let Some(qemu) = qemu {
+        if let Some(qemu) = self.qemu {
             jobs.push((Op::QemuRun, qemu.base(guest, elf).stdin(input)));
         }
-        jobs.push((Op::LoreRecord, lore.record(guest, elf, input, &lore_trace)));
-        if let Some(qemu) = qemu {
+        jobs.push((
+            Op::LoreRecord,
+            lore.record(guest, elf, input, &files.lore_trace),
+        ));
+        if let Some(qemu) = self.qemu {
             jobs.push((
                 Op::QemuRecord,
-                qemu.rr(guest, elf, Rr::Record, "auto", &qemu_log, None)
+                qemu.rr(guest, elf, Rr::Record, "auto", &files.qemu_log, None)
                     .stdin(input),
             ));
             jobs.push((
@@ -383,17 +480,17 @@ fn bench_guest(
                     elf,
                     Rr::Record,
                     "auto",
-                    &qemu_snap_log,
-                    Some(&qemu_image),
+                    &files.qemu_snap_log,
+                    Some(&files.qemu_image),
                 )
                 .stdin(input),
             ));
         }
-        jobs.push((Op::LoreReplay, lore.replay(&lore_trace)));
-        if let Some(qemu) = qemu {
+        jobs.push((Op::LoreReplay, lore.replay(&files.lore_trace)));
+        if let Some(qemu) = self.qemu {
             jobs.push((
                 Op::QemuReplay,
-                qemu.rr(guest, elf, Rr::Replay, "auto", &qemu_log, None),
+                qemu.rr(guest, elf, Rr::Replay, "auto", &files.qemu_log, None),
             ));
             jobs.push((
                 Op::QemuReplaySnap,
@@ -402,93 +499,118 @@ fn bench_guest(
                     elf,
                     Rr::Replay,
                     "auto",
-                    &qemu_snap_log,
-                    Some(&qemu_image),
+                    &files.qemu_snap_log,
+                    Some(&files.qemu_image),
                 ),
             ));
         }
-        let mut recorded: [Option<Vec<u8>>; 3] = [None, None, None];
-        let mut plain: [Option<Vec<u8>>; 2] = [None, None];
-        for (op, job) in jobs {
-            if rep == 0 && guest.name == "canary" {
+        jobs
+    }
+
+    /// Runs repetition `rep` (from 0) of every measurement that has not failed yet.
+    fn run_rep(
+        &self,
+        rep: usize,
+        files: &RepFiles,
+        result: &mut GuestResult,
+        report: &mut Report,
+    ) -> Result<RepOutputs> {
+        let mut outputs = RepOutputs::default();
+        for (op, job) in self.rep_jobs(files) {
+            if rep == 0 && self.guest.name == "canary" {
                 report.commands.push((op, job.display()));
             }
             let cell = result.cell(op);
             if cell.unavailable.is_some() || !cell.failures.is_empty() {
                 continue;
             }
-            // A replay needs its recording from this repetition.
-            let source = op.replays();
-            let expected = match source {
-                Some(record) => match &recorded[record.slot()] {
-                    Some(output) => Some(output.clone()),
-                    None => {
-                        result
-                            .cell(op)
-                            .failures
-                            .push(format!("no recording to replay (rep {})", rep + 1));
-                        continue;
-                    }
-                },
-                None => None,
-            };
-            if op == Op::QemuRecordSnap {
-                if let Some(qemu) = qemu {
-                    if let Err(error) = qemu.create_image(&qemu_image) {
-                        result.cell(op).unavailable = Some(error.to_string());
-                        continue;
-                    }
+            self.measure(op, &job, rep, files, &mut outputs, result)?;
+        }
+        Ok(outputs)
+    }
+
+    /// One timed run of `job`, checked, into `op`'s cell.
+    fn measure(
+        &self,
+        op: Op,
+        job: &Job,
+        rep: usize,
+        files: &RepFiles,
+        outputs: &mut RepOutputs,
+        result: &mut GuestResult,
+    ) -> Result<()> {
+        // A replay needs its recording from this repetition.
+        let expected = match op.replays() {
+            Some(record) => match &outputs.recorded[record.slot()] {
+                Some(output) => Some(output.clone()),
+                None => {
+                    result
+                        .cell(op)
+                        .failures
+                        .push(format!("no recording to replay (rep {})", rep + 1));
+                    return Ok(());
                 }
-            }
-            let outcome = exec::run_timed(&job, limit, &scratch, op.key())?;
-            match check(&outcome, limit, expected.as_deref()) {
-                Ok(secs) => {
-                    result.cell(op).samples[rep] = Some(secs);
-                    if op.is_record() {
-                        recorded[op.slot()] = Some(outcome.stdout.clone());
-                    }
-                    match op {
-                        Op::LoreRun => plain[0] = Some(outcome.stdout.clone()),
-                        Op::QemuRun => plain[1] = Some(outcome.stdout.clone()),
-                        _ => {}
-                    }
+            },
+            None => None,
+        };
+        if op == Op::QemuRecordSnap {
+            if let Some(qemu) = self.qemu {
+                if let Err(error) = qemu.create_image(&files.qemu_image) {
+                    result.cell(op).unavailable = Some(error.to_string());
+                    return Ok(());
                 }
-                Err(why) => result
-                    .cell(op)
-                    .failures
-                    .push(format!("rep {}: {why}", rep + 1)),
             }
         }
-        // The same image must print the same thing under both tools (when deterministic).
-        if let (0, false, [Some(lore_out), Some(qemu_out)]) = (rep, guest.varies, &plain) {
+        let outcome = exec::run_timed(job, self.limit, &files.scratch, op.key())?;
+        match check(&outcome, self.limit, expected.as_deref()) {
+            Ok(secs) => {
+                result.cell(op).samples[rep] = Some(secs);
+                outputs.keep(op, &outcome.stdout);
+            }
+            Err(why) => result
+                .cell(op)
+                .failures
+                .push(format!("rep {}: {why}", rep + 1)),
+        }
+        Ok(())
+    }
+
+    /// The same image must print the same thing under both tools (when
+    /// deterministic); checked on the first repetition.
+    fn compare_plain_outputs(&self, rep: usize, outputs: &RepOutputs, report: &mut Report) {
+        if let (0, false, [Some(lore_out), Some(qemu_out)]) =
+            (rep, self.guest.varies, &outputs.plain)
+        {
             if lore_out != qemu_out {
                 report.notes.push(format!(
                     "{}: lore-dbg run and QEMU run printed different serial output",
-                    guest.name
+                    self.guest.name
                 ));
             }
         }
-        // Sizes of what was recorded in this repetition.
-        if recorded[Op::LoreRecord.slot()].is_some() {
-            let info = lore.info(&lore_trace);
-            result.lore_info.push(info);
-            result.lore_bytes.push(exec::disk_bytes(&lore_trace));
-        }
-        if recorded[Op::QemuRecord.slot()].is_some() {
-            result.qemu_log_bytes.push(exec::disk_bytes(&qemu_log));
-        }
-        if recorded[Op::QemuRecordSnap.slot()].is_some() {
-            result
-                .qemu_snap_log_bytes
-                .push(exec::disk_bytes(&qemu_snap_log));
-            result.qemu_image_bytes.push(exec::disk_bytes(&qemu_image));
-        }
-        // Keep only the last repetition's files.
-        if rep + 1 < reps as usize {
-            let _ = std::fs::remove_dir_all(&scratch);
-        }
     }
-    Ok(result)
+}
+
+/// Sizes of what was recorded in one repetition.
+fn record_sizes(lore: &Lore, files: &RepFiles, outputs: &RepOutputs, result: &mut GuestResult) {
+    if outputs.recorded[Op::LoreRecord.slot()].is_some() {
+        let info = lore.info(&files.lore_trace);
+        result.lore_info.push(info);
+        result.lore_bytes.push(exec::disk_bytes(&files.lore_trace));
+    }
+    if outputs.recorded[Op::QemuRecord.slot()].is_some() {
+        result
+            .qemu_log_bytes
+            .push(exec::disk_bytes(&files.qemu_log));
+    }
+    if outputs.recorded[Op::QemuRecordSnap.slot()].is_some() {
+        result
+            .qemu_snap_log_bytes
+            .push(exec::disk_bytes(&files.qemu_snap_log));
+        result
+            .qemu_image_bytes
+            .push(exec::disk_bytes(&files.qemu_image));
+    }
 }
 
 /// Reverse debugging of canary: QEMU and lore-dbg sessions, interleaved.

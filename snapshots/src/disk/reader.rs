@@ -11,13 +11,15 @@ use std::io;
 use std::path::Path;
 
 use super::{
-    record_checksum, Fields, ReadAt, FILE_HEADER_LEN, FORMAT_VERSION, HEAD_LEN, MAGIC,
+    record_checksum, ReadAt, FILE_HEADER_LEN, FORMAT_VERSION, HEAD_LEN, MAGIC,
     MAX_PAGES_PER_RECORD, NO_PARENT, PAGE_ENTRY_LEN, RECORD_HEADER_LEN, TAG_HEAD, TAG_PAGE,
     TAG_SNAP,
 };
 use crate::dirty::MemoryState;
 use crate::history::{restore, Node, NodeLookup, PageSource};
 use crate::page::{page_hash, Decoder, Entry, PageRef, PAGE_SIZE};
+use lore_codec::Reader;
+
 use crate::{
     check_memory_len, page_count_of, Blobs, Corruption, Result, SnapshotError, SnapshotId,
     SnapshotInfo, SnapshotSource, MAX_BLOBS, MAX_BLOBS_TOTAL_LEN, MAX_BLOB_NAME_LEN,
@@ -88,13 +90,16 @@ impl<R: ReadAt> DiskReader<R> {
         if header[..magic_len] != MAGIC[..magic_len] {
             return Err(SnapshotError::BadMagic);
         }
+        let truncated = || SnapshotError::CorruptHeader {
+            offset: size,
+            reason: Corruption::Truncated,
+        };
         if available < header.len() {
-            return Err(SnapshotError::CorruptHeader {
-                offset: size,
-                reason: Corruption::Truncated,
-            });
+            return Err(truncated());
         }
-        let version = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
+        let version = Reader::new(&header[MAGIC.len()..])
+            .u32()
+            .map_err(|_| truncated())?;
         if version != FORMAT_VERSION {
             return Err(SnapshotError::UnsupportedVersion { found: version });
         }
@@ -110,9 +115,9 @@ impl<R: ReadAt> DiskReader<R> {
             reason,
         };
         let tag = scan.next_record(HEAD_LEN)?.map_err(header_damage)?;
-        let mut fields = Fields::new(&scan.payload);
+        let mut fields = Reader::new(&scan.payload);
         let (memory_len, page_size) = match (tag, fields.u64(), fields.u32()) {
-            (TAG_HEAD, Some(len), Some(page_size)) => (len, page_size),
+            (TAG_HEAD, Ok(len), Ok(page_size)) => (len, page_size),
             _ => return Err(header_damage(Corruption::Malformed("bad header record"))),
         };
         let memory_len = usize::try_from(memory_len)
@@ -191,12 +196,12 @@ impl Index {
 
     fn parse_pages(&mut self, payload: &[u8], payload_start: u64) -> Result<(), Corruption> {
         let malformed = Corruption::Malformed;
-        let mut fields = Fields::new(payload);
-        let first = fields.u64().ok_or(malformed("short page record"))?;
+        let mut fields = Reader::new(payload);
+        let first = fields.u64().map_err(|_| malformed("short page record"))?;
         if first != self.pages.len() as u64 {
             return Err(malformed("page numbering gap"));
         }
-        let count = fields.u32().ok_or(malformed("short page record"))? as usize;
+        let count = fields.u32().map_err(|_| malformed("short page record"))? as usize;
         if count == 0 || count > MAX_PAGES_PER_RECORD {
             return Err(malformed("bad page count"));
         }
@@ -206,8 +211,8 @@ impl Index {
         let mut data_offset = payload_start + (12 + count * PAGE_ENTRY_LEN) as u64;
         let mut new_pages = Vec::with_capacity(count);
         for _ in 0..count {
-            let hash = fields.u128().ok_or(malformed("short page record"))?;
-            let len = fields.u32().ok_or(malformed("short page record"))?;
+            let hash = fields.u128().map_err(|_| malformed("short page record"))?;
+            let len = fields.u32().map_err(|_| malformed("short page record"))?;
             if len == 0 || len as usize > PAGE_SIZE {
                 return Err(malformed("bad stored page length"));
             }
@@ -229,54 +234,54 @@ impl Index {
     fn parse_snapshot(&mut self, payload: &[u8]) -> Result<(), Corruption> {
         let short = Corruption::Malformed("short snapshot record");
         let malformed = Corruption::Malformed;
-        let mut fields = Fields::new(payload);
-        let index = fields.u64().ok_or(short)?;
+        let mut fields = Reader::new(payload);
+        let index = fields.u64().map_err(|_| short)?;
         if index != self.nodes.len() as u64 {
             return Err(malformed("snapshot numbering gap"));
         }
-        let parent = match fields.u64().ok_or(short)? {
+        let parent = match fields.u64().map_err(|_| short)? {
             NO_PARENT => None,
             parent if parent < index => Some(SnapshotId(parent)),
             _ => return Err(malformed("bad parent")),
         };
-        let position = fields.u64().ok_or(short)?;
-        if fields.u64().ok_or(short)? != self.pages.len() as u64 {
+        let position = fields.u64().map_err(|_| short)?;
+        if fields.u64().map_err(|_| short)? != self.pages.len() as u64 {
             return Err(malformed("page count mismatch"));
         }
 
-        let blob_count = fields.u32().ok_or(short)? as usize;
+        let blob_count = fields.u32().map_err(|_| short)? as usize;
         if blob_count > MAX_BLOBS {
             return Err(malformed("too many blobs"));
         }
         let mut blobs = Blobs::new();
         let mut blob_total = 0usize;
         for _ in 0..blob_count {
-            let name_len = fields.u16().ok_or(short)? as usize;
+            let name_len = fields.u16().map_err(|_| short)? as usize;
             if name_len == 0 || name_len > MAX_BLOB_NAME_LEN {
                 return Err(malformed("bad blob name length"));
             }
-            let name = fields.take(name_len).ok_or(short)?;
+            let name = fields.take(name_len).map_err(|_| short)?;
             let name = std::str::from_utf8(name).map_err(|_| malformed("blob name not utf-8"))?;
-            let len = fields.u32().ok_or(short)? as usize;
+            let len = fields.u32().map_err(|_| short)? as usize;
             blob_total = blob_total.saturating_add(len);
             if blob_total > MAX_BLOBS_TOTAL_LEN {
                 return Err(malformed("blobs too large"));
             }
-            let data = fields.take(len).ok_or(short)?;
+            let data = fields.take(len).map_err(|_| short)?;
             if blobs.insert(name.to_owned(), data.to_vec()).is_some() {
                 return Err(malformed("duplicate blob name"));
             }
         }
 
-        let entry_count = fields.u32().ok_or(short)? as usize;
+        let entry_count = fields.u32().map_err(|_| short)? as usize;
         if entry_count > self.page_count as usize || fields.remaining() != entry_count * 8 {
             return Err(malformed("bad delta length"));
         }
         let mut delta = Vec::with_capacity(entry_count);
         let mut previous_gfn = None;
         for _ in 0..entry_count {
-            let gfn = fields.u32().ok_or(short)?;
-            let page = PageRef(fields.u32().ok_or(short)?);
+            let gfn = fields.u32().map_err(|_| short)?;
+            let page = PageRef(fields.u32().map_err(|_| short)?);
             if gfn >= self.page_count || previous_gfn.is_some_and(|previous| gfn <= previous) {
                 return Err(malformed("bad page number in delta"));
             }
@@ -413,12 +418,11 @@ impl<R: ReadAt + ?Sized> Scan<'_, R> {
         }
         let mut header = [0u8; RECORD_HEADER_LEN];
         self.source.read_exact_at(&mut header, self.offset)?;
-        let mut fields = Fields::new(&header);
-        let (Some(tag), Some(len), Some(checksum)) = (fields.take(4), fields.u32(), fields.u64())
+        let mut fields = Reader::new(&header);
+        let (Ok(tag), Ok(len), Ok(checksum)) = (fields.array::<4>(), fields.u32(), fields.u64())
         else {
             return Ok(Err(Corruption::Truncated));
         };
-        let tag: [u8; 4] = [tag[0], tag[1], tag[2], tag[3]];
         if ![TAG_HEAD, TAG_PAGE, TAG_SNAP].contains(&tag) {
             return Ok(Err(Corruption::UnknownTag));
         }

@@ -20,6 +20,7 @@ use crate::{
     check_memory_len, page_count_of, validate_blobs, Compression, Result, SnapshotError,
     SnapshotId, SnapshotSink,
 };
+use lore_codec::PutLe;
 
 /// How a [`DiskWriter`] stores pages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,7 +101,7 @@ impl<W: SnapshotOutput> DiskWriter<W> {
         let encoder = Encoder::new(options.compression)?;
         let mut header = Vec::with_capacity(12);
         header.extend_from_slice(&MAGIC);
-        header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        header.put_u32(FORMAT_VERSION);
         out.write_all(&header)?;
         let mut writer = DiskWriter {
             out,
@@ -121,8 +122,8 @@ impl<W: SnapshotOutput> DiskWriter<W> {
             poisoned: false,
         };
         let mut head = Vec::with_capacity(super::HEAD_LEN);
-        head.extend_from_slice(&(memory_len as u64).to_le_bytes());
-        head.extend_from_slice(&(PAGE_SIZE as u32).to_le_bytes());
+        head.put_u64(memory_len as u64);
+        head.put_u32(PAGE_SIZE as u32);
         writer.write_record(TAG_HEAD, &[&head])?;
         Ok(writer)
     }
@@ -160,10 +161,10 @@ impl<W: SnapshotOutput> DiskWriter<W> {
         for part in parts {
             hasher.update(part);
         }
-        let mut header = [0u8; RECORD_HEADER_LEN];
-        header[..4].copy_from_slice(&tag);
-        header[4..8].copy_from_slice(&len.to_le_bytes());
-        header[8..].copy_from_slice(&hasher.digest().to_le_bytes());
+        let mut header = Vec::with_capacity(RECORD_HEADER_LEN);
+        header.extend_from_slice(&tag);
+        header.put_u32(len);
+        header.put_u64(hasher.digest());
         self.out.write_all(&header)?;
         for part in parts {
             self.out.write_all(part)?;
@@ -204,13 +205,13 @@ impl<W: SnapshotOutput> DiskWriter<W> {
             return Ok(());
         }
         let mut head = Vec::with_capacity(12 + count * PAGE_ENTRY_LEN);
-        head.extend_from_slice(&(self.flushed_pages as u64).to_le_bytes());
-        head.extend_from_slice(&(count as u32).to_le_bytes());
+        head.put_u64(self.flushed_pages as u64);
+        head.put_u32(count as u32);
         let pending = &mut self.stored[self.flushed_pages..];
         let data_start = self.written + (RECORD_HEADER_LEN + 12 + count * PAGE_ENTRY_LEN) as u64;
         for (stored, hash) in pending.iter_mut().zip(&self.pending_hashes) {
-            head.extend_from_slice(&hash.to_le_bytes());
-            head.extend_from_slice(&stored.len.to_le_bytes());
+            head.put_u128(*hash);
+            head.put_u32(stored.len);
             stored.offset += data_start;
         }
         let data = std::mem::take(&mut self.pending_data);
@@ -238,21 +239,21 @@ impl<W: SnapshotOutput> DiskWriter<W> {
             .map(|(name, data)| 6 + name.len() + data.len())
             .sum();
         let mut payload = Vec::with_capacity(40 + blob_bytes + 8 * delta.len());
-        payload.extend_from_slice(&self.snapshot_count.to_le_bytes());
-        payload.extend_from_slice(&parent.map_or(NO_PARENT, |id| id.0).to_le_bytes());
-        payload.extend_from_slice(&position.to_le_bytes());
-        payload.extend_from_slice(&(self.stored.len() as u64).to_le_bytes());
-        payload.extend_from_slice(&(blobs.len() as u32).to_le_bytes());
+        payload.put_u64(self.snapshot_count);
+        payload.put_u64(parent.map_or(NO_PARENT, |id| id.0));
+        payload.put_u64(position);
+        payload.put_u64(self.stored.len() as u64);
+        payload.put_u32(blobs.len() as u32);
         for (name, data) in blobs {
-            payload.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            payload.put_u16(name.len() as u16);
             payload.extend_from_slice(name.as_bytes());
-            payload.extend_from_slice(&(data.len() as u32).to_le_bytes());
+            payload.put_u32(data.len() as u32);
             payload.extend_from_slice(data);
         }
-        payload.extend_from_slice(&(delta.len() as u32).to_le_bytes());
+        payload.put_u32(delta.len() as u32);
         for entry in &delta {
-            payload.extend_from_slice(&entry.gfn.to_le_bytes());
-            payload.extend_from_slice(&entry.page.0.to_le_bytes());
+            payload.put_u32(entry.gfn);
+            payload.put_u32(entry.page.0);
         }
         self.write_record(TAG_SNAP, &[&payload])?;
         let id = SnapshotId(self.snapshot_count);
