@@ -80,7 +80,10 @@ impl fmt::Display for GuestFailure {
                 write!(f, "internal error (KVM could not emulate an instruction)")
             }
             Self::FailEntry { reason, cpu } => {
-                write!(f, "VM entry failed (hardware reason {reason:#x} on cpu {cpu})")
+                write!(
+                    f,
+                    "VM entry failed (hardware reason {reason:#x} on cpu {cpu})"
+                )
             }
             Self::Unexpected(what) => write!(f, "{what}"),
         }
@@ -236,9 +239,10 @@ pub fn handle_exit(
                 "memory fault at {gpa:#x}+{size:#x} (flags {flags:#x})"
             )))
         }
-        VcpuExit::Hypercall(hypercall) => ExitOutcome::Failed(GuestFailure::Unexpected(
-            format!("unexpected hypercall {}", hypercall.nr),
-        )),
+        VcpuExit::Hypercall(hypercall) => ExitOutcome::Failed(GuestFailure::Unexpected(format!(
+            "unexpected hypercall {}",
+            hypercall.nr
+        ))),
         unexpected @ (VcpuExit::Unknown
         | VcpuExit::Exception
         | VcpuExit::SetTpr

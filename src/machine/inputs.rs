@@ -47,8 +47,7 @@ pub trait Inputs {
     ) -> Result<(), InputError>;
 
     /// Fills `data` with what an MMIO read at `address` (outside guest RAM) reads.
-    fn mmio_read(&mut self, ordinal: u64, address: u64, data: &mut [u8])
-        -> Result<(), InputError>;
+    fn mmio_read(&mut self, ordinal: u64, address: u64, data: &mut [u8]) -> Result<(), InputError>;
 
     /// The value `rdmsr` of a routed MSR returns, or `None` for a #GP.
     fn msr_read(

@@ -55,6 +55,43 @@ pub mod blob {
     pub const DEVICES: &str = "devices";
     /// Bitmap (little-endian u64 words) of the pages written since boot.
     pub const DIRTY_SINCE_BOOT: &str = "dirty-since-boot";
+
+    use lore_codec::{PutLe, Reader};
+
+    /// A page bitmap as the bytes of a [`DIRTY_SINCE_BOOT`] blob.
+    pub fn encode_bitmap(words: &[u64]) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(words.len() * 8);
+        for &word in words {
+            bytes.put_u64(word);
+        }
+        bytes
+    }
+
+    /// The page bitmap of `words` words a [`DIRTY_SINCE_BOOT`] blob holds, or
+    /// `None` if its size is not that.
+    pub fn decode_bitmap(bytes: &[u8], words: usize) -> Option<Vec<u64>> {
+        if bytes.len() != words * 8 {
+            return None;
+        }
+        let mut reader = Reader::new(bytes);
+        (0..words).map(|_| reader.u64().ok()).collect()
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn bitmaps_round_trip_and_wrong_sizes_are_refused() {
+            let words = [1u64, u64::MAX, 0x8000_0000_0000_0000];
+            let bytes = encode_bitmap(&words);
+            assert_eq!(bytes.len(), 24);
+            assert_eq!(bytes[0], 1);
+            assert_eq!(decode_bitmap(&bytes, 3).as_deref(), Some(&words[..]));
+            assert_eq!(decode_bitmap(&bytes, 2), None);
+            assert_eq!(decode_bitmap(&bytes[..23], 3), None);
+        }
+    }
 }
 
 /// What to boot.

@@ -77,7 +77,7 @@ pub fn at_rip(memory: &GuestMemory, regs: &kvm_regs, sregs: &kvm_sregs) -> Vec<A
         let Some(physical) = paging::translate(memory, sregs, address) else {
             break;
         };
-        let in_page = (4096 - (address & 0xfff)) as usize;
+        let in_page = (crate::PAGE_SIZE - address % crate::PAGE_SIZE) as usize;
         let chunk = in_page.min(bytes.len() - fetched);
         if memory
             .read(physical, &mut bytes[fetched..fetched + chunk])

@@ -36,16 +36,14 @@ use crate::clock::{
 };
 use crate::digest::{self, RegisterArray};
 use crate::machine::history::ExitRecord;
-use crate::machine::{
-    blob, BootSpec, Entry, ExitOutcome, InputError, Inputs, Machine, StartError,
-};
+use crate::machine::{blob, BootSpec, Entry, ExitOutcome, InputError, Inputs, Machine, StartError};
 use crate::trace::event::{Event, Landmark, Position};
 use crate::trace::ClockBackend;
 use crate::vmm::cpuid::CpuidTable;
 use crate::vmm::debug::{self, DebugSetup, HwBreakpoint, HwCondition};
 use crate::vmm::kick::VcpuKickGuard;
-use crate::vmm::state::VcpuState;
 use crate::vmm::msr::TimeMsrs;
+use crate::vmm::state::VcpuState;
 use crate::vmm::{kvm_op, Vm, VmmError};
 use lore_devices::board::{Board, BoardState};
 use std::fmt;
@@ -384,7 +382,7 @@ impl Replayer {
             }
             _ => None,
         };
-        let pages = input.memory_size / crate::vmm::memory::PAGE_SIZE;
+        let pages = input.memory_size / crate::PAGE_SIZE;
         Ok(Self {
             machine,
             output,
@@ -408,7 +406,8 @@ impl Replayer {
 
     /// Pages that can be non-zero at boot: what the loader wrote.
     pub fn loader_pages(&self) -> Vec<u64> {
-        self.machine.loader_pages(self.cursor.dirty_since_boot.len())
+        self.machine
+            .loader_pages(self.cursor.dirty_since_boot.len())
     }
 
     /// Moves to trace snapshot `index` (taken by the recorder right after an exit)
@@ -427,25 +426,22 @@ impl Replayer {
             )
             .map_err(|error| bad(SnapshotProblem::Restore(error)))?;
         let blob = |name: &'static str| {
-            blobs
-                .get(name)
-                .ok_or(ReplayError::TraceSnapshot {
-                    index,
-                    problem: SnapshotProblem::MissingState(name),
-                })
+            blobs.get(name).ok_or(ReplayError::TraceSnapshot {
+                index,
+                problem: SnapshotProblem::MissingState(name),
+            })
         };
         let vcpu = VcpuState::from_bytes(blob(blob::VCPU)?)
             .map_err(|error| bad(SnapshotProblem::Vcpu(error)))?;
         let board = BoardState::from_bytes(blob(blob::DEVICES)?)
             .map_err(|error| bad(SnapshotProblem::Devices(error)))?;
         let dirty = blob(blob::DIRTY_SINCE_BOOT)?;
-        let expected = self.cursor.dirty_since_boot.len() * 8;
-        if dirty.len() != expected {
-            return Err(bad(SnapshotProblem::BitmapSize {
-                expected,
+        let words = self.cursor.dirty_since_boot.len();
+        let dirty_since_boot =
+            blob::decode_bitmap(dirty, words).ok_or(bad(SnapshotProblem::BitmapSize {
+                expected: words * 8,
                 actual: dirty.len(),
-            }));
-        }
+            }))?;
         let event_index = self
             .events
             .iter()
@@ -459,15 +455,7 @@ impl Replayer {
         cursor.ended = None;
         // Trace snapshots are taken right at an exit.
         cursor.ticks_since_exit = self.counter.as_ref().map(|_| 0);
-        for (word, bytes) in cursor
-            .dirty_since_boot
-            .iter_mut()
-            .zip(dirty.chunks_exact(8))
-        {
-            let mut array = [0u8; 8];
-            array.copy_from_slice(bytes);
-            *word = u64::from_le_bytes(array);
-        }
+        cursor.dirty_since_boot = dirty_since_boot;
         self.restore(&MachineState {
             vcpu,
             board,
@@ -741,7 +729,11 @@ impl Replayer {
                     .vcpu()
                     .get_sregs()
                     .map_err(kvm_op("KVM_GET_SREGS"))?;
-                Some(clock::vcpu::witness(self.machine.vm().memory(), &sregs, rip))
+                Some(clock::vcpu::witness(
+                    self.machine.vm().memory(),
+                    &sregs,
+                    rip,
+                ))
             } else {
                 None
             };
@@ -1364,12 +1356,7 @@ impl Inputs for LoggedInputs<'_> {
         }
     }
 
-    fn mmio_read(
-        &mut self,
-        ordinal: u64,
-        address: u64,
-        data: &mut [u8],
-    ) -> Result<(), InputError> {
+    fn mmio_read(&mut self, ordinal: u64, address: u64, data: &mut [u8]) -> Result<(), InputError> {
         match self.recorded(ordinal) {
             Some(Event::MmioRead {
                 address: recorded_address,

@@ -40,9 +40,7 @@ pub use report::{GuestStop, RunError, RunOutcome};
 
 use crate::clock::{self, BranchCounter, CounterKind, MachineError, MachineStop};
 use crate::machine::history::ExitRecord;
-use crate::machine::{
-    BootSpec, Entry, ExitOutcome, GuestFailure, InputError, LiveInputs, Machine,
-};
+use crate::machine::{BootSpec, Entry, ExitOutcome, GuestFailure, InputError, LiveInputs, Machine};
 use crate::trace::event::{Event, Position};
 use crate::trace::EventWriter;
 use crate::vmm::cpuid::CpuidTable;
@@ -564,12 +562,10 @@ impl Runner {
             ExitOutcome::Halted => Ok(RunState::Halted),
             ExitOutcome::Ended(status) => Ok(RunState::Exited(status)),
             ExitOutcome::Unanswered(InputError::Log(error)) => Err(RunError::Trace(error)),
-            ExitOutcome::Unanswered(InputError::NotRecorded(what)) => {
-                Err(RunError::GuestFailure {
-                    reason: what,
-                    stop: self.guest_stop(),
-                })
-            }
+            ExitOutcome::Unanswered(InputError::NotRecorded(what)) => Err(RunError::GuestFailure {
+                reason: what,
+                stop: self.guest_stop(),
+            }),
             ExitOutcome::Failed(GuestFailure::TripleFault) => {
                 Err(RunError::TripleFault(self.guest_stop()))
             }

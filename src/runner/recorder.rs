@@ -96,7 +96,7 @@ impl Recorder {
         snapshots: Option<SnapshotSchedule>,
         counter: Option<Box<dyn BranchCounter>>,
     ) -> Self {
-        let pages = memory_size / crate::vmm::memory::PAGE_SIZE;
+        let pages = memory_size / crate::PAGE_SIZE;
         let words = pages.div_ceil(64) as usize;
         Self {
             writer,
@@ -203,11 +203,7 @@ impl Recorder {
         let Some(state) = &mut self.snapshots else {
             return Ok(());
         };
-        let dirty_since_boot: Vec<u8> = self
-            .dirty_since_boot
-            .iter()
-            .flat_map(|word| word.to_le_bytes())
-            .collect();
+        let dirty_since_boot = blob::encode_bitmap(&self.dirty_since_boot);
         let touched = digest::union(
             &self.dirty_since_boot,
             &machine.loader_pages(self.dirty_since_boot.len()),
@@ -321,12 +317,7 @@ impl Inputs for Recording<'_> {
         })
     }
 
-    fn mmio_read(
-        &mut self,
-        ordinal: u64,
-        address: u64,
-        data: &mut [u8],
-    ) -> Result<(), InputError> {
+    fn mmio_read(&mut self, ordinal: u64, address: u64, data: &mut [u8]) -> Result<(), InputError> {
         self.live.mmio_read(ordinal, address, data)?;
         self.log(Event::MmioRead {
             exit: ordinal,

@@ -9,7 +9,7 @@ use memmap2::MmapMut;
 use thiserror::Error;
 
 /// Size of a guest page as KVM's dirty log and the snapshot store count them.
-pub const PAGE_SIZE: u64 = 4096;
+pub use crate::PAGE_SIZE;
 
 /// Errors of guest memory access.
 #[derive(Debug, Error)]

@@ -11,6 +11,7 @@ use kvm_bindings::{
     kvm_fpu, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_sregs, kvm_vcpu_events, Msrs,
 };
 use kvm_ioctls::VcpuFd;
+use lore_codec::{PutLe, Reader};
 
 /// MSRs saved with the vCPU: the system-call and segment-base MSRs and PAT. The TSC
 /// MSRs are the VMM's (routed to user space); EFER is in `kvm_sregs`.
@@ -119,29 +120,16 @@ pub enum StateBytesError {
     Length,
 }
 
-struct ByteReader<'a> {
-    bytes: &'a [u8],
+impl From<lore_codec::Truncated> for StateBytesError {
+    fn from(_: lore_codec::Truncated) -> Self {
+        Self::Length
+    }
 }
 
-impl<'a> ByteReader<'a> {
-    fn take(&mut self, len: usize) -> Result<&'a [u8], StateBytesError> {
-        if self.bytes.len() < len {
-            return Err(StateBytesError::Length);
-        }
-        let (head, tail) = self.bytes.split_at(len);
-        self.bytes = tail;
-        Ok(head)
-    }
-    fn pod<T: zerocopy::FromBytes>(&mut self) -> Result<T, StateBytesError> {
-        let bytes = self.take(std::mem::size_of::<T>())?;
-        T::read_from_bytes(bytes).map_err(|_| StateBytesError::Length)
-    }
-    fn u64(&mut self) -> Result<u64, StateBytesError> {
-        let bytes = self.take(8)?;
-        let mut array = [0u8; 8];
-        array.copy_from_slice(bytes);
-        Ok(u64::from_le_bytes(array))
-    }
+/// A plain-old-data KVM structure read from `reader`.
+fn read_pod<T: zerocopy::FromBytes>(reader: &mut Reader<'_>) -> Result<T, StateBytesError> {
+    let bytes = reader.take(std::mem::size_of::<T>())?;
+    T::read_from_bytes(bytes).map_err(|_| StateBytesError::Length)
 }
 
 impl VcpuState {
@@ -157,54 +145,49 @@ impl VcpuState {
         for register in &fpu.fpr {
             out.extend_from_slice(register);
         }
-        out.extend_from_slice(&fpu.fcw.to_le_bytes());
-        out.extend_from_slice(&fpu.fsw.to_le_bytes());
-        out.push(fpu.ftwx);
-        out.extend_from_slice(&fpu.last_opcode.to_le_bytes());
-        out.extend_from_slice(&fpu.last_ip.to_le_bytes());
-        out.extend_from_slice(&fpu.last_dp.to_le_bytes());
+        out.put_u16(fpu.fcw);
+        out.put_u16(fpu.fsw);
+        out.put_u8(fpu.ftwx);
+        out.put_u16(fpu.last_opcode);
+        out.put_u64(fpu.last_ip);
+        out.put_u64(fpu.last_dp);
         for register in &fpu.xmm {
             out.extend_from_slice(register);
         }
-        out.extend_from_slice(&fpu.mxcsr.to_le_bytes());
-        out.extend_from_slice(&(self.msrs.len() as u64).to_le_bytes());
+        out.put_u32(fpu.mxcsr);
+        out.put_u64(self.msrs.len() as u64);
         for (index, value) in &self.msrs {
-            out.extend_from_slice(&u64::from(*index).to_le_bytes());
-            out.extend_from_slice(&value.to_le_bytes());
+            out.put_u64(u64::from(*index));
+            out.put_u64(*value);
         }
         out
     }
 
     /// Reads [`VcpuState::to_bytes`]'s encoding back; never panics on bad input.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, StateBytesError> {
-        let mut reader = ByteReader { bytes };
-        let version = reader.take(1)?[0];
+        let mut reader = Reader::new(bytes);
+        let version = reader.u8()?;
         if version != STATE_VERSION {
             return Err(StateBytesError::Version(version));
         }
-        let regs = reader.pod()?;
-        let sregs = reader.pod()?;
-        let events = reader.pod()?;
-        let mp_state = reader.pod()?;
+        let regs = read_pod(&mut reader)?;
+        let sregs = read_pod(&mut reader)?;
+        let events = read_pod(&mut reader)?;
+        let mp_state = read_pod(&mut reader)?;
         let mut fpu = kvm_fpu::default();
         for register in &mut fpu.fpr {
             register.copy_from_slice(reader.take(16)?);
         }
-        let word = |reader: &mut ByteReader<'_>| -> Result<u16, StateBytesError> {
-            let bytes = reader.take(2)?;
-            Ok(u16::from_le_bytes([bytes[0], bytes[1]]))
-        };
-        fpu.fcw = word(&mut reader)?;
-        fpu.fsw = word(&mut reader)?;
-        fpu.ftwx = reader.take(1)?[0];
-        fpu.last_opcode = word(&mut reader)?;
+        fpu.fcw = reader.u16()?;
+        fpu.fsw = reader.u16()?;
+        fpu.ftwx = reader.u8()?;
+        fpu.last_opcode = reader.u16()?;
         fpu.last_ip = reader.u64()?;
         fpu.last_dp = reader.u64()?;
         for register in &mut fpu.xmm {
             register.copy_from_slice(reader.take(16)?);
         }
-        let mxcsr = reader.take(4)?;
-        fpu.mxcsr = u32::from_le_bytes([mxcsr[0], mxcsr[1], mxcsr[2], mxcsr[3]]);
+        fpu.mxcsr = reader.u32()?;
         let count = reader.u64()?;
         if count > SAVED_MSRS.len() as u64 {
             return Err(StateBytesError::Length);
@@ -214,7 +197,7 @@ impl VcpuState {
             let index = u32::try_from(reader.u64()?).map_err(|_| StateBytesError::Length)?;
             msrs.push((index, reader.u64()?));
         }
-        if !reader.bytes.is_empty() {
+        if !reader.is_empty() {
             return Err(StateBytesError::Length);
         }
         Ok(Self {
