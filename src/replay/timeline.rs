@@ -23,11 +23,15 @@
 //! beginning of history. **Reverse step** from X: seek to the moment one step
 //! before. Debugger state (breakpoints, watchpoints) is passed with every call and
 //! never stored in checkpoints.
+//!
+//! **Engine.** Everything the timeline learns of the machine (registers, memory,
+//! exits, stops) comes through [`ReplayEngine`]: the KVM [`Replayer`] in use, a
+//! scripted fake in the tests, which check these operations without `/dev/kvm`.
 
-use super::{EngineStop, MachineState, ReplayError, Replayer, USER_HW_SLOTS};
+use super::engine::ReplayEngine;
+use super::{EngineStop, ReplayError, Replayer, USER_HW_SLOTS};
 use crate::digest;
 use crate::vmm::debug::{HwBreakpoint, HwCondition};
-use crate::vmm::paging;
 use snapshots::{
     Compression, DirtyPages, MemoryState, MemoryStore, SnapshotId, SnapshotSink, SnapshotSource,
     ThinningPolicy,
@@ -81,11 +85,11 @@ impl fmt::Display for Moment {
     }
 }
 
-/// A checkpoint: memory in the store, the rest as plain data.
+/// A checkpoint: memory in the store, the rest as the engine captured it.
 #[derive(Debug, Clone)]
-struct Checkpoint {
+struct Checkpoint<State> {
     memory: SnapshotId,
-    machine: MachineState,
+    machine: State,
     moment: Moment,
     /// Made by `monitor checkpoint`: never thinned.
     pinned: bool,
@@ -172,11 +176,12 @@ pub enum TimelineStop {
     Interrupted,
 }
 
-/// The timeline of one replay.
-pub struct Timeline {
-    replayer: Replayer,
+/// The timeline of one replay, driving `E` (the KVM [`Replayer`] unless a test
+/// gives another engine).
+pub struct Timeline<E: ReplayEngine = Replayer> {
+    engine: E,
     store: MemoryStore,
-    checkpoints: Vec<Checkpoint>,
+    checkpoints: Vec<Checkpoint<E::MachineState>>,
     /// The snapshot guest memory equalled when it was last captured or restored.
     memory_base: Option<SnapshotId>,
     /// Pages written since then (from KVM's dirty log).
@@ -185,7 +190,7 @@ pub struct Timeline {
     thinning: ThinningPolicy,
 }
 
-impl fmt::Debug for Timeline {
+impl<E: ReplayEngine> fmt::Debug for Timeline<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Timeline")
             .field("position", &self.position)
@@ -200,14 +205,14 @@ fn or_bitmaps(into: &mut [u64], from: &[u64]) {
     }
 }
 
-impl Timeline {
-    /// Starts a timeline at the beginning of `replayer`'s history.
-    pub fn new(replayer: Replayer) -> Result<Self, ReplayError> {
-        let memory_len = replayer.vm().memory().as_slice().len();
+impl<E: ReplayEngine> Timeline<E> {
+    /// Starts a timeline at the beginning of `engine`'s history.
+    pub fn new(engine: E) -> Result<Self, ReplayError> {
+        let memory_len = engine.memory().len();
         let store = MemoryStore::new(memory_len, Compression::None).map_err(snapshot_error)?;
         let words = memory_len.div_ceil(4096).div_ceil(64);
         let mut timeline = Self {
-            replayer,
+            engine,
             store,
             checkpoints: Vec::new(),
             memory_base: None,
@@ -231,9 +236,9 @@ impl Timeline {
         Ok(timeline)
     }
 
-    /// The replayer (registers, memory, statistics).
-    pub fn replayer(&self) -> &Replayer {
-        &self.replayer
+    /// The engine (registers, memory, statistics).
+    pub fn replayer(&self) -> &E {
+        &self.engine
     }
 
     /// Where the timeline stands.
@@ -243,12 +248,12 @@ impl Timeline {
 
     /// The exit of the recorded end.
     pub fn last_exit(&self) -> u64 {
-        self.replayer.last_exit()
+        self.engine.last_exit()
     }
 
     fn state_digest(&mut self) -> Result<StateDigest, ReplayError> {
-        let regs = self.replayer.registers_now()?;
-        let memory = self.replayer.memory_digest_since_boot()?;
+        let regs = self.engine.registers()?;
+        let memory = self.engine.memory_digest_since_boot()?;
         Ok(StateDigest {
             rip: regs[16],
             regs: digest::registers(&regs),
@@ -263,11 +268,11 @@ impl Timeline {
     }
 
     fn compare_state(&mut self, state: &StateDigest) -> Result<StateMatch, ReplayError> {
-        let regs = self.replayer.registers_now()?;
+        let regs = self.engine.registers()?;
         if regs[16] != state.rip || digest::registers(&regs) != state.regs {
             return Ok(StateMatch::None);
         }
-        if self.replayer.memory_digest_since_boot()? == state.memory {
+        if self.engine.memory_digest_since_boot()? == state.memory {
             Ok(StateMatch::Full)
         } else {
             Ok(StateMatch::Registers)
@@ -276,7 +281,7 @@ impl Timeline {
 
     fn current_moment(&mut self, steps: Option<u64>) -> Result<Moment, ReplayError> {
         Ok(Moment {
-            exit: self.replayer.exits(),
+            exit: self.engine.exits(),
             steps,
             state: self.state_digest()?,
         })
@@ -284,17 +289,17 @@ impl Timeline {
 
     /// Adds the pages written since the last look to those written since the base.
     fn collect_dirty(&mut self) -> Result<(), ReplayError> {
-        let written = self.replayer.take_dirty_since_mark()?;
+        let written = self.engine.take_dirty_since_mark()?;
         or_bitmaps(&mut self.dirty_since_base, &written);
         Ok(())
     }
 
     /// Takes a checkpoint at the current position; returns its index.
     fn checkpoint(&mut self, pinned: bool) -> Result<usize, ReplayError> {
-        let machine = self.replayer.capture()?;
+        let machine = self.engine.capture()?;
         self.collect_dirty()?;
         // The first checkpoint is at boot: only the loader's pages can be non-zero.
-        let boot_pages = digest::union(&self.replayer.loader_pages(), &self.dirty_since_base);
+        let boot_pages = digest::union(&self.engine.loader_pages(), &self.dirty_since_base);
         let state = match self.memory_base {
             Some(snapshot) => MemoryState::At {
                 snapshot,
@@ -307,12 +312,7 @@ impl Timeline {
         };
         let memory = self
             .store
-            .take(
-                self.replayer.vm().memory().as_slice(),
-                state,
-                self.position.exit,
-                &[],
-            )
+            .take(self.engine.memory(), state, self.position.exit, &[])
             .map_err(snapshot_error)?;
         self.memory_base = Some(memory);
         self.dirty_since_base.iter_mut().for_each(|word| *word = 0);
@@ -377,7 +377,7 @@ impl Timeline {
             },
             None => MemoryState::Unknown,
         };
-        let memory = self.replayer.memory_mut();
+        let memory = self.engine.memory_mut();
         let restored = self.store.restore(checkpoint.memory, memory, state);
         if let Err(error) = restored {
             self.memory_base = None;
@@ -385,7 +385,7 @@ impl Timeline {
         }
         self.memory_base = Some(checkpoint.memory);
         self.dirty_since_base.iter_mut().for_each(|word| *word = 0);
-        self.replayer.restore(&checkpoint.machine)?;
+        self.engine.restore(&checkpoint.machine)?;
         self.position = checkpoint.moment;
         Ok(())
     }
@@ -405,18 +405,15 @@ impl Timeline {
         exit: u64,
         interrupted: &mut dyn FnMut() -> bool,
     ) -> Result<Option<TimelineStop>, ReplayError> {
-        while self.replayer.exits() < exit {
-            let next_checkpoint = (self.replayer.exits() / CHECKPOINT_EXITS + 1) * CHECKPOINT_EXITS;
+        while self.engine.exits() < exit {
+            let next_checkpoint = (self.engine.exits() / CHECKPOINT_EXITS + 1) * CHECKPOINT_EXITS;
             let target = exit.min(next_checkpoint);
-            match self
-                .replayer
-                .resume(false, &[], Some(target), interrupted)?
-            {
+            match self.engine.resume(false, &[], Some(target), interrupted)? {
                 EngineStop::Boundary => {
                     self.position = self.current_moment(Some(0))?;
-                    if self.replayer.exits() % CHECKPOINT_EXITS == 0
+                    if self.engine.exits() % CHECKPOINT_EXITS == 0
                         && !self.checkpoints.iter().any(|checkpoint| {
-                            checkpoint.moment.exit == self.replayer.exits()
+                            checkpoint.moment.exit == self.engine.exits()
                                 && checkpoint.moment.steps == Some(0)
                         })
                     {
@@ -426,7 +423,7 @@ impl Timeline {
                 EngineStop::Ended { status } => {
                     // The end is the start of the last interval: nothing runs after it.
                     self.position = self.current_moment(Some(0))?;
-                    if self.replayer.exits() < exit {
+                    if self.engine.exits() < exit {
                         return Ok(Some(TimelineStop::HistoryEnd { status }));
                     }
                 }
@@ -498,7 +495,7 @@ impl Timeline {
                         }
                         StateMatch::Registers | StateMatch::None => {}
                     }
-                    if self.replayer.exits() != moment.exit {
+                    if self.engine.exits() != moment.exit {
                         let Some(found) = registers_only else {
                             return Err(ReplayError::Timeline(format!(
                                 "the point {moment} is not in its interval"
@@ -517,18 +514,14 @@ impl Timeline {
 
     /// The current contents of the watched ranges (`None` where unmapped).
     fn watched_values(&self, watches: &[Watch]) -> Vec<Option<u64>> {
-        let vm = self.replayer.vm();
-        let Ok(sregs) = vm.vcpu().get_sregs() else {
-            return vec![None; watches.len()];
-        };
         watches
             .iter()
             .map(|watch| {
-                let physical = paging::translate(vm.memory(), &sregs, watch.address)?;
                 let mut bytes = [0u8; 8];
                 let len = usize::from(watch.len.clamp(1, 8));
-                vm.memory().read(physical, &mut bytes[..len]).ok()?;
-                Some(u64::from_le_bytes(bytes))
+                self.engine
+                    .read_virtual(watch.address, &mut bytes[..len])
+                    .then(|| u64::from_le_bytes(bytes))
             })
             .collect()
     }
@@ -553,16 +546,7 @@ impl Timeline {
         if watches.iter().all(|watch| watch.kind == WatchKind::Write) {
             return Ok(None);
         }
-        let vm = self.replayer.vm();
-        let regs = vm
-            .vcpu()
-            .get_regs()
-            .map_err(crate::vmm::kvm_op("KVM_GET_REGS"))?;
-        let sregs = vm
-            .vcpu()
-            .get_sregs()
-            .map_err(crate::vmm::kvm_op("KVM_GET_SREGS"))?;
-        let accesses = super::access::at_rip(vm.memory(), &regs, &sregs);
+        let accesses = self.engine.accesses_at_rip()?;
         Ok(watches.iter().position(|watch| {
             let end = watch.address.saturating_add(u64::from(watch.len));
             accesses.iter().any(|access| {
@@ -595,15 +579,15 @@ impl Timeline {
 
     /// One instruction forward; takes fine checkpoints while stepping.
     fn step_once(&mut self, stops: &[HwBreakpoint]) -> Result<EngineStop, ReplayError> {
-        let exit_before = self.replayer.exits();
-        let stop = self.replayer.resume(true, stops, None, &mut || false)?;
-        let steps = if self.replayer.exits() != exit_before {
+        let exit_before = self.engine.exits();
+        let stop = self.engine.resume(true, stops, None, &mut || false)?;
+        let steps = if self.engine.exits() != exit_before {
             Some(0)
         } else {
             self.position.steps.map(|steps| steps + 1)
         };
         self.position = Moment {
-            exit: self.replayer.exits(),
+            exit: self.engine.exits(),
             steps,
             state: self.position.state,
         };
@@ -663,10 +647,10 @@ impl Timeline {
         let hardware = stops.hardware();
         let stops = hardware.as_slice();
         loop {
-            let exit_before = self.replayer.exits();
+            let exit_before = self.engine.exits();
             let next_checkpoint = (exit_before / CHECKPOINT_EXITS + 1) * CHECKPOINT_EXITS;
             let stop = self
-                .replayer
+                .engine
                 .resume(false, stops, Some(next_checkpoint), interrupted)?;
             match stop {
                 EngineStop::Boundary => {
@@ -716,7 +700,7 @@ impl Timeline {
                     address: stops.watches[index].address,
                 });
             }
-            let rip = self.replayer.registers_now()?[16];
+            let rip = self.engine.registers()?[16];
             if stops.breakpoints.contains(&rip) {
                 self.position.state = self.state_digest()?;
                 return Ok(TimelineStop::Breakpoint { address: rip });
@@ -742,7 +726,7 @@ impl Timeline {
         let mut count = 0;
         loop {
             self.step_once(&[])?;
-            if self.replayer.exits() != previous {
+            if self.engine.exits() != previous {
                 break;
             }
             count += 1;
@@ -830,9 +814,9 @@ impl Timeline {
         if stops.watches.is_empty() {
             // Free runs with hardware breakpoints up to the upper moment's interval.
             let hardware = stops.hardware();
-            while self.replayer.exits() < upper.exit {
+            while self.engine.exits() < upper.exit {
                 match self
-                    .replayer
+                    .engine
                     .resume(false, &hardware, Some(upper.exit), interrupted)?
                 {
                     EngineStop::Breakpoint { .. } => {
@@ -865,7 +849,7 @@ impl Timeline {
             if reached {
                 break;
             }
-            let rip = self.replayer.registers_now()?[16];
+            let rip = self.engine.registers()?[16];
             if !first && stops.breakpoints.contains(&rip) {
                 let moment = self.current_moment(here.steps)?;
                 hits.push((moment, None));
@@ -896,8 +880,8 @@ impl Timeline {
         let stops = stops.hardware();
         let stops = stops.as_slice();
         let mut never = || false;
-        while self.replayer.exits() < moment.exit {
-            self.replayer
+        while self.engine.exits() < moment.exit {
+            self.engine
                 .resume(false, &[], Some(moment.exit), &mut never)?;
         }
         loop {
@@ -909,7 +893,7 @@ impl Timeline {
                 return Ok(());
             }
             match self
-                .replayer
+                .engine
                 .resume(false, stops, Some(moment.exit + 1), &mut never)?
             {
                 EngineStop::Breakpoint { .. } | EngineStop::Watchpoint { .. } => {}
@@ -940,7 +924,7 @@ impl Timeline {
         Ok(self.pinned().len())
     }
 
-    fn pinned(&self) -> Vec<&Checkpoint> {
+    fn pinned(&self) -> Vec<&Checkpoint<E::MachineState>> {
         self.checkpoints
             .iter()
             .filter(|checkpoint| checkpoint.pinned)
