@@ -27,6 +27,9 @@ use crate::vmm::debug::HwBreakpoint;
 use crate::vmm::paging;
 use std::fmt;
 
+#[cfg(test)]
+pub(crate) mod fake;
+
 /// What the timeline needs from a replayed machine.
 pub trait ReplayEngine {
     /// A captured machine state without guest memory: registers, devices, the

@@ -998,3 +998,6 @@ fn same_point(a: &Moment, b: &Moment) -> bool {
 fn snapshot_error(error: snapshots::SnapshotError) -> ReplayError {
     ReplayError::Timeline(format!("checkpoint store: {error}"))
 }
+
+#[cfg(test)]
+mod tests;
