@@ -803,6 +803,10 @@ impl<E: ReplayEngine> Timeline<E> {
     /// Runs from the current position to `upper` (exclusive), returning every stop
     /// hit on the way: `(moment, Some(watch address))` for watchpoints; `None` when
     /// `interrupted` cut the scan short (the position is then where it stopped).
+    ///
+    /// The current position is a checkpoint strictly before `upper`, and the scan
+    /// of the checkpoint before it ends just before it: a breakpoint here is this
+    /// scan's to report, or no scan reports it.
     fn scan_hits(
         &mut self,
         stops: &Stops,
@@ -811,8 +815,16 @@ impl<E: ReplayEngine> Timeline<E> {
     ) -> Result<Option<Vec<Hit>>, ReplayError> {
         let mut hits = Vec::new();
         let upper_steps = upper.steps.unwrap_or(0);
-        if stops.watches.is_empty() {
+        if stops.watches.is_empty() && self.engine.exits() < upper.exit {
             // Free runs with hardware breakpoints up to the upper moment's interval.
+            // They pass a breakpoint where they start, and end at the upper
+            // interval's start without looking at it: both points are checked by
+            // rip, here and by the single steps below.
+            let rip = self.engine.registers()?[16];
+            if stops.breakpoints.contains(&rip) {
+                let moment = self.current_moment(self.position.steps)?;
+                hits.push((moment, None));
+            }
             let hardware = stops.hardware();
             while self.engine.exits() < upper.exit {
                 match self
@@ -841,7 +853,6 @@ impl<E: ReplayEngine> Timeline<E> {
         // Single steps (the whole way with watchpoints, else within the upper
         // interval), checking breakpoints by rip and watches by value.
         let mut values = self.watched_values(&stops.watches);
-        let mut first = true;
         loop {
             let here = self.position;
             let reached = here.exit > upper.exit
@@ -850,11 +861,10 @@ impl<E: ReplayEngine> Timeline<E> {
                 break;
             }
             let rip = self.engine.registers()?[16];
-            if !first && stops.breakpoints.contains(&rip) {
+            if stops.breakpoints.contains(&rip) {
                 let moment = self.current_moment(here.steps)?;
                 hits.push((moment, None));
             }
-            first = false;
             let (stop, hit) = self.step_watching(&stops.watches, &mut values)?;
             if let EngineStop::Ended { .. } = stop {
                 break;

@@ -234,6 +234,62 @@ fn reverse_continue_without_a_hit_stops_at_the_beginning_of_history() {
 }
 
 #[test]
+fn reverse_continue_finds_a_hit_at_a_checkpoint() {
+    let script = Script::uniform(100, 10, STATUS)
+        .with_rip(31, 5, MARK)
+        .with_rip(32, 0, MARK);
+    let mut timeline = timeline(&script);
+    run_to_end(&mut timeline);
+    assert!(checkpoint_points(&timeline).contains(&(32, Some(0))));
+    let stops = breakpoints(&[MARK]);
+    assert_eq!(
+        timeline.continue_backward(&stops, &mut never()).unwrap(),
+        TimelineStop::Breakpoint { address: MARK }
+    );
+    assert_at(&mut timeline, &script, 32, 0);
+    assert_eq!(
+        timeline.continue_backward(&stops, &mut never()).unwrap(),
+        TimelineStop::Breakpoint { address: MARK }
+    );
+    assert_at(&mut timeline, &script, 31, 5);
+}
+
+#[test]
+fn reverse_continue_finds_a_hit_at_the_start_of_the_current_interval() {
+    let script = Script::uniform(100, 10, STATUS).with_rip(40, 0, MARK);
+    let mut timeline = timeline(&script);
+    timeline.goto(40, 6).unwrap();
+    assert_eq!(
+        timeline
+            .continue_backward(&breakpoints(&[MARK]), &mut never())
+            .unwrap(),
+        TimelineStop::Breakpoint { address: MARK }
+    );
+    assert_at(&mut timeline, &script, 40, 0);
+}
+
+#[test]
+fn reverse_continue_reports_a_breakpoint_on_the_first_instruction() {
+    // As gdb's own `record full` does: landing on the first instruction with a
+    // breakpoint there is a breakpoint stop; only going on from there is "no
+    // more history".
+    let script = Script::uniform(10, 10, STATUS).with_rip(0, 0, MARK);
+    let mut timeline = timeline(&script);
+    timeline.goto(3, 2).unwrap();
+    let stops = breakpoints(&[MARK]);
+    assert_eq!(
+        timeline.continue_backward(&stops, &mut never()).unwrap(),
+        TimelineStop::Breakpoint { address: MARK }
+    );
+    assert_exactly_at(&mut timeline, &script, 0, 0);
+    assert_eq!(
+        timeline.continue_backward(&stops, &mut never()).unwrap(),
+        TimelineStop::HistoryBegin
+    );
+    assert_exactly_at(&mut timeline, &script, 0, 0);
+}
+
+#[test]
 fn continue_passes_the_breakpoint_it_starts_at_in_both_directions() {
     let script = Script::uniform(10, 10, STATUS);
     let mut timeline = timeline(&script);
