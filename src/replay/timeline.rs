@@ -778,7 +778,6 @@ impl<E: ReplayEngine> Timeline<E> {
                 return Ok(TimelineStop::Interrupted);
             };
             if let Some(last) = hits.last().copied() {
-                self.restore(start)?;
                 self.seek_hit(stops, &last)?;
                 return Ok(match last.1 {
                     Some(address) => {
@@ -793,7 +792,9 @@ impl<E: ReplayEngine> Timeline<E> {
             }
             if start_moment.exit == 0 && start_moment.steps == Some(0) {
                 // Nothing between the beginning and the target: stop at the beginning.
-                self.restore(start)?;
+                // Not `start`: checkpoints the scan took may have moved it (the
+                // first one, at boot, never moves).
+                self.restore(0)?;
                 return Ok(TimelineStop::HistoryBegin);
             }
             upper = start_moment;
@@ -881,12 +882,22 @@ impl<E: ReplayEngine> Timeline<E> {
         Ok(Some(hits))
     }
 
-    /// Seeks to a hit found by [`Timeline::scan_hits`] from the same checkpoint.
+    /// Seeks to a hit found by [`Timeline::scan_hits`].
     fn seek_hit(&mut self, stops: &Stops, hit: &Hit) -> Result<(), ReplayError> {
         let (moment, _) = hit;
         if moment.steps.is_some() {
             return self.seek(moment);
         }
+        // Not the checkpoint the scan started from: the fine checkpoints it took
+        // may have thinned that one away, or shifted its index. Any checkpoint at
+        // or before the start of the hit's interval will do.
+        let start = self
+            .checkpoint_before(&Moment {
+                steps: None,
+                ..*moment
+            })
+            .unwrap_or(0);
+        self.restore(start)?;
         let stops = stops.hardware();
         let stops = stops.as_slice();
         let mut never = || false;

@@ -624,3 +624,37 @@ fn pinned_checkpoints_bring_back_their_point() {
         .describe_checkpoints()
         .starts_with("1  at 40:3 (rip 0x100c)\n"));
 }
+
+#[test]
+fn reverse_continue_survives_the_thinning_of_its_checkpoint() {
+    // The search from the pinned 5:300 starts at checkpoint 3:256, kept only
+    // because it was the latest taken; single-stepping into interval 5 takes a
+    // fine checkpoint at 5:256, and thinning then drops 3:256 (1:256 holds its
+    // slot). The breakpoint hit at 4:100 must still be found again.
+    let script = Script::uniform(10, 600, STATUS).with_rip(4, 100, MARK);
+    let mut timeline = timeline(&script);
+    timeline.goto(1, 300).unwrap();
+    timeline.goto(5, 300).unwrap();
+    assert_eq!(timeline.pin_checkpoint().unwrap(), 1);
+    timeline.goto(7, 300).unwrap();
+    timeline.goto(3, 300).unwrap();
+    timeline.restart(1).unwrap();
+    assert_eq!(
+        checkpoint_points(&timeline),
+        vec![
+            (0, Some(0)),
+            (1, Some(256)),
+            (3, Some(256)),
+            (5, Some(300)),
+            (7, Some(256))
+        ]
+    );
+    assert_eq!(
+        timeline
+            .continue_backward(&breakpoints(&[MARK]), &mut never())
+            .unwrap(),
+        TimelineStop::Breakpoint { address: MARK }
+    );
+    assert_at(&mut timeline, &script, 4, 100);
+    assert!(!checkpoint_points(&timeline).contains(&(3, Some(256))));
+}
