@@ -656,6 +656,12 @@ impl<E: ReplayEngine> Timeline<E> {
                 EngineStop::Boundary => {
                     self.position = self.current_moment(Some(0))?;
                     self.checkpoint(false)?;
+                    // The run stopped here only to checkpoint; the next one starts
+                    // here and so would pass a breakpoint here.
+                    let rip = self.engine.registers()?[16];
+                    if stops.iter().any(|stop| stop.address == rip) {
+                        return Ok(TimelineStop::Breakpoint { address: rip });
+                    }
                 }
                 EngineStop::Breakpoint { address } => {
                     self.position = self.current_moment(None)?;

@@ -328,6 +328,28 @@ fn continue_passes_the_breakpoint_it_starts_at_in_both_directions() {
 }
 
 #[test]
+fn continue_stops_at_a_breakpoint_where_it_takes_a_checkpoint() {
+    // The forward run pauses at exits 32 and 64 for checkpoints; the breakpoints
+    // on the first instruction after them must still stop it.
+    let script = Script::uniform(100, 10, STATUS)
+        .with_rip(32, 0, MARK)
+        .with_rip(64, 0, MARK);
+    let mut timeline = timeline(&script);
+    let stops = breakpoints(&[MARK]);
+    for exit in [32, 64] {
+        assert_eq!(
+            timeline.continue_forward(&stops, &mut never()).unwrap(),
+            TimelineStop::Breakpoint { address: MARK }
+        );
+        assert_at(&mut timeline, &script, exit, 0);
+    }
+    assert_eq!(
+        timeline.continue_forward(&stops, &mut never()).unwrap(),
+        TimelineStop::HistoryEnd { status: STATUS }
+    );
+}
+
+#[test]
 fn reverse_stepi_goes_back_exactly_one_instruction() {
     let script = Script::uniform(10, 10, STATUS);
     let mut timeline = timeline(&script);
