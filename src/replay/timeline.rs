@@ -338,6 +338,22 @@ impl<E: ReplayEngine> Timeline<E> {
             .unwrap_or(index))
     }
 
+    /// Takes an automatic checkpoint at the current position (its steps known)
+    /// unless one is there already: runs over known history again, after going
+    /// back, would otherwise pile up copies that thinning keeps while each is the
+    /// latest taken, and that shift checkpoint indices when it drops them.
+    fn checkpoint_unless_known(&mut self) -> Result<(), ReplayError> {
+        let here = self.position;
+        if !self
+            .checkpoints
+            .iter()
+            .any(|checkpoint| same_point(&checkpoint.moment, &here))
+        {
+            self.checkpoint(false)?;
+        }
+        Ok(())
+    }
+
     /// Drops interval checkpoints rr-style; the first and pinned ones stay.
     fn thin(&mut self) -> Result<(), ReplayError> {
         let candidates: Vec<usize> = (1..self.checkpoints.len())
@@ -411,13 +427,8 @@ impl<E: ReplayEngine> Timeline<E> {
             match self.engine.resume(false, &[], Some(target), interrupted)? {
                 EngineStop::Boundary => {
                     self.position = self.current_moment(Some(0))?;
-                    if self.engine.exits() % CHECKPOINT_EXITS == 0
-                        && !self.checkpoints.iter().any(|checkpoint| {
-                            checkpoint.moment.exit == self.engine.exits()
-                                && checkpoint.moment.steps == Some(0)
-                        })
-                    {
-                        self.checkpoint(false)?;
+                    if self.engine.exits() % CHECKPOINT_EXITS == 0 {
+                        self.checkpoint_unless_known()?;
                     }
                 }
                 EngineStop::Ended { status } => {
@@ -594,7 +605,7 @@ impl<E: ReplayEngine> Timeline<E> {
         if let Some(steps) = steps {
             if steps > 0 && steps % FINE_STEPS == 0 {
                 self.position.state = self.state_digest()?;
-                self.checkpoint(false)?;
+                self.checkpoint_unless_known()?;
             }
         }
         Ok(stop)
@@ -655,7 +666,7 @@ impl<E: ReplayEngine> Timeline<E> {
             match stop {
                 EngineStop::Boundary => {
                     self.position = self.current_moment(Some(0))?;
-                    self.checkpoint(false)?;
+                    self.checkpoint_unless_known()?;
                     // The run stopped here only to checkpoint; the next one starts
                     // here and so would pass a breakpoint here.
                     let rip = self.engine.registers()?[16];

@@ -625,6 +625,39 @@ fn an_interrupt_during_a_reverse_search_stops_it_where_it_is() {
 }
 
 #[test]
+fn continuing_over_known_history_again_adds_no_duplicate_checkpoints() {
+    let script = Script::uniform(100, 10, STATUS);
+    let mut timeline = timeline(&script);
+    run_to_end(&mut timeline);
+    let first = checkpoint_points(&timeline);
+    timeline.goto(0, 0).unwrap();
+    run_to_end(&mut timeline);
+    assert_eq!(checkpoint_points(&timeline), first);
+}
+
+#[test]
+fn stepping_over_known_history_again_adds_no_duplicate_checkpoints() {
+    let script =
+        Script::with_intervals(&[10, 600, 10], STATUS).with(1, 400, rip(400), store(DATA, 1));
+    let mut timeline = timeline(&script);
+    timeline.goto(1, 300).unwrap();
+    assert!(checkpoint_points(&timeline).contains(&(1, Some(256))));
+    timeline.goto(1, 100).unwrap();
+    // Single steps (for the watch) over 1:256 again, up to the store.
+    assert_eq!(
+        timeline
+            .continue_forward(&watch(WatchKind::Write, DATA), &mut never())
+            .unwrap(),
+        TimelineStop::Watchpoint { address: DATA }
+    );
+    assert_exactly_at(&mut timeline, &script, 1, 401);
+    let points = checkpoint_points(&timeline);
+    let mut unique = points.clone();
+    unique.dedup();
+    assert_eq!(points, unique);
+}
+
+#[test]
 fn pinned_checkpoints_bring_back_their_point() {
     let script = storing_script();
     let mut timeline = timeline(&script);
