@@ -91,8 +91,9 @@ struct Checkpoint<State> {
     memory: SnapshotId,
     machine: State,
     moment: Moment,
-    /// Made by `monitor checkpoint`: never thinned.
-    pinned: bool,
+    /// Made by `monitor checkpoint`: its number (they count up from 1 in the
+    /// order they are made). Never thinned.
+    pin: Option<usize>,
 }
 
 /// Which accesses a watchpoint catches.
@@ -188,6 +189,8 @@ pub struct Timeline<E: ReplayEngine = Replayer> {
     dirty_since_base: Vec<u64>,
     position: Moment,
     thinning: ThinningPolicy,
+    /// `monitor checkpoint`s made: the last number given.
+    pins_made: usize,
 }
 
 impl<E: ReplayEngine> fmt::Debug for Timeline<E> {
@@ -230,9 +233,10 @@ impl<E: ReplayEngine> Timeline<E> {
                 min_spacing: CHECKPOINT_EXITS,
                 per_band: 4,
             },
+            pins_made: 0,
         };
         timeline.position = timeline.current_moment(Some(0))?;
-        timeline.checkpoint(false)?;
+        timeline.checkpoint(None)?;
         Ok(timeline)
     }
 
@@ -295,7 +299,7 @@ impl<E: ReplayEngine> Timeline<E> {
     }
 
     /// Takes a checkpoint at the current position; returns its index.
-    fn checkpoint(&mut self, pinned: bool) -> Result<usize, ReplayError> {
+    fn checkpoint(&mut self, pin: Option<usize>) -> Result<usize, ReplayError> {
         let machine = self.engine.capture()?;
         self.collect_dirty()?;
         // The first checkpoint is at boot: only the loader's pages can be non-zero.
@@ -320,7 +324,7 @@ impl<E: ReplayEngine> Timeline<E> {
             memory,
             machine,
             moment: self.position,
-            pinned,
+            pin,
         };
         let index = self
             .checkpoints
@@ -328,7 +332,7 @@ impl<E: ReplayEngine> Timeline<E> {
             .position(|existing| before(&checkpoint.moment, &existing.moment))
             .unwrap_or(self.checkpoints.len());
         self.checkpoints.insert(index, checkpoint);
-        if !pinned {
+        if pin.is_none() {
             self.thin()?;
         }
         Ok(self
@@ -349,7 +353,7 @@ impl<E: ReplayEngine> Timeline<E> {
             .iter()
             .any(|checkpoint| same_point(&checkpoint.moment, &here))
         {
-            self.checkpoint(false)?;
+            self.checkpoint(None)?;
         }
         Ok(())
     }
@@ -357,7 +361,7 @@ impl<E: ReplayEngine> Timeline<E> {
     /// Drops interval checkpoints rr-style; the first and pinned ones stay.
     fn thin(&mut self) -> Result<(), ReplayError> {
         let candidates: Vec<usize> = (1..self.checkpoints.len())
-            .filter(|&index| !self.checkpoints[index].pinned)
+            .filter(|&index| self.checkpoints[index].pin.is_none())
             .collect();
         let positions: Vec<u64> = candidates
             .iter()
@@ -955,35 +959,41 @@ impl<E: ReplayEngine> Timeline<E> {
         self.seek_steps(exit, steps)
     }
 
-    /// `monitor checkpoint`: returns the checkpoint's number.
+    /// `monitor checkpoint`: returns the checkpoint's number, which `monitor
+    /// restart` takes and `monitor info checkpoints` shows.
     pub fn pin_checkpoint(&mut self) -> Result<usize, ReplayError> {
         self.resolve_steps()?;
-        self.checkpoint(true)?;
-        Ok(self.pinned().len())
+        let number = self.pins_made + 1;
+        self.checkpoint(Some(number))?;
+        self.pins_made = number;
+        Ok(number)
     }
 
-    fn pinned(&self) -> Vec<&Checkpoint<E::MachineState>> {
-        self.checkpoints
+    /// The pinned checkpoints with their numbers, in the order they were made
+    /// (not in history order: a checkpoint made earlier in the history later
+    /// must not renumber the others).
+    fn pinned(&self) -> Vec<(usize, &Checkpoint<E::MachineState>)> {
+        let mut pinned: Vec<_> = self
+            .checkpoints
             .iter()
-            .filter(|checkpoint| checkpoint.pinned)
-            .collect()
+            .filter_map(|checkpoint| checkpoint.pin.map(|number| (number, checkpoint)))
+            .collect();
+        pinned.sort_by_key(|&(number, _)| number);
+        pinned
     }
 
     /// `monitor restart N`.
     pub fn restart(&mut self, number: usize) -> Result<Moment, String> {
-        let pinned = self.pinned();
-        let Some(checkpoint) = number.checked_sub(1).and_then(|index| pinned.get(index)) else {
-            return Err(format!(
-                "no checkpoint {number} (there are {})",
-                pinned.len()
-            ));
-        };
-        let memory = checkpoint.memory;
-        let index = self
+        let Some(index) = self
             .checkpoints
             .iter()
-            .position(|checkpoint| checkpoint.memory == memory)
-            .ok_or_else(|| format!("checkpoint {number} is gone"))?;
+            .position(|checkpoint| checkpoint.pin == Some(number))
+        else {
+            return Err(format!(
+                "no checkpoint {number} (there are {})",
+                self.pinned().len()
+            ));
+        };
         self.restore(index).map_err(|error| error.to_string())?;
         Ok(self.position)
     }
@@ -991,12 +1001,10 @@ impl<E: ReplayEngine> Timeline<E> {
     /// `monitor info checkpoints`.
     pub fn describe_checkpoints(&self) -> String {
         let mut text = String::new();
-        for (number, checkpoint) in self.pinned().iter().enumerate() {
+        for (number, checkpoint) in self.pinned() {
             text.push_str(&format!(
                 "{}  at {} (rip {:#x})\n",
-                number + 1,
-                checkpoint.moment,
-                checkpoint.moment.state.rip
+                number, checkpoint.moment, checkpoint.moment.state.rip
             ));
         }
         if text.is_empty() {

@@ -713,3 +713,25 @@ fn reverse_continue_survives_the_thinning_of_its_checkpoint() {
     assert_at(&mut timeline, &script, 4, 100);
     assert!(!checkpoint_points(&timeline).contains(&(3, Some(256))));
 }
+
+#[test]
+fn pinned_checkpoints_keep_the_numbers_they_were_given() {
+    let script = Script::uniform(10, 10, STATUS);
+    let mut timeline = timeline(&script);
+    timeline.goto(5, 3).unwrap();
+    assert_eq!(timeline.pin_checkpoint().unwrap(), 1);
+    timeline.goto(2, 0).unwrap();
+    assert_eq!(timeline.pin_checkpoint().unwrap(), 2);
+    assert_eq!(timeline.restart(1).unwrap().exit, 5);
+    assert_exactly_at(&mut timeline, &script, 5, 3);
+    assert_eq!(timeline.restart(2).unwrap().exit, 2);
+    assert_exactly_at(&mut timeline, &script, 2, 0);
+    assert!(timeline.describe_checkpoints().starts_with(
+        "1  at 5:3 (rip 0x100c)\n\
+         2  at 2:0 (rip 0x1000)\n"
+    ));
+    assert_eq!(
+        timeline.restart(3).unwrap_err(),
+        "no checkpoint 3 (there are 2)"
+    );
+}
