@@ -480,7 +480,25 @@ impl<E: ReplayEngine> Timeline<E> {
             Some(target) => {
                 let mut steps = self.position.steps.unwrap_or(0);
                 while steps < target {
-                    self.step_once(&[])?;
+                    let stop = self.step_once(&[])?;
+                    if self.engine.exits() != moment.exit
+                        || matches!(stop, EngineStop::Ended { .. })
+                    {
+                        // Past the interval's last instruction: the next interval's
+                        // start, or the end, is where the machine is.
+                        self.position = self.current_moment(Some(0))?;
+                        let why = if matches!(stop, EngineStop::Ended { .. }) {
+                            format!("nothing runs after exit {}, the end", moment.exit)
+                        } else {
+                            format!(
+                                "the interval after exit {} has steps 0 to {steps}",
+                                moment.exit
+                            )
+                        };
+                        return Err(ReplayError::Timeline(format!(
+                            "{moment} is not in the history: {why}"
+                        )));
+                    }
                     steps += 1;
                     self.position.steps = Some(steps);
                 }
@@ -956,7 +974,16 @@ impl<E: ReplayEngine> Timeline<E> {
                 self.last_exit()
             )));
         }
-        self.seek_steps(exit, steps)
+        let from = self.position;
+        let moved = self.seek_steps(exit, steps);
+        if moved.is_err() {
+            // Leave the machine where the debugger last saw it: it rereads
+            // registers only after a successful move.
+            if let Err(error) = self.seek(&from) {
+                tracing::warn!(%error, "cannot return to {from} after a failed goto");
+            }
+        }
+        moved
     }
 
     /// `monitor checkpoint`: returns the checkpoint's number, which `monitor

@@ -735,3 +735,31 @@ fn pinned_checkpoints_keep_the_numbers_they_were_given() {
         "no checkpoint 3 (there are 2)"
     );
 }
+
+#[test]
+fn goto_refuses_points_past_an_interval_and_stays_put() {
+    let script = Script::uniform(10, 10, STATUS);
+    let mut timeline = timeline(&script);
+    timeline.goto(3, 4).unwrap();
+    for (exit, steps, why) in [
+        (
+            5,
+            15,
+            "5:15 is not in the history: the interval after exit 5 has steps 0 to 9",
+        ),
+        (
+            10,
+            3,
+            "10:3 is not in the history: nothing runs after exit 10, the end",
+        ),
+        (11, 0, "exit 11 is past the end of the recording (exit 10)"),
+    ] {
+        let error = timeline.goto(exit, steps).unwrap_err();
+        assert_eq!(error.to_string(), why);
+        assert_exactly_at(&mut timeline, &script, 3, 4);
+    }
+    timeline.goto(5, 9).unwrap();
+    assert_exactly_at(&mut timeline, &script, 5, 9);
+    timeline.goto(10, 0).unwrap();
+    assert_exactly_at(&mut timeline, &script, 10, 0);
+}
