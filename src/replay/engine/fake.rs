@@ -166,6 +166,11 @@ impl Script {
         self.with(exit, steps, rip, op)
     }
 
+    /// The instructions, in the order they run.
+    pub(crate) fn instructions(&self) -> &[Instruction] {
+        &self.instructions
+    }
+
     /// The exit of the end.
     pub(crate) fn last_exit(&self) -> u64 {
         self.interval_starts.len() as u64 - 1
