@@ -26,7 +26,8 @@
 //! before the next exit, or a different end state is a [`ReplayError::Divergence`]
 //! with the position, both register sets where known, and the last events.
 
-mod access;
+pub mod access;
+pub mod engine;
 pub mod timeline;
 
 use crate::boot;

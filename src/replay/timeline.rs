@@ -23,11 +23,15 @@
 //! beginning of history. **Reverse step** from X: seek to the moment one step
 //! before. Debugger state (breakpoints, watchpoints) is passed with every call and
 //! never stored in checkpoints.
+//!
+//! **Engine.** Everything the timeline learns of the machine (registers, memory,
+//! exits, stops) comes through [`ReplayEngine`]: the KVM [`Replayer`] in use, a
+//! scripted fake in the tests, which check these operations without `/dev/kvm`.
 
-use super::{EngineStop, MachineState, ReplayError, Replayer, USER_HW_SLOTS};
+use super::engine::ReplayEngine;
+use super::{EngineStop, ReplayError, Replayer, USER_HW_SLOTS};
 use crate::digest;
 use crate::vmm::debug::{HwBreakpoint, HwCondition};
-use crate::vmm::paging;
 use snapshots::{
     Compression, DirtyPages, MemoryState, MemoryStore, SnapshotId, SnapshotSink, SnapshotSource,
     ThinningPolicy,
@@ -81,14 +85,15 @@ impl fmt::Display for Moment {
     }
 }
 
-/// A checkpoint: memory in the store, the rest as plain data.
+/// A checkpoint: memory in the store, the rest as the engine captured it.
 #[derive(Debug, Clone)]
-struct Checkpoint {
+struct Checkpoint<State> {
     memory: SnapshotId,
-    machine: MachineState,
+    machine: State,
     moment: Moment,
-    /// Made by `monitor checkpoint`: never thinned.
-    pinned: bool,
+    /// Made by `monitor checkpoint`: its number (they count up from 1 in the
+    /// order they are made). Never thinned.
+    pin: Option<usize>,
 }
 
 /// Which accesses a watchpoint catches.
@@ -172,20 +177,23 @@ pub enum TimelineStop {
     Interrupted,
 }
 
-/// The timeline of one replay.
-pub struct Timeline {
-    replayer: Replayer,
+/// The timeline of one replay, driving `E` (the KVM [`Replayer`] unless a test
+/// gives another engine).
+pub struct Timeline<E: ReplayEngine = Replayer> {
+    engine: E,
     store: MemoryStore,
-    checkpoints: Vec<Checkpoint>,
+    checkpoints: Vec<Checkpoint<E::MachineState>>,
     /// The snapshot guest memory equalled when it was last captured or restored.
     memory_base: Option<SnapshotId>,
     /// Pages written since then (from KVM's dirty log).
     dirty_since_base: Vec<u64>,
     position: Moment,
     thinning: ThinningPolicy,
+    /// `monitor checkpoint`s made: the last number given.
+    pins_made: usize,
 }
 
-impl fmt::Debug for Timeline {
+impl<E: ReplayEngine> fmt::Debug for Timeline<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Timeline")
             .field("position", &self.position)
@@ -200,14 +208,14 @@ fn or_bitmaps(into: &mut [u64], from: &[u64]) {
     }
 }
 
-impl Timeline {
-    /// Starts a timeline at the beginning of `replayer`'s history.
-    pub fn new(replayer: Replayer) -> Result<Self, ReplayError> {
-        let memory_len = replayer.vm().memory().as_slice().len();
+impl<E: ReplayEngine> Timeline<E> {
+    /// Starts a timeline at the beginning of `engine`'s history.
+    pub fn new(engine: E) -> Result<Self, ReplayError> {
+        let memory_len = engine.memory().len();
         let store = MemoryStore::new(memory_len, Compression::None).map_err(snapshot_error)?;
         let words = memory_len.div_ceil(4096).div_ceil(64);
         let mut timeline = Self {
-            replayer,
+            engine,
             store,
             checkpoints: Vec::new(),
             memory_base: None,
@@ -225,15 +233,16 @@ impl Timeline {
                 min_spacing: CHECKPOINT_EXITS,
                 per_band: 4,
             },
+            pins_made: 0,
         };
         timeline.position = timeline.current_moment(Some(0))?;
-        timeline.checkpoint(false)?;
+        timeline.checkpoint(None)?;
         Ok(timeline)
     }
 
-    /// The replayer (registers, memory, statistics).
-    pub fn replayer(&self) -> &Replayer {
-        &self.replayer
+    /// The engine (registers, memory, statistics).
+    pub fn replayer(&self) -> &E {
+        &self.engine
     }
 
     /// Where the timeline stands.
@@ -243,12 +252,12 @@ impl Timeline {
 
     /// The exit of the recorded end.
     pub fn last_exit(&self) -> u64 {
-        self.replayer.last_exit()
+        self.engine.last_exit()
     }
 
     fn state_digest(&mut self) -> Result<StateDigest, ReplayError> {
-        let regs = self.replayer.registers_now()?;
-        let memory = self.replayer.memory_digest_since_boot()?;
+        let regs = self.engine.registers()?;
+        let memory = self.engine.memory_digest_since_boot()?;
         Ok(StateDigest {
             rip: regs[16],
             regs: digest::registers(&regs),
@@ -263,11 +272,11 @@ impl Timeline {
     }
 
     fn compare_state(&mut self, state: &StateDigest) -> Result<StateMatch, ReplayError> {
-        let regs = self.replayer.registers_now()?;
+        let regs = self.engine.registers()?;
         if regs[16] != state.rip || digest::registers(&regs) != state.regs {
             return Ok(StateMatch::None);
         }
-        if self.replayer.memory_digest_since_boot()? == state.memory {
+        if self.engine.memory_digest_since_boot()? == state.memory {
             Ok(StateMatch::Full)
         } else {
             Ok(StateMatch::Registers)
@@ -276,7 +285,7 @@ impl Timeline {
 
     fn current_moment(&mut self, steps: Option<u64>) -> Result<Moment, ReplayError> {
         Ok(Moment {
-            exit: self.replayer.exits(),
+            exit: self.engine.exits(),
             steps,
             state: self.state_digest()?,
         })
@@ -284,17 +293,17 @@ impl Timeline {
 
     /// Adds the pages written since the last look to those written since the base.
     fn collect_dirty(&mut self) -> Result<(), ReplayError> {
-        let written = self.replayer.take_dirty_since_mark()?;
+        let written = self.engine.take_dirty_since_mark()?;
         or_bitmaps(&mut self.dirty_since_base, &written);
         Ok(())
     }
 
     /// Takes a checkpoint at the current position; returns its index.
-    fn checkpoint(&mut self, pinned: bool) -> Result<usize, ReplayError> {
-        let machine = self.replayer.capture()?;
+    fn checkpoint(&mut self, pin: Option<usize>) -> Result<usize, ReplayError> {
+        let machine = self.engine.capture()?;
         self.collect_dirty()?;
         // The first checkpoint is at boot: only the loader's pages can be non-zero.
-        let boot_pages = digest::union(&self.replayer.loader_pages(), &self.dirty_since_base);
+        let boot_pages = digest::union(&self.engine.loader_pages(), &self.dirty_since_base);
         let state = match self.memory_base {
             Some(snapshot) => MemoryState::At {
                 snapshot,
@@ -307,12 +316,7 @@ impl Timeline {
         };
         let memory = self
             .store
-            .take(
-                self.replayer.vm().memory().as_slice(),
-                state,
-                self.position.exit,
-                &[],
-            )
+            .take(self.engine.memory(), state, self.position.exit, &[])
             .map_err(snapshot_error)?;
         self.memory_base = Some(memory);
         self.dirty_since_base.iter_mut().for_each(|word| *word = 0);
@@ -320,7 +324,7 @@ impl Timeline {
             memory,
             machine,
             moment: self.position,
-            pinned,
+            pin,
         };
         let index = self
             .checkpoints
@@ -328,7 +332,7 @@ impl Timeline {
             .position(|existing| before(&checkpoint.moment, &existing.moment))
             .unwrap_or(self.checkpoints.len());
         self.checkpoints.insert(index, checkpoint);
-        if !pinned {
+        if pin.is_none() {
             self.thin()?;
         }
         Ok(self
@@ -338,10 +342,26 @@ impl Timeline {
             .unwrap_or(index))
     }
 
+    /// Takes an automatic checkpoint at the current position (its steps known)
+    /// unless one is there already: runs over known history again, after going
+    /// back, would otherwise pile up copies that thinning keeps while each is the
+    /// latest taken, and that shift checkpoint indices when it drops them.
+    fn checkpoint_unless_known(&mut self) -> Result<(), ReplayError> {
+        let here = self.position;
+        if !self
+            .checkpoints
+            .iter()
+            .any(|checkpoint| same_point(&checkpoint.moment, &here))
+        {
+            self.checkpoint(None)?;
+        }
+        Ok(())
+    }
+
     /// Drops interval checkpoints rr-style; the first and pinned ones stay.
     fn thin(&mut self) -> Result<(), ReplayError> {
         let candidates: Vec<usize> = (1..self.checkpoints.len())
-            .filter(|&index| !self.checkpoints[index].pinned)
+            .filter(|&index| self.checkpoints[index].pin.is_none())
             .collect();
         let positions: Vec<u64> = candidates
             .iter()
@@ -377,7 +397,7 @@ impl Timeline {
             },
             None => MemoryState::Unknown,
         };
-        let memory = self.replayer.memory_mut();
+        let memory = self.engine.memory_mut();
         let restored = self.store.restore(checkpoint.memory, memory, state);
         if let Err(error) = restored {
             self.memory_base = None;
@@ -385,7 +405,7 @@ impl Timeline {
         }
         self.memory_base = Some(checkpoint.memory);
         self.dirty_since_base.iter_mut().for_each(|word| *word = 0);
-        self.replayer.restore(&checkpoint.machine)?;
+        self.engine.restore(&checkpoint.machine)?;
         self.position = checkpoint.moment;
         Ok(())
     }
@@ -405,28 +425,20 @@ impl Timeline {
         exit: u64,
         interrupted: &mut dyn FnMut() -> bool,
     ) -> Result<Option<TimelineStop>, ReplayError> {
-        while self.replayer.exits() < exit {
-            let next_checkpoint = (self.replayer.exits() / CHECKPOINT_EXITS + 1) * CHECKPOINT_EXITS;
+        while self.engine.exits() < exit {
+            let next_checkpoint = (self.engine.exits() / CHECKPOINT_EXITS + 1) * CHECKPOINT_EXITS;
             let target = exit.min(next_checkpoint);
-            match self
-                .replayer
-                .resume(false, &[], Some(target), interrupted)?
-            {
+            match self.engine.resume(false, &[], Some(target), interrupted)? {
                 EngineStop::Boundary => {
                     self.position = self.current_moment(Some(0))?;
-                    if self.replayer.exits() % CHECKPOINT_EXITS == 0
-                        && !self.checkpoints.iter().any(|checkpoint| {
-                            checkpoint.moment.exit == self.replayer.exits()
-                                && checkpoint.moment.steps == Some(0)
-                        })
-                    {
-                        self.checkpoint(false)?;
+                    if self.engine.exits() % CHECKPOINT_EXITS == 0 {
+                        self.checkpoint_unless_known()?;
                     }
                 }
                 EngineStop::Ended { status } => {
                     // The end is the start of the last interval: nothing runs after it.
                     self.position = self.current_moment(Some(0))?;
-                    if self.replayer.exits() < exit {
+                    if self.engine.exits() < exit {
                         return Ok(Some(TimelineStop::HistoryEnd { status }));
                     }
                 }
@@ -468,7 +480,25 @@ impl Timeline {
             Some(target) => {
                 let mut steps = self.position.steps.unwrap_or(0);
                 while steps < target {
-                    self.step_once(&[])?;
+                    let stop = self.step_once(&[])?;
+                    if self.engine.exits() != moment.exit
+                        || matches!(stop, EngineStop::Ended { .. })
+                    {
+                        // Past the interval's last instruction: the next interval's
+                        // start, or the end, is where the machine is.
+                        self.position = self.current_moment(Some(0))?;
+                        let why = if matches!(stop, EngineStop::Ended { .. }) {
+                            format!("nothing runs after exit {}, the end", moment.exit)
+                        } else {
+                            format!(
+                                "the interval after exit {} has steps 0 to {steps}",
+                                moment.exit
+                            )
+                        };
+                        return Err(ReplayError::Timeline(format!(
+                            "{moment} is not in the history: {why}"
+                        )));
+                    }
                     steps += 1;
                     self.position.steps = Some(steps);
                 }
@@ -498,7 +528,7 @@ impl Timeline {
                         }
                         StateMatch::Registers | StateMatch::None => {}
                     }
-                    if self.replayer.exits() != moment.exit {
+                    if self.engine.exits() != moment.exit {
                         let Some(found) = registers_only else {
                             return Err(ReplayError::Timeline(format!(
                                 "the point {moment} is not in its interval"
@@ -517,18 +547,14 @@ impl Timeline {
 
     /// The current contents of the watched ranges (`None` where unmapped).
     fn watched_values(&self, watches: &[Watch]) -> Vec<Option<u64>> {
-        let vm = self.replayer.vm();
-        let Ok(sregs) = vm.vcpu().get_sregs() else {
-            return vec![None; watches.len()];
-        };
         watches
             .iter()
             .map(|watch| {
-                let physical = paging::translate(vm.memory(), &sregs, watch.address)?;
                 let mut bytes = [0u8; 8];
                 let len = usize::from(watch.len.clamp(1, 8));
-                vm.memory().read(physical, &mut bytes[..len]).ok()?;
-                Some(u64::from_le_bytes(bytes))
+                self.engine
+                    .read_virtual(watch.address, &mut bytes[..len])
+                    .then(|| u64::from_le_bytes(bytes))
             })
             .collect()
     }
@@ -553,16 +579,7 @@ impl Timeline {
         if watches.iter().all(|watch| watch.kind == WatchKind::Write) {
             return Ok(None);
         }
-        let vm = self.replayer.vm();
-        let regs = vm
-            .vcpu()
-            .get_regs()
-            .map_err(crate::vmm::kvm_op("KVM_GET_REGS"))?;
-        let sregs = vm
-            .vcpu()
-            .get_sregs()
-            .map_err(crate::vmm::kvm_op("KVM_GET_SREGS"))?;
-        let accesses = super::access::at_rip(vm.memory(), &regs, &sregs);
+        let accesses = self.engine.accesses_at_rip()?;
         Ok(watches.iter().position(|watch| {
             let end = watch.address.saturating_add(u64::from(watch.len));
             accesses.iter().any(|access| {
@@ -595,22 +612,22 @@ impl Timeline {
 
     /// One instruction forward; takes fine checkpoints while stepping.
     fn step_once(&mut self, stops: &[HwBreakpoint]) -> Result<EngineStop, ReplayError> {
-        let exit_before = self.replayer.exits();
-        let stop = self.replayer.resume(true, stops, None, &mut || false)?;
-        let steps = if self.replayer.exits() != exit_before {
+        let exit_before = self.engine.exits();
+        let stop = self.engine.resume(true, stops, None, &mut || false)?;
+        let steps = if self.engine.exits() != exit_before {
             Some(0)
         } else {
             self.position.steps.map(|steps| steps + 1)
         };
         self.position = Moment {
-            exit: self.replayer.exits(),
+            exit: self.engine.exits(),
             steps,
             state: self.position.state,
         };
         if let Some(steps) = steps {
             if steps > 0 && steps % FINE_STEPS == 0 {
                 self.position.state = self.state_digest()?;
-                self.checkpoint(false)?;
+                self.checkpoint_unless_known()?;
             }
         }
         Ok(stop)
@@ -663,15 +680,21 @@ impl Timeline {
         let hardware = stops.hardware();
         let stops = hardware.as_slice();
         loop {
-            let exit_before = self.replayer.exits();
+            let exit_before = self.engine.exits();
             let next_checkpoint = (exit_before / CHECKPOINT_EXITS + 1) * CHECKPOINT_EXITS;
             let stop = self
-                .replayer
+                .engine
                 .resume(false, stops, Some(next_checkpoint), interrupted)?;
             match stop {
                 EngineStop::Boundary => {
                     self.position = self.current_moment(Some(0))?;
-                    self.checkpoint(false)?;
+                    self.checkpoint_unless_known()?;
+                    // The run stopped here only to checkpoint; the next one starts
+                    // here and so would pass a breakpoint here.
+                    let rip = self.engine.registers()?[16];
+                    if stops.iter().any(|stop| stop.address == rip) {
+                        return Ok(TimelineStop::Breakpoint { address: rip });
+                    }
                 }
                 EngineStop::Breakpoint { address } => {
                     self.position = self.current_moment(None)?;
@@ -716,7 +739,7 @@ impl Timeline {
                     address: stops.watches[index].address,
                 });
             }
-            let rip = self.replayer.registers_now()?[16];
+            let rip = self.engine.registers()?[16];
             if stops.breakpoints.contains(&rip) {
                 self.position.state = self.state_digest()?;
                 return Ok(TimelineStop::Breakpoint { address: rip });
@@ -742,7 +765,7 @@ impl Timeline {
         let mut count = 0;
         loop {
             self.step_once(&[])?;
-            if self.replayer.exits() != previous {
+            if self.engine.exits() != previous {
                 break;
             }
             count += 1;
@@ -794,7 +817,6 @@ impl Timeline {
                 return Ok(TimelineStop::Interrupted);
             };
             if let Some(last) = hits.last().copied() {
-                self.restore(start)?;
                 self.seek_hit(stops, &last)?;
                 return Ok(match last.1 {
                     Some(address) => {
@@ -809,7 +831,9 @@ impl Timeline {
             }
             if start_moment.exit == 0 && start_moment.steps == Some(0) {
                 // Nothing between the beginning and the target: stop at the beginning.
-                self.restore(start)?;
+                // Not `start`: checkpoints the scan took may have moved it (the
+                // first one, at boot, never moves).
+                self.restore(0)?;
                 return Ok(TimelineStop::HistoryBegin);
             }
             upper = start_moment;
@@ -819,6 +843,10 @@ impl Timeline {
     /// Runs from the current position to `upper` (exclusive), returning every stop
     /// hit on the way: `(moment, Some(watch address))` for watchpoints; `None` when
     /// `interrupted` cut the scan short (the position is then where it stopped).
+    ///
+    /// The current position is a checkpoint strictly before `upper`, and the scan
+    /// of the checkpoint before it ends just before it: a breakpoint here is this
+    /// scan's to report, or no scan reports it.
     fn scan_hits(
         &mut self,
         stops: &Stops,
@@ -827,12 +855,20 @@ impl Timeline {
     ) -> Result<Option<Vec<Hit>>, ReplayError> {
         let mut hits = Vec::new();
         let upper_steps = upper.steps.unwrap_or(0);
-        if stops.watches.is_empty() {
+        if stops.watches.is_empty() && self.engine.exits() < upper.exit {
             // Free runs with hardware breakpoints up to the upper moment's interval.
+            // They pass a breakpoint where they start, and end at the upper
+            // interval's start without looking at it: both points are checked by
+            // rip, here and by the single steps below.
+            let rip = self.engine.registers()?[16];
+            if stops.breakpoints.contains(&rip) {
+                let moment = self.current_moment(self.position.steps)?;
+                hits.push((moment, None));
+            }
             let hardware = stops.hardware();
-            while self.replayer.exits() < upper.exit {
+            while self.engine.exits() < upper.exit {
                 match self
-                    .replayer
+                    .engine
                     .resume(false, &hardware, Some(upper.exit), interrupted)?
                 {
                     EngineStop::Breakpoint { .. } => {
@@ -857,7 +893,6 @@ impl Timeline {
         // Single steps (the whole way with watchpoints, else within the upper
         // interval), checking breakpoints by rip and watches by value.
         let mut values = self.watched_values(&stops.watches);
-        let mut first = true;
         loop {
             let here = self.position;
             let reached = here.exit > upper.exit
@@ -865,12 +900,11 @@ impl Timeline {
             if reached {
                 break;
             }
-            let rip = self.replayer.registers_now()?[16];
-            if !first && stops.breakpoints.contains(&rip) {
+            let rip = self.engine.registers()?[16];
+            if stops.breakpoints.contains(&rip) {
                 let moment = self.current_moment(here.steps)?;
                 hits.push((moment, None));
             }
-            first = false;
             let (stop, hit) = self.step_watching(&stops.watches, &mut values)?;
             if let EngineStop::Ended { .. } = stop {
                 break;
@@ -887,17 +921,27 @@ impl Timeline {
         Ok(Some(hits))
     }
 
-    /// Seeks to a hit found by [`Timeline::scan_hits`] from the same checkpoint.
+    /// Seeks to a hit found by [`Timeline::scan_hits`].
     fn seek_hit(&mut self, stops: &Stops, hit: &Hit) -> Result<(), ReplayError> {
         let (moment, _) = hit;
         if moment.steps.is_some() {
             return self.seek(moment);
         }
+        // Not the checkpoint the scan started from: the fine checkpoints it took
+        // may have thinned that one away, or shifted its index. Any checkpoint at
+        // or before the start of the hit's interval will do.
+        let start = self
+            .checkpoint_before(&Moment {
+                steps: None,
+                ..*moment
+            })
+            .unwrap_or(0);
+        self.restore(start)?;
         let stops = stops.hardware();
         let stops = stops.as_slice();
         let mut never = || false;
-        while self.replayer.exits() < moment.exit {
-            self.replayer
+        while self.engine.exits() < moment.exit {
+            self.engine
                 .resume(false, &[], Some(moment.exit), &mut never)?;
         }
         loop {
@@ -909,7 +953,7 @@ impl Timeline {
                 return Ok(());
             }
             match self
-                .replayer
+                .engine
                 .resume(false, stops, Some(moment.exit + 1), &mut never)?
             {
                 EngineStop::Breakpoint { .. } | EngineStop::Watchpoint { .. } => {}
@@ -930,38 +974,53 @@ impl Timeline {
                 self.last_exit()
             )));
         }
-        self.seek_steps(exit, steps)
+        let from = self.position;
+        let moved = self.seek_steps(exit, steps);
+        if moved.is_err() {
+            // Leave the machine where the debugger last saw it: it rereads
+            // registers only after a successful move.
+            if let Err(error) = self.seek(&from) {
+                tracing::warn!(%error, "cannot return to {from} after a failed goto");
+            }
+        }
+        moved
     }
 
-    /// `monitor checkpoint`: returns the checkpoint's number.
+    /// `monitor checkpoint`: returns the checkpoint's number, which `monitor
+    /// restart` takes and `monitor info checkpoints` shows.
     pub fn pin_checkpoint(&mut self) -> Result<usize, ReplayError> {
         self.resolve_steps()?;
-        self.checkpoint(true)?;
-        Ok(self.pinned().len())
+        let number = self.pins_made + 1;
+        self.checkpoint(Some(number))?;
+        self.pins_made = number;
+        Ok(number)
     }
 
-    fn pinned(&self) -> Vec<&Checkpoint> {
-        self.checkpoints
+    /// The pinned checkpoints with their numbers, in the order they were made
+    /// (not in history order: a checkpoint made earlier in the history later
+    /// must not renumber the others).
+    fn pinned(&self) -> Vec<(usize, &Checkpoint<E::MachineState>)> {
+        let mut pinned: Vec<_> = self
+            .checkpoints
             .iter()
-            .filter(|checkpoint| checkpoint.pinned)
-            .collect()
+            .filter_map(|checkpoint| checkpoint.pin.map(|number| (number, checkpoint)))
+            .collect();
+        pinned.sort_by_key(|&(number, _)| number);
+        pinned
     }
 
     /// `monitor restart N`.
     pub fn restart(&mut self, number: usize) -> Result<Moment, String> {
-        let pinned = self.pinned();
-        let Some(checkpoint) = number.checked_sub(1).and_then(|index| pinned.get(index)) else {
-            return Err(format!(
-                "no checkpoint {number} (there are {})",
-                pinned.len()
-            ));
-        };
-        let memory = checkpoint.memory;
-        let index = self
+        let Some(index) = self
             .checkpoints
             .iter()
-            .position(|checkpoint| checkpoint.memory == memory)
-            .ok_or_else(|| format!("checkpoint {number} is gone"))?;
+            .position(|checkpoint| checkpoint.pin == Some(number))
+        else {
+            return Err(format!(
+                "no checkpoint {number} (there are {})",
+                self.pinned().len()
+            ));
+        };
         self.restore(index).map_err(|error| error.to_string())?;
         Ok(self.position)
     }
@@ -969,12 +1028,10 @@ impl Timeline {
     /// `monitor info checkpoints`.
     pub fn describe_checkpoints(&self) -> String {
         let mut text = String::new();
-        for (number, checkpoint) in self.pinned().iter().enumerate() {
+        for (number, checkpoint) in self.pinned() {
             text.push_str(&format!(
                 "{}  at {} (rip {:#x})\n",
-                number + 1,
-                checkpoint.moment,
-                checkpoint.moment.state.rip
+                number, checkpoint.moment, checkpoint.moment.state.rip
             ));
         }
         if text.is_empty() {
@@ -1014,3 +1071,6 @@ fn same_point(a: &Moment, b: &Moment) -> bool {
 fn snapshot_error(error: snapshots::SnapshotError) -> ReplayError {
     ReplayError::Timeline(format!("checkpoint store: {error}"))
 }
+
+#[cfg(test)]
+mod tests;
