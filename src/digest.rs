@@ -25,6 +25,14 @@ pub fn rip(regs: &RegisterArray) -> u64 {
     regs[RIP_INDEX]
 }
 
+/// Index of RSP in a [`RegisterArray`].
+const RSP_INDEX: usize = 6;
+
+/// The stack pointer held in `regs`.
+pub fn rsp(regs: &RegisterArray) -> u64 {
+    regs[RSP_INDEX]
+}
+
 /// `kvm_regs` as an array.
 pub fn register_array(regs: &kvm_regs) -> RegisterArray {
     [

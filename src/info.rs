@@ -11,7 +11,7 @@
 
 use crate::record::{self, RecordError};
 use crate::replay::ReplayStats;
-use crate::trace::event::Event;
+use crate::trace::event::{DeliveryStats, Event};
 use crate::trace::store::format_utc;
 use crate::trace::{ClockBackend, TraceDir, TraceError, TraceHeader};
 use serde::{Serialize, Serializer};
@@ -30,6 +30,8 @@ pub struct EndRecord {
     pub guest_ns: u64,
     /// Interrupts delivered at the next exit instead of where they arrived.
     pub deferred_injections: u64,
+    /// When interrupts were delivered, relative to when they were due.
+    pub delivery: DeliveryStats,
 }
 
 /// Everything `lore-dbg info` says about one trace.
@@ -69,6 +71,7 @@ impl TraceInfo {
                 guest_ns,
                 exit,
                 deferred_injections,
+                delivery,
                 ..
             } = *event
             {
@@ -77,6 +80,7 @@ impl TraceInfo {
                     exits: exit,
                     guest_ns,
                     deferred_injections,
+                    delivery,
                 });
             }
         }
@@ -161,6 +165,17 @@ impl TraceInfo {
             bytes_per_guest_second: self.bytes_per_guest_second().map(Fixed),
             async_points: self.async_points(),
             deferred_injections: self.end.map(|end| end.deferred_injections),
+            interrupts_delivered: self.end.map(|end| end.delivery.delivered),
+            interrupts_held_back: self.end.map(|end| end.delivery.moved),
+            delivery_latency_mean_us: self
+                .end
+                .map(|end| Fixed(end.delivery.latency_mean_ns() as f64 / 1000.0)),
+            delivery_latency_max_us: self
+                .end
+                .map(|end| Fixed(end.delivery.latency_max_ns as f64 / 1000.0)),
+            busy_wait_skipped_us: self
+                .end
+                .map(|end| Fixed(end.delivery.skipped_ns as f64 / 1000.0)),
             landmark_breakpoint_hits: self.measured.as_ref().map(|stats| stats.landmark_hits),
             tick_steps: self.measured.as_ref().map(|stats| stats.tick_steps),
             snapshots: self.snapshots(),
@@ -250,6 +265,16 @@ impl TraceInfo {
         )?;
         if let Some(end) = self.end {
             writeln!(out, "deferred:     {} interrupts delivered at the next exit (they arrived where replay could not find the point on this host: guest ring 3, or code the software counter did not count)", end.deferred_injections)?;
+            let delivery = end.delivery;
+            writeln!(
+                out,
+                "delivery:     {} interrupts, {} held back to an exit or the end of a loop (record --max-delay); due to delivered: mean {:.1} us, max {:.1} us of guest time; {:.1} ms of busy waiting skipped",
+                delivery.delivered,
+                delivery.moved,
+                delivery.latency_mean_ns() as f64 / 1000.0,
+                delivery.latency_max_ns as f64 / 1000.0,
+                delivery.skipped_ns as f64 / 1e6
+            )?;
         }
         match &self.measured {
             Some(stats) if clock != ClockBackend::Landmark => writeln!(
@@ -261,10 +286,11 @@ impl TraceInfo {
             ),
             Some(stats) => writeln!(
                 out,
-                "landmark cost: {} breakpoint hits to find {} points ({:.1} per point)",
+                "landmark cost: {} breakpoint hits to find {} points ({:.1} per point, {:.1} us per hit)",
                 stats.landmark_hits,
                 stats.landmarks,
-                stats.landmark_hits as f64 / stats.landmarks.max(1) as f64
+                stats.landmark_hits as f64 / stats.landmarks.max(1) as f64,
+                stats.landmark_hit_ns as f64 / 1000.0 / stats.landmark_hits.max(1) as f64
             ),
             None => writeln!(
                 out,
@@ -295,6 +321,11 @@ struct JsonReport<'a> {
     bytes_per_guest_second: Option<Fixed<1>>,
     async_points: u64,
     deferred_injections: Option<u64>,
+    interrupts_delivered: Option<u64>,
+    interrupts_held_back: Option<u64>,
+    delivery_latency_mean_us: Option<Fixed<1>>,
+    delivery_latency_max_us: Option<Fixed<1>>,
+    busy_wait_skipped_us: Option<Fixed<1>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     landmark_breakpoint_hits: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -415,6 +446,13 @@ mod tests {
                 exits: 42,
                 guest_ns: 1_500_000_000,
                 deferred_injections: 0,
+                delivery: DeliveryStats {
+                    delivered: 4,
+                    moved: 3,
+                    latency_total_ns: 10_000,
+                    latency_max_ns: 4_500,
+                    skipped_ns: 0,
+                },
             }),
             truncation: None,
             event_log_bytes: 100,
@@ -449,6 +487,11 @@ mod tests {
   "bytes_per_guest_second": 66.7,
   "async_points": 0,
   "deferred_injections": 0,
+  "interrupts_delivered": 4,
+  "interrupts_held_back": 3,
+  "delivery_latency_mean_us": 2.5,
+  "delivery_latency_max_us": 4.5,
+  "busy_wait_skipped_us": 0.0,
   "snapshots": 0,
   "trace_bytes": 5000
 }"#;

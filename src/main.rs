@@ -82,6 +82,14 @@ struct RecordArgs {
     /// A snapshot is also taken at the start and the end.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     snapshot_every: std::time::Duration,
+    /// With the landmark clock: how long (guest time) an interrupt that arrives
+    /// while the guest computes may be held back, so that it lands at the next exit
+    /// or just after the loop the guest is in, where replay finds it with few
+    /// breakpoint hits instead of one per loop iteration. Guests see it as an
+    /// interrupt that arrived that much later. 0 delivers at once; `info` reports
+    /// the latency it caused.
+    #[arg(long, value_name = "DURATION", default_value = "20ms", value_parser = parse_duration)]
+    max_delay: std::time::Duration,
 }
 
 /// Parses `1s`, `250ms`, `2m` or plain seconds.
@@ -251,8 +259,15 @@ fn record(args: RecordArgs) -> Result<ExitCode> {
         .map(|name| name.to_string_lossy().into_owned())
         .unwrap_or_else(|| name.clone());
     let snapshot_every = (!args.snapshot_every.is_zero()).then_some(args.snapshot_every);
-    let recorded = record::record(config, &guest_name, clock, snapshot_every, &trace)
-        .with_context(|| format!("recording {name} into {}", trace.path().display()))?;
+    let recorded = record::record(
+        config,
+        &guest_name,
+        clock,
+        snapshot_every,
+        args.max_delay,
+        &trace,
+    )
+    .with_context(|| format!("recording {name} into {}", trace.path().display()))?;
     std::io::stdout()
         .flush()
         .context("cannot flush the guest's serial output")?;

@@ -136,6 +136,7 @@ pub fn record(
     guest_name: &str,
     clock: ClockBackend,
     snapshot_every: Option<std::time::Duration>,
+    max_delay: std::time::Duration,
     trace: &TraceDir,
 ) -> Result<Recorded, RecordError> {
     // On this thread, which runs the vCPU: the hardware counter counts its thread.
@@ -180,7 +181,7 @@ pub fn record(
         }),
         None => None,
     };
-    runner.record_to(trace.event_writer()?, schedule, counter);
+    runner.record_to(trace.event_writer()?, schedule, counter, max_delay);
     let (outcome, recording) = runner.run()?;
     let (writer, stats) = recording.ok_or(RecordError::Trace(TraceError::WriterStopped {
         path: trace.events_path(),

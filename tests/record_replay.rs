@@ -668,12 +668,20 @@ fn killed_recorder_leaves_a_replayable_prefix() {
     require_kvm();
     let dir = scratch_dir("sigkill");
     let image = guest("timer");
-    // timer runs for at least 200 ms of host time (20 ticks at 100 Hz).
+    // timer runs for at least 200 ms of host time (20 ticks at 100 Hz) when the
+    // recorder does not skip its busy wait (`--max-delay 0`).
     for delay_ms in [40_u64, 120, 170] {
         let trace = dir.join(format!("trace-{delay_ms}"));
         let mut command = lore_dbg();
         command
-            .args(["record", utf8(&image), "-o", utf8(&trace)])
+            .args([
+                "record",
+                utf8(&image),
+                "-o",
+                utf8(&trace),
+                "--max-delay",
+                "0",
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -815,6 +823,71 @@ fn info_measure_counts_landmark_breakpoint_hits() {
     );
     let text = lore(&["info", utf8(&trace), "--measure"]);
     assert!(text.stdout.contains("breakpoint hits to find"), "{text:#?}");
+}
+
+/// A number field of `info --json` output.
+fn json_number(json: &Finished, field: &str) -> f64 {
+    let prefix = format!("\"{field}\": ");
+    json.stdout
+        .lines()
+        .find_map(|line| line.trim().strip_prefix(prefix.as_str()))
+        .and_then(|value| value.trim_end_matches(',').parse().ok())
+        .unwrap_or_else(|| panic!("no number {field} in {json:#?}"))
+}
+
+/// Records `name` with `extra` options, checks that it replays exactly, and
+/// returns `info --json --measure` of the trace.
+fn record_replay_measure(dir: &Path, name: &str, tag: &str, extra: &[&str]) -> Finished {
+    let trace = dir.join(tag);
+    let recorded = record(name, &trace, extra);
+    assert_recorded(tag, &recorded, 1);
+    assert_replays_match(tag, &trace, &recorded);
+    let json = lore(&["info", utf8(&trace), "--json", "--measure"]);
+    assert_eq!(json.code(), 0, "{json:#?}");
+    json
+}
+
+/// The delivery policy: an interrupt that arrives while `crunch` computes is held
+/// back to the end of its loop, where replay passes the point a few times instead
+/// of once per loop iteration; a guest that busy-waits for its timer (`timer`) has
+/// its wait skipped. Both replay exactly, and `--max-delay 0` turns it all off.
+#[test]
+fn interrupts_are_delivered_where_replay_finds_them_cheaply() {
+    require_kvm();
+    let dir = scratch_dir("delivery");
+    let held = record_replay_measure(&dir, "crunch", "crunch-held", &[]);
+    let direct = record_replay_measure(&dir, "crunch", "crunch-direct", &["--max-delay", "0"]);
+    let per_point = |json: &Finished| {
+        json_number(json, "landmark_breakpoint_hits") / json_number(json, "async_points").max(1.0)
+    };
+    assert!(
+        json_number(&held, "interrupts_held_back") > 0.0,
+        "no interrupt was held back
+{held:#?}"
+    );
+    assert_eq!(
+        json_number(&direct, "interrupts_held_back"),
+        0.0,
+        "{direct:#?}"
+    );
+    assert!(
+        json_number(&direct, "async_points") > 0.0 && per_point(&direct) > 50.0,
+        "crunch's interrupts should land in hot loops without the policy
+{direct:#?}"
+    );
+    assert!(
+        per_point(&held) * 4.0 < per_point(&direct),
+        "held back, points should cost far fewer breakpoint hits
+held: {held:#?}
+direct: {direct:#?}"
+    );
+    let waiting = record_replay_measure(&dir, "timer", "timer-held", &[]);
+    assert!(
+        json_number(&waiting, "busy_wait_skipped_us") > 0.0,
+        "timer's busy wait was not skipped
+{waiting:#?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 // ---------------------------------------------------------------------------------

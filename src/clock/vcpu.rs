@@ -119,8 +119,19 @@ pub fn scrub_trap_flag(vm: &mut Vm, before: &StepWitness) -> Result<(), MachineE
         .get_regs()
         .map_err(|error| MachineError::new(kvm_op("KVM_GET_REGS")(error)))?;
     let sregs = sregs(vm.vcpu())?;
-    let memory = vm.memory_mut();
-    if let Some((physical, flags)) = pushed_flags(memory, &sregs, regs.rip, regs.rsp, before) {
+    scrub_trap_flag_at(vm.memory_mut(), &sregs, regs.rip, regs.rsp, before)
+}
+
+/// [`scrub_trap_flag`] with the registers after the step already known (`rip`,
+/// `rsp` and the segment registers).
+pub fn scrub_trap_flag_at(
+    memory: &mut GuestMemory,
+    sregs: &kvm_sregs,
+    rip: u64,
+    rsp: u64,
+    before: &StepWitness,
+) -> Result<(), MachineError> {
+    if let Some((physical, flags)) = pushed_flags(memory, sregs, rip, rsp, before) {
         if flags & TRAP_FLAG != 0 {
             memory
                 .write(physical, &(flags & !TRAP_FLAG).to_le_bytes())

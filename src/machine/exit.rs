@@ -12,7 +12,9 @@
 
 use super::history::{ExitHistory, ExitRecord};
 use super::inputs::{le_value, InputError, Inputs};
+use crate::digest::RegisterArray;
 use crate::vmm::msr::TimeMsrs;
+use kvm_bindings::kvm_sregs;
 use kvm_ioctls::VcpuExit;
 use lore_devices::board::{Board, PioOutcome};
 use lore_devices::debug_exit::port_value;
@@ -36,7 +38,20 @@ pub enum Entry {
         dr6: u64,
         /// Where the guest stopped.
         pc: u64,
+        /// The registers at the stop, where KVM left them in `kvm_run` (filled in
+        /// by [`super::Machine::enter`]).
+        state: Option<Box<StopState>>,
     },
+}
+
+/// The vCPU's registers at a stop, as `KVM_RUN` left them (`KVM_CAP_SYNC_REGS`):
+/// what a replay looks at when a breakpoint fires, without another ioctl.
+#[derive(Debug, Clone, Copy)]
+pub struct StopState {
+    /// General-purpose registers, RIP and RFLAGS.
+    pub regs: RegisterArray,
+    /// Segment and control registers.
+    pub sregs: kvm_sregs,
 }
 
 /// What handling an exit of the guest produced.
@@ -224,6 +239,7 @@ pub fn handle_exit(
             return Entry::Debug {
                 dr6: debug.dr6,
                 pc: debug.pc,
+                state: None,
             }
         }
         VcpuExit::Shutdown => ExitOutcome::Failed(GuestFailure::TripleFault),

@@ -21,7 +21,7 @@ pub mod exit;
 pub mod history;
 pub mod inputs;
 
-pub use exit::{Entry, ExitOutcome, GuestFailure, Peripherals};
+pub use exit::{Entry, ExitOutcome, GuestFailure, Peripherals, StopState};
 pub use inputs::{InputError, Inputs, LiveInputs};
 
 use crate::boot::{self, BootError};
@@ -31,6 +31,7 @@ use crate::vmm::msr::TimeMsrs;
 use crate::vmm::regs::{self, RegisterDump};
 use crate::vmm::{kvm_op, Vm, VmmError};
 use history::ExitHistory;
+use kvm_ioctls::SyncReg;
 use lore_devices::board::{Board, BoardConfig};
 use std::fmt;
 use std::io::Write;
@@ -126,7 +127,24 @@ pub struct Machine {
     peripherals: Peripherals,
     /// End of what the boot loader wrote (see [`digest::loader_pages`]).
     image_end: u64,
+    /// How far registers synced through `kvm_run` are trusted.
+    sync_regs: SyncRegs,
 }
+
+/// Whether debug stops carry the registers KVM left in `kvm_run`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SyncRegs {
+    /// The host cannot, or they disagreed with `KVM_GET_REGS` once.
+    Off,
+    /// On; the first stops are still compared with the ioctls (this many more).
+    Checking(u32),
+    /// On and trusted.
+    On,
+}
+
+/// Debug stops whose synced registers are compared with `KVM_GET_REGS` and
+/// `KVM_GET_SREGS` before they are trusted.
+const SYNC_REGS_CHECKS: u32 = 16;
 
 impl fmt::Debug for Machine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -150,6 +168,13 @@ impl Machine {
                 ebx: entry.info_address,
             },
         )?;
+        let sync_regs = if vm.features().sync_regs {
+            vm.vcpu_mut().set_sync_valid_reg(SyncReg::Register);
+            vm.vcpu_mut().set_sync_valid_reg(SyncReg::SystemRegister);
+            SyncRegs::Checking(SYNC_REGS_CHECKS)
+        } else {
+            SyncRegs::Off
+        };
         let board = Board::new(BoardConfig {
             serial_out: spec.serial_output,
             rtc_base_unix_secs: spec.rtc_base_unix_secs,
@@ -163,6 +188,7 @@ impl Machine {
                 history: ExitHistory::default(),
             },
             image_end: entry.image_end,
+            sync_regs,
         })
     }
 
@@ -172,12 +198,13 @@ impl Machine {
     /// signal.
     pub fn enter(&mut self, ordinal: u64, inputs: &mut dyn Inputs) -> Result<Entry, VmmError> {
         match self.vm.vcpu_mut().run() {
-            Ok(exit) => Ok(exit::handle_exit(
-                exit,
-                ordinal,
-                &mut self.peripherals,
-                inputs,
-            )),
+            Ok(exit) => {
+                let mut entry = exit::handle_exit(exit, ordinal, &mut self.peripherals, inputs);
+                if let Entry::Debug { state, .. } = &mut entry {
+                    *state = self.synced_state()?;
+                }
+                Ok(entry)
+            }
             Err(error) if error.errno() == libc::EINTR || error.errno() == libc::EAGAIN => {
                 Ok(Entry::Signal)
             }
@@ -186,6 +213,47 @@ impl Machine {
                 source,
             }),
         }
+    }
+
+    /// The registers `KVM_RUN` just left in `kvm_run`, if the host syncs them and
+    /// they have proved equal to what the ioctls read.
+    fn synced_state(&mut self) -> Result<Option<Box<StopState>>, VmmError> {
+        if self.sync_regs == SyncRegs::Off {
+            return Ok(None);
+        }
+        let synced = self.vm.vcpu().sync_regs();
+        let state = StopState {
+            regs: digest::register_array(&synced.regs),
+            sregs: synced.sregs,
+        };
+        if let SyncRegs::Checking(left) = self.sync_regs {
+            let regs = self.registers()?;
+            let sregs = self
+                .vm
+                .vcpu()
+                .get_sregs()
+                .map_err(kvm_op("KVM_GET_SREGS"))?;
+            if regs != state.regs
+                || sregs.cs.selector != state.sregs.cs.selector
+                || sregs.cr3 != state.sregs.cr3
+                || sregs.cs.dpl != state.sregs.cs.dpl
+            {
+                tracing::warn!(
+                    "registers synced through kvm_run differ from KVM_GET_REGS; not using them"
+                );
+                self.sync_regs = SyncRegs::Off;
+                self.vm.vcpu_mut().clear_sync_valid_reg(SyncReg::Register);
+                self.vm
+                    .vcpu_mut()
+                    .clear_sync_valid_reg(SyncReg::SystemRegister);
+                return Ok(None);
+            }
+            self.sync_regs = match left {
+                0 | 1 => SyncRegs::On,
+                left => SyncRegs::Checking(left - 1),
+            };
+        }
+        Ok(Some(Box::new(state)))
     }
 
     /// The KVM objects.

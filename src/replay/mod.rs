@@ -37,7 +37,9 @@ use crate::clock::{
 };
 use crate::digest::{self, RegisterArray};
 use crate::machine::history::ExitRecord;
-use crate::machine::{blob, BootSpec, Entry, ExitOutcome, InputError, Inputs, Machine, StartError};
+use crate::machine::{
+    blob, BootSpec, Entry, ExitOutcome, InputError, Inputs, Machine, StartError, StopState,
+};
 use crate::trace::event::{Event, Landmark, Position};
 use crate::trace::ClockBackend;
 use crate::vmm::cpuid::CpuidTable;
@@ -196,6 +198,9 @@ pub struct ReplayStats {
     pub landmarks: u64,
     /// Breakpoint hits spent finding them (hits whose state did not match included).
     pub landmark_hits: u64,
+    /// Host time spent on those hits: from the entry that ended at the
+    /// breakpoint to the decision, step over included.
+    pub landmark_hit_ns: u64,
     /// Asynchronous points found by their ticks (branch-counting clocks).
     pub tick_points: u64,
     /// Counted single steps spent reaching them.
@@ -653,14 +658,25 @@ impl Replayer {
         let mut step_over = stops
             .iter()
             .any(|stop| stop.condition == HwCondition::Execute && stop.address == rip);
+        // The registers at the current stop, as the last entry left them; `None`
+        // once anything may have changed them.
+        let mut known: Option<Box<StopState>> = None;
+        // The current stop is a landmark hit already compared with the landmark.
+        let mut compared_here = false;
+        // When the step over the last non-matching landmark hit began.
+        let mut hunt_started: Option<std::time::Instant> = None;
         loop {
+            if self.cursor.at_boundary {
+                known = None;
+            }
             self.settle()?;
             if interrupted() {
                 return Ok(EngineStop::Interrupted);
             }
             let landmark = self.pending_landmark();
             if let Some(landmark) = &landmark {
-                if self.at_landmark(landmark)? {
+                if !compared_here && self.at_landmark(landmark, known.as_deref())? {
+                    known = None;
                     let vector = self.take_async_injection();
                     self.inject(vector)?;
                     if landmark.ticks.is_some() {
@@ -723,13 +739,17 @@ impl Replayer {
             }
             debug::apply(self.machine.vm().vcpu(), &setup)?;
             let witness = if setup.single_step {
-                let rip = digest::rip(&self.registers_now()?);
-                let sregs = self
-                    .machine
-                    .vm()
-                    .vcpu()
-                    .get_sregs()
-                    .map_err(kvm_op("KVM_GET_SREGS"))?;
+                let (rip, sregs) = match &known {
+                    Some(state) => (digest::rip(&state.regs), state.sregs),
+                    None => (
+                        digest::rip(&self.registers_now()?),
+                        self.machine
+                            .vm()
+                            .vcpu()
+                            .get_sregs()
+                            .map_err(kvm_op("KVM_GET_SREGS"))?,
+                    ),
+                };
                 Some(clock::vcpu::witness(
                     self.machine.vm().memory(),
                     &sregs,
@@ -738,8 +758,14 @@ impl Replayer {
             } else {
                 None
             };
+            known = None;
+            compared_here = false;
+            let entered = std::time::Instant::now();
             let debug_status = match self.enter()? {
-                (Entry::Debug { dr6, .. }, _) => Ok(dr6),
+                (Entry::Debug { dr6, state, .. }, _) => {
+                    known = state;
+                    Ok(dr6)
+                }
                 // A signal, not a guest exit.
                 (Entry::Signal, _) => continue,
                 (entry, consumed) => Err(served(entry, consumed)),
@@ -760,8 +786,17 @@ impl Replayer {
             if let Some(witness) = &witness {
                 // The recording ran this freely: keep the step's trap flag out of
                 // guest memory, as the counted steps do.
-                clock::vcpu::scrub_trap_flag(self.machine.vm_mut(), witness)
-                    .map_err(|error| ReplayError::Counter(ClockError::Machine(error)))?;
+                let scrubbed = match &known {
+                    Some(state) => clock::vcpu::scrub_trap_flag_at(
+                        self.machine.vm_mut().memory_mut(),
+                        &state.sregs,
+                        digest::rip(&state.regs),
+                        digest::rsp(&state.regs),
+                        witness,
+                    ),
+                    None => clock::vcpu::scrub_trap_flag(self.machine.vm_mut(), witness),
+                };
+                scrubbed.map_err(|error| ReplayError::Counter(ClockError::Machine(error)))?;
             }
             if setup.single_step {
                 if single_step {
@@ -787,12 +822,18 @@ impl Replayer {
             }
             if let Some(landmark) = &landmark {
                 self.stats.landmark_hits += 1;
-                if self.at_landmark(landmark)? {
+                // The step over the previous hit belongs to this one's cost.
+                self.stats.landmark_hit_ns +=
+                    hunt_started.take().unwrap_or(entered).elapsed().as_nanos() as u64;
+                if self.at_landmark(landmark, known.as_deref())? {
+                    known = None;
                     let vector = self.take_async_injection();
                     self.inject(vector)?;
                     self.stats.landmarks += 1;
                 } else {
                     step_over = true;
+                    compared_here = true;
+                    hunt_started = Some(std::time::Instant::now());
                 }
             }
         }
@@ -1076,11 +1117,22 @@ impl Replayer {
     }
 
     /// Whether the machine is at `landmark` now.
-    fn at_landmark(&mut self, landmark: &Landmark) -> Result<bool, ReplayError> {
+    /// `known` are the registers now, if the caller has them. The memory digest
+    /// (the costly part) is computed only when the registers match.
+    fn at_landmark(
+        &mut self,
+        landmark: &Landmark,
+        known: Option<&StopState>,
+    ) -> Result<bool, ReplayError> {
         if landmark.ticks.is_some() && landmark.ticks != self.cursor.ticks_since_exit {
             return Ok(false);
         }
-        Ok(self.registers_match(landmark.rip, landmark.regs_digest)?
+        let regs = match known {
+            Some(state) => state.regs,
+            None => self.registers_now()?,
+        };
+        Ok(digest::rip(&regs) == landmark.rip
+            && digest::registers(&regs) == landmark.regs_digest
             && self.memory_digest_since_boot()? == landmark.memory_digest)
     }
 

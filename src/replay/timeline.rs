@@ -1,6 +1,6 @@
-//! The replay timeline (DESIGN §6, after rr's `ReplayTimeline`): one replay
-//! session, its checkpoints, and the operations a debugger needs — seek, step,
-//! continue, and their reverse.
+//! The replay timeline (docs/design.md, "The timeline"; after rr's
+//! `ReplayTimeline`): one replay session, its checkpoints, and the operations a
+//! debugger needs — seek, step, continue, and their reverse.
 //!
 //! **Moments.** A point of the history is named by the exit it follows and, within
 //! that exit's interval, either the number of single steps from the interval's
@@ -120,8 +120,8 @@ pub struct Watch {
 
 /// What should stop a run: breakpoints (instruction addresses, honoured with
 /// hardware breakpoints) and watchpoints. Watchpoints are checked in software by
-/// single-stepping, because the hosts we run on (guest ring 0 emulated, DESIGN §9)
-/// do not deliver data breakpoints: a write watchpoint fires when the watched value
+/// single-stepping, because the hosts we run on (guest ring 0 emulated; docs/design.md,
+/// "Host facts the code relies on") do not deliver data breakpoints: a write watchpoint fires when the watched value
 /// changes (as gdb's do), read and access watchpoints when the instruction about to
 /// run reads (or writes) the watched bytes, as iced-x86 decodes it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -259,7 +259,7 @@ impl<E: ReplayEngine> Timeline<E> {
         let regs = self.engine.registers()?;
         let memory = self.engine.memory_digest_since_boot()?;
         Ok(StateDigest {
-            rip: regs[16],
+            rip: digest::rip(&regs),
             regs: digest::registers(&regs),
             memory,
         })

@@ -30,6 +30,7 @@
 //! Invariant: the runner is created and run on one thread, which becomes the vCPU
 //! thread (the kick signal mask is per thread).
 
+pub mod delivery;
 mod pace;
 mod recorder;
 mod report;
@@ -39,6 +40,7 @@ pub use recorder::{RecordStats, SnapshotSchedule};
 pub use report::{GuestStop, RunError, RunOutcome};
 
 use crate::clock::{self, BranchCounter, CounterKind, MachineError, MachineStop};
+use crate::digest;
 use crate::machine::history::ExitRecord;
 use crate::machine::{BootSpec, Entry, ExitOutcome, GuestFailure, InputError, LiveInputs, Machine};
 use crate::trace::event::{Event, Position};
@@ -135,6 +137,64 @@ pub struct Runner {
     recorder: Option<Recorder>,
     /// `KVM_GUESTDBG_SINGLESTEP` is set on the vCPU.
     single_stepping: bool,
+    /// How long an interrupt may be held back for a cheaper point (recording with
+    /// the landmark clock only; zero delivers at once).
+    max_delay_ns: u64,
+    /// The interrupt held back now, if any.
+    hold: Option<Hold>,
+    /// Guest time at which the pending interrupt was first seen.
+    due_since_ns: Option<u64>,
+    /// How often holds reached each cold point, and how often they waited for it
+    /// in vain: a point never reached in [`FUTILE_HOLDS`] holds (the loop before it
+    /// waits for the interrupt itself, in a way [`delivery::spin_wait_loop`] does
+    /// not recognise) is not waited for again.
+    hold_record: std::collections::HashMap<u64, HoldRecord>,
+    /// Instructions of loops that wait for an interrupt (see
+    /// [`delivery::spin_wait_loop`]), most recent first.
+    spin_points: Vec<u64>,
+    /// The breakpoints armed for the delivery policy now.
+    armed: Vec<u64>,
+    /// The last stop was a breakpoint on a spin point.
+    at_spin_point: bool,
+}
+
+/// Holds that time out, with none reaching the cold point, before it is given up.
+const FUTILE_HOLDS: u32 = 3;
+
+/// How holds for one cold point went.
+#[derive(Debug, Clone, Copy, Default)]
+struct HoldRecord {
+    reached: u32,
+    timed_out: u32,
+}
+
+impl HoldRecord {
+    fn futile(&self) -> bool {
+        self.reached == 0 && self.timed_out >= FUTILE_HOLDS
+    }
+}
+
+/// Loops that wait, remembered at once (their breakpoints share the debug
+/// registers with the hold's).
+const SPIN_POINTS: usize = 2;
+
+/// The code at the guest's `rip`.
+struct GuestCode {
+    rip: u64,
+    mode: clock::CodeMode,
+    sregs: kvm_bindings::kvm_sregs,
+    bytes: Vec<u8>,
+}
+
+/// An interrupt the delivery policy holds back (see [`delivery`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Hold {
+    /// The cold point, armed as a hardware breakpoint, if one was found.
+    target: Option<u64>,
+    /// The breakpoint at the target fired: the guest stands there.
+    reached: bool,
+    /// Guest time by which the interrupt is delivered wherever the guest is.
+    deadline_ns: u64,
 }
 
 impl fmt::Debug for Runner {
@@ -175,12 +235,20 @@ impl Runner {
             stdin,
             time: GuestTime::Host {
                 start: Instant::now(),
+                skipped_ns: 0,
             },
             exits: 0,
             last_stop: LastStop::Exit,
             window_requested: false,
             recorder: None,
             single_stepping: false,
+            max_delay_ns: 0,
+            hold: None,
+            due_since_ns: None,
+            hold_record: std::collections::HashMap::new(),
+            spin_points: Vec::new(),
+            armed: Vec::new(),
+            at_spin_point: false,
         })
     }
 
@@ -192,12 +260,20 @@ impl Runner {
     /// Logs every input of the run to `writer` from now on, and takes snapshots as
     /// `snapshots` says. With `counter`, asynchronous points carry ticks counted by
     /// it (opened on this thread, reading 0).
+    ///
+    /// With the landmark clock (no `counter`), an interrupt that arrives while the
+    /// guest computes may be held back for up to `max_delay` of guest time, to be
+    /// delivered where replay finds it cheaply (see [`delivery`]).
     pub fn record_to(
         &mut self,
         writer: EventWriter,
         snapshots: Option<SnapshotSchedule>,
         counter: Option<Box<dyn BranchCounter>>,
+        max_delay: Duration,
     ) {
+        if counter.is_none() {
+            self.max_delay_ns = u64::try_from(max_delay.as_nanos()).unwrap_or(u64::MAX);
+        }
         if counter
             .as_ref()
             .is_some_and(|counter| counter.kind() == CounterKind::Software)
@@ -268,25 +344,39 @@ impl Runner {
     /// position.
     fn deliver_interrupts(&mut self, stepping: bool) -> Result<(), RunError> {
         if !self.machine.board().interrupt_pending() {
+            self.release_hold()?;
             return Ok(());
         }
+        let now_ns = self.now_ns();
+        let due_since_ns = *self.due_since_ns.get_or_insert(now_ns);
         if self.recorder.is_some()
             && self.last_stop != LastStop::Exit
             && !self.async_point_findable()?
         {
+            self.release_hold()?;
             if let Some(recorder) = &mut self.recorder {
                 recorder.deferred_injections += 1;
             }
             self.set_window_request(false);
             return Ok(());
         }
+        if self.holds_back(now_ns)? {
+            return Ok(());
+        }
         if self.machine.can_take_interrupt() {
+            let moved = self
+                .release_hold()?
+                .is_some_and(|hold| hold.reached || self.last_stop == LastStop::Exit);
             let at = self.position()?;
             let vector = self.machine.board_mut().acknowledge_interrupt();
             self.machine.vm().inject_interrupt(vector)?;
             self.set_window_request(false);
+            self.due_since_ns = None;
             if let Some(recorder) = &mut self.recorder {
                 recorder.log(&Event::Interrupt { at, vector })?;
+                recorder
+                    .delivery
+                    .delivered(now_ns.saturating_sub(due_since_ns), moved);
             }
             self.machine
                 .history_mut()
@@ -299,6 +389,178 @@ impl Runner {
             self.set_window_request(true);
         }
         Ok(())
+    }
+
+    /// Whether the pending interrupt stays held back for now (see [`delivery`]):
+    /// the guest stopped at an arbitrary instruction, neither at an exit nor at the
+    /// cold point, and the bound has not passed. Starts a hold at such a stop.
+    fn holds_back(&mut self, now_ns: u64) -> Result<bool, RunError> {
+        if self.max_delay_ns == 0 || self.last_stop == LastStop::Exit {
+            return Ok(false);
+        }
+        if let Some(hold) = self.hold {
+            if !hold.reached && now_ns < hold.deadline_ns {
+                return Ok(true);
+            }
+            if let Some(target) = hold.target {
+                let record = self.hold_record.entry(target).or_default();
+                if hold.reached {
+                    record.reached += 1;
+                } else {
+                    record.timed_out += 1;
+                }
+            }
+            return Ok(false);
+        }
+        if !self.machine.can_take_interrupt() {
+            // A window is asked for as usual; the hold may start where it opens.
+            return Ok(false);
+        }
+        let code = self.code_at_rip()?;
+        if self.at_spin_point || self.waits_in_a_loop(&code)? {
+            return Ok(false);
+        }
+        let Some(address) = delivery::cold_point(&code.bytes, code.mode, code.rip)
+            .filter(|target| !self.hold_record.get(target).is_some_and(HoldRecord::futile))
+        else {
+            return Ok(false);
+        };
+        tracing::trace!(
+            rip = format!("{:#x}", code.rip),
+            target = format!("{address:#x}"),
+            "holding an interrupt back for a cold point"
+        );
+        let target = Some(address);
+        // A timer edge that comes while the interrupt is held merges with it, as on
+        // a PC whose guest keeps interrupts masked that long.
+        let deadline_ns = now_ns.saturating_add(self.max_delay_ns);
+        self.hold = Some(Hold {
+            target,
+            reached: false,
+            deadline_ns,
+        });
+        self.arm_breakpoints()?;
+        Ok(true)
+    }
+
+    /// Whether the guest stands in a loop that waits for an interrupt; if so, the
+    /// loop becomes a spin point.
+    fn waits_in_a_loop(&mut self, code: &GuestCode) -> Result<bool, RunError> {
+        let Some(start) = delivery::enclosing_loop(&code.bytes, code.mode, code.rip) else {
+            return Ok(false);
+        };
+        let mut bytes = [0u8; 512];
+        let fetched =
+            clock::vcpu::fetch_code(self.machine.vm().memory(), &code.sregs, start, &mut bytes);
+        if !delivery::spin_wait_loop(&bytes[..fetched], code.mode, start, code.rip) {
+            return Ok(false);
+        }
+        if !self.spin_points.contains(&code.rip) {
+            tracing::debug!(
+                rip = format!("{:#x}", code.rip),
+                "the guest waits in a loop for an interrupt"
+            );
+            self.spin_points.insert(0, code.rip);
+            self.spin_points.truncate(SPIN_POINTS);
+        }
+        Ok(true)
+    }
+
+    /// The breakpoints the delivery policy wants now: a hold's cold point, and the
+    /// spin points while nothing is pending and a timer deadline is near.
+    fn wanted_breakpoints(&self, now_ns: u64) -> Vec<u64> {
+        if let Some(hold) = &self.hold {
+            return hold.target.filter(|_| !hold.reached).into_iter().collect();
+        }
+        let deadline_near = self
+            .machine
+            .board()
+            .next_deadline_ns(now_ns)
+            .is_some_and(|deadline| deadline.saturating_sub(now_ns) <= self.max_delay_ns);
+        if self.max_delay_ns > 0 && !self.machine.board().interrupt_pending() && deadline_near {
+            self.spin_points.clone()
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Sets the debug registers to [`Runner::wanted_breakpoints`] where they differ.
+    fn arm_breakpoints(&mut self) -> Result<(), RunError> {
+        let wanted = self.wanted_breakpoints(self.now_ns());
+        if wanted != self.armed {
+            let setup = crate::vmm::debug::DebugSetup {
+                breakpoints: wanted
+                    .iter()
+                    .map(|&address| crate::vmm::debug::HwBreakpoint {
+                        address,
+                        condition: crate::vmm::debug::HwCondition::Execute,
+                        len: 1,
+                    })
+                    .collect(),
+                single_step: false,
+            };
+            crate::vmm::debug::apply(self.machine.vm().vcpu(), &setup)?;
+            tracing::trace!(?wanted, exits = self.exits, "delivery breakpoints");
+            self.armed = wanted;
+        }
+        Ok(())
+    }
+
+    /// At a spin point with a timer deadline near: skips guest time to it, so that
+    /// the interrupt the guest waits for is due now.
+    fn skip_spin_wait(&mut self) -> Result<(), RunError> {
+        if !self.at_spin_point || self.machine.board().interrupt_pending() {
+            return Ok(());
+        }
+        let now_ns = self.now_ns();
+        let Some(deadline) = self.machine.board().next_deadline_ns(now_ns) else {
+            return Ok(());
+        };
+        if deadline.saturating_sub(now_ns) > self.max_delay_ns {
+            return Ok(());
+        }
+        let skipped = self.time.skip_to(deadline);
+        tracing::trace!(
+            now_ns,
+            deadline,
+            skipped,
+            "the guest waits: skipping to its timer"
+        );
+        if let Some(recorder) = &mut self.recorder {
+            recorder.delivery.skipped_ns += skipped;
+        }
+        let now_ns = self.now_ns();
+        self.machine.board_mut().advance(now_ns);
+        Ok(())
+    }
+
+    /// The code at the guest's `rip`, as far as it can be read (512 bytes at most).
+    fn code_at_rip(&self) -> Result<GuestCode, RunError> {
+        let rip = digest::rip(&self.machine.registers()?);
+        let sregs = self
+            .machine
+            .vm()
+            .vcpu()
+            .get_sregs()
+            .map_err(crate::vmm::kvm_op("KVM_GET_SREGS"))?;
+        let mut bytes = vec![0u8; 512];
+        let fetched = clock::vcpu::fetch_code(self.machine.vm().memory(), &sregs, rip, &mut bytes);
+        bytes.truncate(fetched);
+        Ok(GuestCode {
+            rip,
+            mode: clock::vcpu::code_mode(&sregs),
+            sregs,
+            bytes,
+        })
+    }
+
+    /// Ends the hold, if there is one, and disarms its breakpoint; returns it.
+    fn release_hold(&mut self) -> Result<Option<Hold>, RunError> {
+        let Some(hold) = self.hold.take() else {
+            return Ok(None);
+        };
+        self.arm_breakpoints()?;
+        Ok(Some(hold))
     }
 
     fn set_window_request(&mut self, requested: bool) {
@@ -410,28 +672,73 @@ impl Runner {
                     self.drain_stdin();
                     let now_ns = self.now_ns();
                     self.machine.board_mut().advance(now_ns);
-                    let deadline = self.deadline_instant(now_ns);
+                    let mut deadline = self.deadline_instant(now_ns);
+                    if let Some(hold) = &self.hold {
+                        let release = Instant::now()
+                            + Duration::from_nanos(hold.deadline_ns.saturating_sub(now_ns));
+                        deadline = Some(deadline.map_or(release, |due| due.min(release)));
+                    }
                     self.ticker.arm(deadline);
+                    if self.at_spin_point {
+                        // Stopped before the waiting loop's instruction: run it first,
+                        // or the return from the interrupt would stop there again and
+                        // the loop would never see what the handler changed.
+                        state = self.step_past_spin_point()?;
+                        self.after_entry()?;
+                        if state != RunState::Running || self.last_stop == LastStop::Exit {
+                            self.at_spin_point = false;
+                            continue;
+                        }
+                        self.skip_spin_wait()?;
+                    }
                     let stepping = self.steps_under_counter()?;
                     self.deliver_interrupts(stepping)?;
+                    self.at_spin_point = false;
+                    if self.max_delay_ns > 0 {
+                        self.arm_breakpoints()?;
+                    }
                     state = if stepping {
                         self.step_counted()?
                     } else {
                         self.run_freely()?
                     };
-                    if self.last_stop == LastStop::Exit {
-                        let now_ns = self.now_ns();
-                        if let Some(recorder) = &mut self.recorder {
-                            if let Some(clock) = &mut recorder.clock {
-                                clock.counter.reset(0).map_err(RunError::Clock)?;
-                                clock.known = true;
-                            }
-                            recorder.at_exit(&mut self.machine, self.exits, now_ns)?;
-                        }
-                    }
+                    self.after_entry()?;
                 }
             }
         }
+    }
+
+    /// The recorder's work after an entry that ended at an exit.
+    fn after_entry(&mut self) -> Result<(), RunError> {
+        if self.last_stop != LastStop::Exit {
+            return Ok(());
+        }
+        let now_ns = self.now_ns();
+        if let Some(recorder) = &mut self.recorder {
+            if let Some(clock) = &mut recorder.clock {
+                clock.counter.reset(0).map_err(RunError::Clock)?;
+                clock.known = true;
+            }
+            recorder.at_exit(&mut self.machine, self.exits, now_ns)?;
+        }
+        Ok(())
+    }
+
+    /// Executes the one instruction the guest stopped before at a spin point.
+    fn step_past_spin_point(&mut self) -> Result<RunState, RunError> {
+        let code = self.code_at_rip()?;
+        let witness = clock::vcpu::witness(self.machine.vm().memory(), &code.sregs, code.rip);
+        // The step's debug setup replaces the armed breakpoints.
+        self.armed.clear();
+        self.set_single_step(true)?;
+        let state = self.run_once();
+        self.set_single_step(false)?;
+        let state = state?;
+        if self.last_stop == LastStop::Step {
+            clock::vcpu::scrub_trap_flag(self.machine.vm_mut(), &witness)
+                .map_err(|error| RunError::Clock(crate::clock::ClockError::Machine(error)))?;
+        }
+        Ok(state)
     }
 
     /// Turns single-stepping on or off for the next entries, and with it whether a
@@ -548,6 +855,16 @@ impl Runner {
             Entry::Debug { .. } if self.single_stepping => {
                 // One instruction done; not an exit the guest causes.
                 self.last_stop = LastStop::Step;
+                return Ok(RunState::Running);
+            }
+            Entry::Debug { .. } if !self.armed.is_empty() => {
+                // The cold point of a held interrupt, or a loop that waits for one:
+                // deliver it here.
+                self.last_stop = LastStop::Async;
+                match &mut self.hold {
+                    Some(hold) => hold.reached = true,
+                    None => self.at_spin_point = true,
+                }
                 return Ok(RunState::Running);
             }
             Entry::Debug { pc, .. } => ExitOutcome::Failed(GuestFailure::Unexpected(format!(

@@ -20,10 +20,12 @@ pub const NS_PER_STEP: u64 = 5_000;
 /// The guest's clock.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum GuestTime {
-    /// Host time since `start`.
+    /// Host time since `start`, plus what was skipped.
     Host {
         /// Boot.
         start: Instant,
+        /// Guest time skipped while the guest waited in a loop for a timer.
+        skipped_ns: u64,
     },
     /// Counted time (see the module docs).
     Counted {
@@ -36,7 +38,9 @@ impl GuestTime {
     /// Guest nanoseconds since boot.
     pub(super) fn now_ns(&self) -> u64 {
         match self {
-            GuestTime::Host { start } => start.elapsed().as_nanos() as u64,
+            GuestTime::Host { start, skipped_ns } => {
+                (start.elapsed().as_nanos() as u64).saturating_add(*skipped_ns)
+            }
             GuestTime::Counted { ns } => *ns,
         }
     }
@@ -77,6 +81,18 @@ impl GuestTime {
             *ns = (*ns).max(deadline_ns);
         }
     }
+
+    /// Moves the clock on to `deadline_ns` (never backwards), whichever kind it is:
+    /// the guest waits for that deadline and nothing else can happen before it.
+    /// Returns the nanoseconds skipped.
+    pub(super) fn skip_to(&mut self, deadline_ns: u64) -> u64 {
+        let skipped = deadline_ns.saturating_sub(self.now_ns());
+        match self {
+            GuestTime::Host { skipped_ns, .. } => *skipped_ns += skipped,
+            GuestTime::Counted { ns } => *ns += skipped,
+        }
+        skipped
+    }
 }
 
 #[cfg(test)]
@@ -105,10 +121,29 @@ mod tests {
     fn host_time_ignores_the_accounting() {
         let mut time = GuestTime::Host {
             start: Instant::now(),
+            skipped_ns: 0,
         };
         time.entered(true, Duration::from_secs(100));
         time.warp_to(u64::MAX);
         assert!(time.now_ns() < Duration::from_secs(100).as_nanos() as u64);
         assert!(!time.warps());
+    }
+
+    #[test]
+    fn skipping_moves_either_clock_on_and_never_back() {
+        let mut host = GuestTime::Host {
+            start: Instant::now(),
+            skipped_ns: 0,
+        };
+        let before = host.now_ns();
+        let skipped = host.skip_to(before + 50_000_000);
+        assert!(skipped > 0 && skipped <= 50_000_000);
+        assert!(host.now_ns() >= before + 50_000_000);
+        assert_eq!(host.skip_to(0), 0);
+        let mut counted = GuestTime::Counted { ns: 1_000 };
+        assert_eq!(counted.skip_to(5_000), 4_000);
+        assert_eq!(counted.now_ns(), 5_000);
+        assert_eq!(counted.skip_to(10), 0);
+        assert_eq!(counted.now_ns(), 5_000);
     }
 }

@@ -10,11 +10,12 @@
 //! Invariant: every event is pushed in the order replay meets it — an exit's input
 //! while the exit is handled, an injection right before the entry it happens at.
 
+use super::delivery::DeliveryCounters;
 use super::{RunError, REGISTER_CHECK_INTERVAL};
 use crate::clock::{BranchCounter, CounterKind};
 use crate::digest;
 use crate::machine::{blob, InputError, Inputs, Machine};
-use crate::trace::event::{Event, Landmark, Position};
+use crate::trace::event::{DeliveryStats, Event, Landmark, Position};
 use crate::trace::EventWriter;
 use crate::vmm::msr::TimeMsrs;
 use lore_devices::board::Board;
@@ -70,6 +71,8 @@ impl TickClock {
 pub struct RecordStats {
     /// Async injections deferred to the next exit.
     pub deferred_injections: u64,
+    /// When interrupts were delivered, relative to when they were due.
+    pub delivery: DeliveryCounters,
 }
 
 /// Recording state: the log and what positions need.
@@ -86,6 +89,8 @@ pub(super) struct Recorder {
     pub(super) deferred_injections: u64,
     /// Ticks for asynchronous points; `None` with the landmark clock.
     pub(super) clock: Option<TickClock>,
+    /// When interrupts were delivered, relative to when they were due.
+    pub(super) delivery: DeliveryCounters,
 }
 
 impl Recorder {
@@ -114,6 +119,7 @@ impl Recorder {
                 counter,
                 known: true,
             }),
+            delivery: DeliveryCounters::default(),
         }
     }
 
@@ -266,10 +272,18 @@ impl Recorder {
             ),
             guest_ns: now_ns,
             deferred_injections: self.deferred_injections,
+            delivery: DeliveryStats {
+                delivered: self.delivery.delivered,
+                moved: self.delivery.moved,
+                latency_total_ns: self.delivery.latency_total_ns,
+                latency_max_ns: self.delivery.latency_max_ns,
+                skipped_ns: self.delivery.skipped_ns,
+            },
         };
         self.log(&end)?;
         let stats = RecordStats {
             deferred_injections: self.deferred_injections,
+            delivery: self.delivery,
         };
         Ok((self.writer, stats))
     }

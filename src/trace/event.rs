@@ -127,7 +127,35 @@ pub enum Event {
         /// Interrupts the recorder delivered at the next exit instead of where they
         /// arrived, because replay could not have found that point (guest ring 3).
         deferred_injections: u64,
+        /// When interrupts were delivered, relative to when they were due.
+        delivery: DeliveryStats,
     },
+}
+
+/// When the recorder delivered interrupts, relative to when they were due: what
+/// its delivery policy cost the guest (`lore-dbg info`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeliveryStats {
+    /// Interrupts injected.
+    pub delivered: u64,
+    /// Of those, held back to be delivered at an exit or a point replay finds
+    /// cheaply.
+    pub moved: u64,
+    /// Guest nanoseconds from due to delivered, summed over all injections.
+    pub latency_total_ns: u64,
+    /// The longest of them.
+    pub latency_max_ns: u64,
+    /// Guest time skipped while the guest waited in a loop for a timer.
+    pub skipped_ns: u64,
+}
+
+impl DeliveryStats {
+    /// The mean latency in guest nanoseconds.
+    pub fn latency_mean_ns(&self) -> u64 {
+        self.latency_total_ns
+            .checked_div(self.delivered)
+            .unwrap_or(0)
+    }
 }
 
 impl Event {

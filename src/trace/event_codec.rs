@@ -16,7 +16,7 @@
 //! * varints are canonical (no redundant zero continuation bytes), so an event has
 //!   exactly one encoding.
 
-use super::event::{Event, Landmark, Position};
+use super::event::{DeliveryStats, Event, Landmark, Position};
 use lore_codec::{PutLe, Reader};
 use thiserror::Error;
 
@@ -346,6 +346,7 @@ pub fn encode(event: &Event, state: &mut EncodeState, out: &mut Vec<u8>) -> Resu
             memory_digest,
             guest_ns,
             deferred_injections,
+            delivery,
             ..
         } => {
             out.push(TAG_END);
@@ -356,6 +357,11 @@ pub fn encode(event: &Event, state: &mut EncodeState, out: &mut Vec<u8>) -> Resu
             out.put_u64(*memory_digest);
             put_varint(out, *guest_ns);
             put_varint(out, *deferred_injections);
+            put_varint(out, delivery.delivered);
+            put_varint(out, delivery.moved);
+            put_varint(out, delivery.latency_total_ns);
+            put_varint(out, delivery.latency_max_ns);
+            put_varint(out, delivery.skipped_ns);
         }
     }
     state.previous_exit = exit;
@@ -452,6 +458,13 @@ pub fn decode(input: &mut Reader<'_>, state: &mut DecodeState) -> Result<Event, 
             let memory_digest = get_u64_fixed(input)?;
             let guest_ns = get_varint(input)?;
             let deferred_injections = get_varint(input)?;
+            let delivery = DeliveryStats {
+                delivered: get_varint(input)?,
+                moved: get_varint(input)?,
+                latency_total_ns: get_varint(input)?,
+                latency_max_ns: get_varint(input)?,
+                skipped_ns: get_varint(input)?,
+            };
             Event::End {
                 exit,
                 status,
@@ -459,6 +472,7 @@ pub fn decode(input: &mut Reader<'_>, state: &mut DecodeState) -> Result<Event, 
                 memory_digest,
                 guest_ns,
                 deferred_injections,
+                delivery,
             }
         }
         _ => return Err(EventError::UnknownTag { tag }),
@@ -617,6 +631,13 @@ pub(crate) mod tests {
                 memory_digest: 2,
                 guest_ns: u64::MAX,
                 deferred_injections: 7,
+                delivery: DeliveryStats {
+                    delivered: 9,
+                    moved: 4,
+                    latency_total_ns: u64::MAX,
+                    latency_max_ns: 1_000_000,
+                    skipped_ns: 3,
+                },
             },
         ]
     }

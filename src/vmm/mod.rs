@@ -20,7 +20,7 @@ pub mod state;
 use cpuid::CpuidTable;
 use kvm_bindings::{
     kvm_enable_cap, kvm_userspace_memory_region, KVM_CAP_X86_USER_SPACE_MSR, KVM_MAX_CPUID_ENTRIES,
-    KVM_MEM_LOG_DIRTY_PAGES, KVM_MSR_EXIT_REASON_FILTER,
+    KVM_MEM_LOG_DIRTY_PAGES, KVM_MSR_EXIT_REASON_FILTER, KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS,
 };
 use kvm_ioctls::{
     Cap, Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VcpuFd, VmFd,
@@ -91,6 +91,9 @@ pub fn open_kvm() -> Result<Kvm, VmmError> {
 pub struct HostFeatures {
     /// Time-dependent MSRs exit to user space (`KVM_X86_SET_MSR_FILTER`).
     pub msr_filter: bool,
+    /// `KVM_RUN` can leave the general and system registers in `kvm_run`
+    /// (`KVM_CAP_SYNC_REGS`), saving a `KVM_GET_REGS`/`KVM_GET_SREGS` per stop.
+    pub sync_regs: bool,
 }
 
 /// One VM with one vCPU and its memory.
@@ -134,8 +137,11 @@ impl Vm {
         // the VM file descriptor that references it.
         unsafe { vm.set_user_memory_region(region) }
             .map_err(kvm_op("KVM_SET_USER_MEMORY_REGION"))?;
+        let sync_mask = kvm.check_extension_int(Cap::SyncRegs);
+        let wanted = (KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS) as i32;
         let features = HostFeatures {
             msr_filter: route_time_msrs(&vm),
+            sync_regs: sync_mask > 0 && sync_mask & wanted == wanted,
         };
         let vcpu = vm.create_vcpu(0).map_err(kvm_op("KVM_CREATE_VCPU"))?;
         let cpuid = match cpuid {
