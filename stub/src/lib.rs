@@ -13,6 +13,9 @@
 //!   (core, SSE, segment bases, control registers);
 //! * [`target`] — the `gdbstub` glue and the event loop (resume, Ctrl-C,
 //!   progress, stop replies);
+//! * [`framing`] — the connection under `gdbstub`: packets with a bad
+//!   checksum, malformed commands and stray bytes are answered there, so one
+//!   bad packet never ends a session;
 //! * [`monitor`] — `monitor` command parsing and dispatch;
 //! * [`fake`] — a small deterministic machine with a recorded history, to test
 //!   the stub (and gdb against it) without KVM.
@@ -36,6 +39,7 @@
 pub mod arch;
 pub mod debuggee;
 pub mod fake;
+pub mod framing;
 pub mod monitor;
 pub mod target;
 
@@ -111,7 +115,8 @@ pub fn serve_connection<D: Debuggee>(
 ) -> Result<SessionEnd, StubError> {
     stream.set_nodelay(true).map_err(StubError::Setup)?;
     let mut target = target::GdbTarget::new(debuggee);
-    let stub = GdbStub::builder(stream)
+    let connection = framing::RspConnection::new(stream, PACKET_BUFFER_BYTES);
+    let stub = GdbStub::builder(connection)
         .packet_buffer_size(PACKET_BUFFER_BYTES)
         .build()
         .map_err(|error| StubError::Session(error.to_string()))?;
