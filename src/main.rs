@@ -297,8 +297,18 @@ fn serve_gdb(dir: &std::path::Path, address: &str) -> Result<ExitCode> {
         "lore-dbg: waiting for gdb on {local}: gdb {} -ex 'target remote {local}'",
         dir.join(lore_dbg::trace::store::IMAGE_FILE).display()
     );
-    let end = lore_stub::serve(&listener, &mut session).context("gdb session")?;
-    tracing::info!(?end, "gdb session ended");
+    lore_stub::serve_until_killed(&listener, &mut session, |ended| match ended {
+        Ok(end) => eprintln!(
+            "lore-dbg: {end}; waiting for gdb on {local} (gdb's `kill` or Ctrl-C stops the server)"
+        ),
+        Err(error) => eprintln!(
+            "lore-dbg: {error}{}; waiting for gdb on {local}",
+            std::error::Error::source(error)
+                .map(|cause| format!(": {cause}"))
+                .unwrap_or_default()
+        ),
+    })
+    .context("serving gdb")?;
     Ok(ExitCode::SUCCESS)
 }
 
