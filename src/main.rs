@@ -171,11 +171,10 @@ fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("'{text}' is too large"))
 }
 
-fn read_guest(guest: &Option<PathBuf>) -> Result<(Vec<u8>, String)> {
+fn read_guest(guest: &Option<PathBuf>, memory_size: u64) -> Result<(Vec<u8>, String)> {
     match guest {
         Some(path) => {
-            let image = std::fs::read(path)
-                .with_context(|| format!("cannot read the guest image {}", path.display()))?;
+            let image = lore_dbg::boot::read_image(path, memory_size)?;
             Ok((image, path.display().to_string()))
         }
         None => Ok((
@@ -186,7 +185,7 @@ fn read_guest(guest: &Option<PathBuf>) -> Result<(Vec<u8>, String)> {
 }
 
 fn run_config(args: RunArgs) -> Result<(RunConfig, String)> {
-    let (image, name) = read_guest(&args.guest)?;
+    let (image, name) = read_guest(&args.guest, args.mem)?;
     let serial_input = match &args.serial_in {
         Some(path) => SerialInput::Bytes(
             std::fs::read(path)
