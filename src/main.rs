@@ -547,6 +547,14 @@ fn list() -> Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
+    // Rust ignores SIGPIPE, so printing into a closed pipe (`lore-dbg ls | head`)
+    // fails and `println!` panics. Like other Unix tools, end quietly instead. The
+    // gdb socket is unaffected: the standard library sends with MSG_NOSIGNAL.
+    // SAFETY: no other thread exists yet, and SIG_DFL is a valid disposition for
+    // SIGPIPE; `signal` touches no memory of ours.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
