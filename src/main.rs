@@ -179,11 +179,10 @@ fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("'{text}' is too large"))
 }
 
-fn read_guest(guest: &Option<PathBuf>) -> Result<(Vec<u8>, String)> {
+fn read_guest(guest: &Option<PathBuf>, memory_size: u64) -> Result<(Vec<u8>, String)> {
     match guest {
         Some(path) => {
-            let image = std::fs::read(path)
-                .with_context(|| format!("cannot read the guest image {}", path.display()))?;
+            let image = lore_dbg::boot::read_image(path, memory_size)?;
             Ok((image, path.display().to_string()))
         }
         None => Ok((
@@ -194,7 +193,7 @@ fn read_guest(guest: &Option<PathBuf>) -> Result<(Vec<u8>, String)> {
 }
 
 fn run_config(args: RunArgs) -> Result<(RunConfig, String)> {
-    let (image, name) = read_guest(&args.guest)?;
+    let (image, name) = read_guest(&args.guest, args.mem)?;
     let serial_input = match &args.serial_in {
         Some(path) => SerialInput::Bytes(
             std::fs::read(path)
@@ -312,8 +311,18 @@ fn serve_gdb(dir: &std::path::Path, address: &str) -> Result<ExitCode> {
         "lore-dbg: waiting for gdb on {local}: gdb {} -ex 'target remote {local}'",
         dir.join(lore_dbg::trace::layout::IMAGE_FILE).display()
     );
-    let end = lore_stub::serve(&listener, &mut session).context("gdb session")?;
-    tracing::info!(?end, "gdb session ended");
+    lore_stub::serve_until_killed(&listener, &mut session, |ended| match ended {
+        Ok(end) => eprintln!(
+            "lore-dbg: {end}; waiting for gdb on {local} (gdb's `kill` or Ctrl-C stops the server)"
+        ),
+        Err(error) => eprintln!(
+            "lore-dbg: {error}{}; waiting for gdb on {local}",
+            std::error::Error::source(error)
+                .map(|cause| format!(": {cause}"))
+                .unwrap_or_default()
+        ),
+    })
+    .context("serving gdb")?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -399,6 +408,14 @@ fn list() -> Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
+    // Rust ignores SIGPIPE, so printing into a closed pipe (`lore-dbg ls | head`)
+    // fails and `println!` panics. Like other Unix tools, end quietly instead. The
+    // gdb socket is unaffected: the standard library sends with MSG_NOSIGNAL.
+    // SAFETY: no other thread exists yet, and SIG_DFL is a valid disposition for
+    // SIGPIPE; `signal` touches no memory of ours.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -8,11 +8,17 @@
 //!
 //! Invariant: every offset and length taken from the image is checked against the
 //! file and against guest memory before use, so a malformed image yields a
-//! [`BootError`], never a panic or a write outside guest memory.
+//! [`BootError`], never a panic or a write outside guest memory. Segments that
+//! overlap in guest memory are refused (as QEMU's loader refuses overlapping
+//! blobs): whichever was copied last would silently win. [`read_image`] reads an
+//! image file only up to the size of guest memory, which bounds any image that can
+//! boot, so a device or a huge file cannot exhaust host memory.
 
 mod elf;
 
-use crate::vmm::memory::{GuestMemory, MemoryError};
+use crate::vmm::memory::{GuestMemory, MemoryError, MAX_MEMORY};
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 pub use elf::ElfError;
@@ -80,6 +86,23 @@ pub enum BootError {
         start: u64,
         /// Segment end.
         end: u64,
+    },
+    /// Two segments overlap in guest memory.
+    #[error("segments {first} ({first_start:#x}..{first_end:#x}) and {second} ({second_start:#x}..{second_end:#x}) overlap in guest memory")]
+    OverlappingSegments {
+        /// Index of the segment that starts first (program header order
+        /// among loadable segments).
+        first: usize,
+        /// Its start.
+        first_start: u64,
+        /// Its end (exclusive).
+        first_end: u64,
+        /// Index of the other segment.
+        second: usize,
+        /// Its start.
+        second_start: u64,
+        /// Its end (exclusive).
+        second_end: u64,
     },
     /// The command line or memory map does not fit in the information area.
     #[error("the command line is too long ({len} bytes)")]
@@ -228,25 +251,20 @@ fn segments_from_elf(image: &[u8]) -> Result<(Vec<Segment>, u32), BootError> {
     Ok((segments, entry))
 }
 
-fn place_segments(
-    memory: &mut GuestMemory,
-    image: &[u8],
-    segments: &[Segment],
-) -> Result<u64, BootError> {
-    let mut image_end = 0;
-    for segment in segments {
+/// Checks every segment against guest memory, low memory and the others,
+/// before anything is written.
+fn check_segments(memory_size: u64, segments: &[Segment]) -> Result<(), BootError> {
+    let mut placed: Vec<(u64, u64, usize)> = Vec::with_capacity(segments.len());
+    for (index, segment) in segments.iter().enumerate() {
         let end = segment
             .guest_address
             .checked_add(segment.memory_size)
             .ok_or(BootError::DoesNotFit {
                 end: u64::MAX,
-                memory_size: memory.size(),
+                memory_size,
             })?;
-        if end > memory.size() {
-            return Err(BootError::DoesNotFit {
-                end,
-                memory_size: memory.size(),
-            });
+        if end > memory_size {
+            return Err(BootError::DoesNotFit { end, memory_size });
         }
         if segment.memory_size > 0 && segment.guest_address < HIGH_MEMORY_START {
             return Err(BootError::OverlapsLowMemory {
@@ -254,6 +272,39 @@ fn place_segments(
                 end,
             });
         }
+        if segment.memory_size > 0 {
+            placed.push((segment.guest_address, end, index));
+        }
+    }
+    placed.sort_unstable();
+    for pair in placed.windows(2) {
+        let [(first_start, first_end, first), (second_start, second_end, second)] = *pair else {
+            continue;
+        };
+        if second_start < first_end {
+            return Err(BootError::OverlappingSegments {
+                first,
+                first_start,
+                first_end,
+                second,
+                second_start,
+                second_end,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn place_segments(
+    memory: &mut GuestMemory,
+    image: &[u8],
+    segments: &[Segment],
+) -> Result<u64, BootError> {
+    check_segments(memory.size(), segments)?;
+    let mut image_end = 0;
+    for segment in segments {
+        // `check_segments` bounded every range by the memory size.
+        let end = segment.guest_address + segment.memory_size;
         let file_bytes = &image[segment.file_range.clone()];
         let copied = (file_bytes.len() as u64).min(segment.memory_size);
         memory.write(segment.guest_address, &file_bytes[..copied as usize])?;
@@ -371,6 +422,58 @@ pub fn load(
     })
 }
 
+/// Why a guest image file could not be read.
+#[derive(Debug, Error)]
+pub enum ImageError {
+    /// Opening or reading the file failed.
+    #[error("cannot read the guest image {}", path.display())]
+    Read {
+        /// The image file.
+        path: PathBuf,
+        /// What the system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file holds more than guest memory, so it cannot be a bootable image.
+    #[error("the guest image {} is larger than the guest's {limit} bytes of memory, and a multiboot image must fit in guest memory (use --mem for more)", path.display())]
+    TooLarge {
+        /// The image file.
+        path: PathBuf,
+        /// Bytes read at most: the guest memory size.
+        limit: u64,
+    },
+}
+
+/// Reads the guest image at `path`, refusing more than `memory_size` bytes
+/// (capped at the largest guest memory): every byte the loader uses lies in a
+/// segment that must fit in guest memory, and the file may be a device that
+/// never ends (`/dev/zero`) or a pipe.
+pub fn read_image(path: &Path, memory_size: u64) -> Result<Vec<u8>, ImageError> {
+    let limit = memory_size.min(MAX_MEMORY);
+    let read_error = |source| ImageError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let too_large = || ImageError::TooLarge {
+        path: path.to_path_buf(),
+        limit,
+    };
+    let file = std::fs::File::open(path).map_err(read_error)?;
+    // A regular file says its size: refuse a large one without reading it.
+    let metadata = file.metadata().map_err(read_error)?;
+    if metadata.is_file() && metadata.len() > limit {
+        return Err(too_large());
+    }
+    let mut image = Vec::new();
+    file.take(limit.saturating_add(1))
+        .read_to_end(&mut image)
+        .map_err(read_error)?;
+    if image.len() as u64 > limit {
+        return Err(too_large());
+    }
+    Ok(image)
+}
+
 /// Whether `image` is an ELF file (used to tell a bad image from a bad trace path).
 pub fn looks_like_elf(image: &[u8]) -> bool {
     image.starts_with(b"\x7fELF")
@@ -467,6 +570,116 @@ mod tests {
             matches!(result, Err(BootError::CommandLineTooLong { .. })),
             "{result:?}"
         );
+    }
+
+    /// An ELF32 multiboot image (header without address fields) with one
+    /// `PT_LOAD` segment per `(address, file bytes, memory size)`.
+    fn elf32_image(segments: &[(u32, &[u8], u32)]) -> Vec<u8> {
+        const HEADER: usize = 52;
+        const PROGRAM_HEADER: usize = 32;
+        let multiboot = HEADER + PROGRAM_HEADER * segments.len();
+        let mut image = vec![0u8; multiboot + 12];
+        image[..4].copy_from_slice(b"\x7fELF");
+        image[4] = 1; // ELF32
+        image[5] = 1; // little-endian
+        image[18..20].copy_from_slice(&3u16.to_le_bytes()); // i386
+        image[24..28].copy_from_slice(&0x10_0000u32.to_le_bytes());
+        image[28..32].copy_from_slice(&(HEADER as u32).to_le_bytes());
+        image[42..44].copy_from_slice(&(PROGRAM_HEADER as u16).to_le_bytes());
+        image[44..46].copy_from_slice(&(segments.len() as u16).to_le_bytes());
+        for (word, value) in [HEADER_MAGIC, 0, 0u32.wrapping_sub(HEADER_MAGIC)]
+            .into_iter()
+            .enumerate()
+        {
+            image[multiboot + 4 * word..multiboot + 4 * word + 4]
+                .copy_from_slice(&value.to_le_bytes());
+        }
+        for (index, (address, bytes, memory_size)) in segments.iter().enumerate() {
+            let offset = image.len() as u32;
+            image.extend_from_slice(bytes);
+            let header = &mut image[HEADER + PROGRAM_HEADER * index..][..PROGRAM_HEADER];
+            header[0..4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+            header[4..8].copy_from_slice(&offset.to_le_bytes());
+            header[12..16].copy_from_slice(&address.to_le_bytes());
+            header[16..20].copy_from_slice(&(bytes.len() as u32).to_le_bytes());
+            header[20..24].copy_from_slice(&memory_size.to_le_bytes());
+        }
+        image
+    }
+
+    #[test]
+    fn loads_adjacent_elf_segments() {
+        let mut memory = GuestMemory::new(4 << 20).unwrap();
+        let image = elf32_image(&[(0x10_0000, &[0xf4; 16], 0x1000), (0x10_1000, &[0x90; 4], 8)]);
+        let entry = load(&mut memory, &image, "").unwrap();
+        assert_eq!(entry.image_end, 0x10_1008);
+        let mut bytes = [0u8; 4];
+        memory.read(0x10_1000, &mut bytes).unwrap();
+        assert_eq!(bytes, [0x90; 4]);
+    }
+
+    #[test]
+    fn rejects_overlapping_segments() {
+        // The second segment's bss would wipe the first one's code.
+        for second in [0x10_0000, 0x10_0008, 0x10_000f] {
+            let mut memory = GuestMemory::new(4 << 20).unwrap();
+            let image = elf32_image(&[(0x10_0000, &[0xf4; 16], 16), (second, &[], 16)]);
+            let result = load(&mut memory, &image, "");
+            assert!(
+                matches!(
+                    result,
+                    Err(BootError::OverlappingSegments {
+                        first: 0,
+                        second: 1,
+                        ..
+                    })
+                ),
+                "second segment at {second:#x}: {result:?}"
+            );
+            let mut code = [0u8; 16];
+            memory.read(0x10_0000, &mut code).unwrap();
+            assert_eq!(code, [0; 16], "nothing is written before the check");
+        }
+        // Order in the file does not matter; empty segments overlap nothing.
+        let mut memory = GuestMemory::new(4 << 20).unwrap();
+        let image = elf32_image(&[(0x10_0100, &[1], 0x100), (0x10_0000, &[2], 0x101)]);
+        let result = load(&mut memory, &image, "");
+        assert!(
+            matches!(
+                result,
+                Err(BootError::OverlappingSegments {
+                    first: 1,
+                    second: 0,
+                    ..
+                })
+            ),
+            "{result:?}"
+        );
+        let image = elf32_image(&[(0x10_0000, &[1], 0x100), (0x10_0010, &[], 0)]);
+        assert!(load(&mut memory, &image, "").is_ok());
+    }
+
+    #[test]
+    fn reads_an_image_up_to_guest_memory() {
+        let dir = std::env::temp_dir().join(format!("lore-boot-read-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("image");
+        std::fs::write(&path, vec![7u8; 8192]).unwrap();
+        assert_eq!(read_image(&path, 8192).unwrap().len(), 8192);
+        assert!(matches!(
+            read_image(&path, 8191),
+            Err(ImageError::TooLarge { limit: 8191, .. })
+        ));
+        // A device has no size to look at: reading stops at the limit.
+        assert!(matches!(
+            read_image(Path::new("/dev/zero"), 1 << 20),
+            Err(ImageError::TooLarge { limit, .. }) if limit == 1 << 20
+        ));
+        assert!(matches!(
+            read_image(&dir.join("missing"), 1 << 20),
+            Err(ImageError::Read { .. })
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

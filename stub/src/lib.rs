@@ -13,6 +13,9 @@
 //!   (core, SSE, segment bases, control registers);
 //! * [`target`] — the `gdbstub` glue and the event loop (resume, Ctrl-C,
 //!   progress, stop replies);
+//! * [`framing`] — the connection under `gdbstub`: packets with a bad
+//!   checksum, malformed commands and stray bytes are answered there, so one
+//!   bad packet never ends a session;
 //! * [`monitor`] — `monitor` command parsing and dispatch;
 //! * [`fake`] — a small deterministic machine with a recorded history, to test
 //!   the stub (and gdb against it) without KVM.
@@ -30,15 +33,21 @@
 //! ```
 //!
 //! The stub is single-threaded and blocking: [`serve`] runs one gdb session on
-//! the calling thread; the debuggee's resumes run on it too and poll for gdb's
-//! Ctrl-C through [`debuggee::ResumeControl`].
+//! the calling thread, [`serve_until_killed`] one session after another (as
+//! QEMU's stub does, so that a debugger can reconnect) until gdb kills the
+//! target; the debuggee's resumes run on the same thread and poll for gdb's
+//! Ctrl-C through [`debuggee::ResumeControl`]. The debuggee is shared by the
+//! sessions: a new session starts where the last one left the machine.
 
 pub mod arch;
 pub mod debuggee;
 pub mod fake;
+pub mod framing;
 pub mod monitor;
 pub mod target;
 
+use std::fmt;
+use std::io;
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 
 use gdbstub::stub::{DisconnectReason, GdbStub};
@@ -67,6 +76,26 @@ pub enum SessionEnd {
     TargetTerminated,
     /// gdb closed the connection without detaching (it quit or died).
     ConnectionClosed,
+}
+
+impl SessionEnd {
+    /// Whether the server stops after a session that ended so: gdb's `kill`
+    /// stops it, as it stops QEMU; anything else lets the next gdb connect.
+    pub fn stops_server(self) -> bool {
+        self == Self::Killed
+    }
+}
+
+impl fmt::Display for SessionEnd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Detached => f.write_str("gdb detached"),
+            Self::Killed => f.write_str("gdb killed the target"),
+            Self::TargetExited(code) => write!(f, "gdb was told the target exited with {code}"),
+            Self::TargetTerminated => f.write_str("gdb was told the target was terminated"),
+            Self::ConnectionClosed => f.write_str("gdb closed the connection"),
+        }
+    }
 }
 
 /// Errors that end a gdb session.
@@ -104,6 +133,47 @@ pub fn serve<D: Debuggee>(
     serve_connection(stream, debuggee)
 }
 
+/// Serves gdb sessions on `listener`, one at a time, until gdb kills the
+/// target (`kill`). Between two sessions `between` is told how the last one
+/// ended, e.g. to tell the user that the server listens again. A session that
+/// fails (the connection breaks, or a protocol error the stub could not
+/// answer) is reported the same way and does not stop the server.
+pub fn serve_until_killed<D: Debuggee>(
+    listener: &TcpListener,
+    debuggee: &mut D,
+    mut between: impl FnMut(&Result<SessionEnd, StubError>),
+) -> Result<(), StubError> {
+    loop {
+        let outcome = match listener.accept() {
+            Ok((stream, peer)) => {
+                tracing::info!(%peer, "gdb connected");
+                serve_connection(stream, debuggee)
+            }
+            Err(error) if accept_retryable(&error) => Err(StubError::Setup(error)),
+            Err(error) => return Err(StubError::Setup(error)),
+        };
+        match &outcome {
+            Ok(end) if end.stops_server() => return Ok(()),
+            Ok(end) => tracing::info!(%end, "listening again"),
+            Err(error) => tracing::warn!(%error, "gdb session failed; listening again"),
+        }
+        between(&outcome);
+    }
+}
+
+/// Whether a failed accept concerns only the connection being accepted, so
+/// that the listener is still good.
+fn accept_retryable(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::NotConnected
+            | io::ErrorKind::BrokenPipe
+    )
+}
+
 /// Serves one gdb session on an accepted connection.
 pub fn serve_connection<D: Debuggee>(
     stream: TcpStream,
@@ -111,7 +181,8 @@ pub fn serve_connection<D: Debuggee>(
 ) -> Result<SessionEnd, StubError> {
     stream.set_nodelay(true).map_err(StubError::Setup)?;
     let mut target = target::GdbTarget::new(debuggee);
-    let stub = GdbStub::builder(stream)
+    let connection = framing::RspConnection::new(stream, PACKET_BUFFER_BYTES);
+    let stub = GdbStub::builder(connection)
         .packet_buffer_size(PACKET_BUFFER_BYTES)
         .build()
         .map_err(|error| StubError::Session(error.to_string()))?;

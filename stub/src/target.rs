@@ -21,13 +21,12 @@
 //! the possibility of going backward from the exit.
 
 use std::collections::BTreeMap;
-use std::io::{self, Write as _};
+use std::io;
 use std::marker::PhantomData;
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use gdbstub::common::Signal;
-use gdbstub::conn::ConnectionExt;
+use gdbstub::conn::{Connection, ConnectionExt};
 use gdbstub::stub::run_blocking::{BlockingEventLoop, Event, WaitForStopReasonError};
 use gdbstub::stub::SingleThreadStopReason;
 use gdbstub::target::ext::base::reverse_exec::{
@@ -50,6 +49,7 @@ use crate::debuggee::{
     Breakpoint, BreakpointKind, Debuggee, DebuggeeError, ResumeControl, ResumeRequest,
     StopConditions, StopReason, WatchKind, Watchpoint, WATCH_LENGTHS,
 };
+use crate::framing::RspConnection;
 use crate::monitor::run_monitor_command;
 
 /// How often a running resume looks at the socket for a Ctrl-C.
@@ -445,57 +445,38 @@ pub(crate) fn console_packet(message: &str) -> Vec<u8> {
         payload.push(HEX[usize::from(byte >> 4)]);
         payload.push(HEX[usize::from(byte & 0xf)]);
     }
-    let checksum = payload
-        .iter()
-        .fold(0u8, |sum, byte| sum.wrapping_add(*byte));
-    let mut packet = Vec::with_capacity(payload.len() + 4);
-    packet.push(b'$');
-    packet.extend_from_slice(&payload);
-    packet.push(b'#');
-    packet.push(HEX[usize::from(checksum >> 4)]);
-    packet.push(HEX[usize::from(checksum & 0xf)]);
-    packet
+    crate::framing::packet(&payload)
 }
 
 /// The [`ResumeControl`] handed to the debuggee while gdb waits for a stop.
 struct ConnectionControl<'c> {
-    conn: &'c mut TcpStream,
+    conn: &'c mut RspConnection,
     last_poll: Option<Instant>,
     last_progress: Option<Instant>,
     interrupted: bool,
 }
 
 impl ConnectionControl<'_> {
-    /// Looks at the socket without consuming gdb's packet. Acknowledgements
-    /// (`+`/`-`, sent for our `O` packets before no-ack mode) are consumed.
+    /// Whether gdb sent something (its Ctrl-C, or a packet), without
+    /// consuming it. The connection has already dropped acknowledgements and
+    /// answered bad packets, so anything here is for `gdbstub`.
     fn poll_socket(&mut self) -> bool {
-        loop {
-            match self.conn.peek() {
-                Ok(Some(b'+' | b'-')) => {
-                    if let Err(error) = self.conn.read() {
-                        tracing::warn!(%error, "gdb connection failed while running");
-                        return true;
-                    }
-                }
-                Ok(Some(_)) => return true,
-                Ok(None) => return false,
-                Err(error) => {
-                    // A broken connection ends the resume quickly; the event
-                    // loop then reports the connection error.
-                    tracing::warn!(%error, "gdb connection failed while running");
-                    return true;
-                }
+        match self.conn.peek() {
+            Ok(byte) => byte.is_some(),
+            Err(error) => {
+                // A broken connection ends the resume quickly; the event
+                // loop then reports the connection error.
+                tracing::warn!(%error, "gdb connection failed while running");
+                true
             }
         }
     }
 
     fn send_console(&mut self, message: &str) {
-        // `peek` leaves the socket non-blocking; writes must block.
         let result = self
             .conn
-            .set_nonblocking(false)
-            .and_then(|()| self.conn.write_all(&console_packet(message)))
-            .and_then(|()| io::Write::flush(self.conn));
+            .write_all(&console_packet(message))
+            .and_then(|()| Connection::flush(self.conn));
         if let Err(error) = result {
             tracing::warn!(%error, "could not send console output to gdb");
         }
@@ -542,7 +523,7 @@ pub struct EventLoop<'d, D>(PhantomData<&'d mut D>);
 
 impl<'d, D: Debuggee> BlockingEventLoop for EventLoop<'d, D> {
     type Target = GdbTarget<'d, D>;
-    type Connection = TcpStream;
+    type Connection = RspConnection;
     type StopReason = SingleThreadStopReason<u64>;
 
     fn wait_for_stop_reason(
@@ -555,6 +536,9 @@ impl<'d, D: Debuggee> BlockingEventLoop for EventLoop<'d, D> {
             tracing::warn!("running without a resume request");
             return Ok(Event::TargetStopped(SingleThreadStopReason::DoneStep));
         };
+        // gdbstub leaves the acknowledgement of the resume packet unflushed;
+        // gdb must have it before a long resume, or it sends the packet again.
+        Connection::flush(conn).map_err(WaitForStopReasonError::Connection)?;
         let stops = target.stop_conditions();
         let started = Instant::now();
         let mut control = ConnectionControl {
@@ -565,10 +549,6 @@ impl<'d, D: Debuggee> BlockingEventLoop for EventLoop<'d, D> {
         };
         let reason = target.debuggee.resume(request, &stops, &mut control);
         tracing::info!(%request, ?reason, elapsed = ?started.elapsed(), "stopped");
-        // Polling left the socket non-blocking; gdbstub's replies must block.
-        if let Err(error) = control.conn.set_nonblocking(false) {
-            tracing::warn!(%error, "could not make the gdb connection blocking again");
-        }
 
         if reason == StopReason::Interrupted && control.poll_socket() {
             // Hand gdb's byte to gdbstub: a Ctrl-C comes back through

@@ -3,99 +3,13 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::time::{Duration, Instant};
 
+use common::client::{decode_hex, Client};
 use common::Served;
 use lore_stub::fake::FakeConfig;
 use lore_stub::{Capabilities, SessionEnd};
-
-/// A bare RSP client in no-ack mode.
-struct Client {
-    stream: TcpStream,
-}
-
-fn checksum(payload: &[u8]) -> u8 {
-    payload
-        .iter()
-        .fold(0u8, |sum, byte| sum.wrapping_add(*byte))
-}
-
-fn decode_hex(hex: &str) -> Vec<u8> {
-    (0..hex.len() / 2)
-        .filter_map(|index| u8::from_str_radix(&hex[2 * index..2 * index + 2], 16).ok())
-        .collect()
-}
-
-impl Client {
-    fn connect(port: u16) -> Self {
-        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the stub");
-        stream
-            .set_read_timeout(Some(common::GDB_TIMEOUT))
-            .expect("set timeout");
-        let mut client = Self { stream };
-        client.send("QStartNoAckMode");
-        assert_eq!(client.receive(), "OK");
-        client.stream.write_all(b"+").expect("ack");
-        client
-    }
-
-    fn send(&mut self, payload: &str) {
-        let packet = format!("${payload}#{:02x}", checksum(payload.as_bytes()));
-        self.stream
-            .write_all(packet.as_bytes())
-            .expect("send packet");
-    }
-
-    fn read_byte(&mut self) -> u8 {
-        let mut byte = [0u8];
-        self.stream
-            .read_exact(&mut byte)
-            .expect("read from the stub");
-        byte[0]
-    }
-
-    /// The next packet's payload (acks skipped, run-length encoding expanded,
-    /// checksum verified).
-    fn receive(&mut self) -> String {
-        while self.read_byte() != b'$' {}
-        let mut raw = Vec::new();
-        loop {
-            match self.read_byte() {
-                b'#' => break,
-                byte => raw.push(byte),
-            }
-        }
-        let sum = [self.read_byte(), self.read_byte()];
-        let sum = u8::from_str_radix(std::str::from_utf8(&sum).expect("ascii"), 16).expect("hex");
-        assert_eq!(
-            sum,
-            checksum(&raw),
-            "bad checksum on {:?}",
-            String::from_utf8_lossy(&raw)
-        );
-        let mut payload: Vec<u8> = Vec::new();
-        let mut index = 0;
-        while index < raw.len() {
-            if raw[index] == b'*' && index + 1 < raw.len() {
-                let repeat = usize::from(raw[index + 1].saturating_sub(29));
-                let last = *payload.last().expect("run-length after a byte");
-                payload.extend(std::iter::repeat(last).take(repeat));
-                index += 2;
-            } else {
-                payload.push(raw[index]);
-                index += 1;
-            }
-        }
-        String::from_utf8(payload).expect("ascii payload")
-    }
-
-    fn request(&mut self, payload: &str) -> String {
-        self.send(payload);
-        self.receive()
-    }
-}
 
 #[test]
 fn advertises_reverse_execution_and_no_range_stepping() {
