@@ -88,7 +88,7 @@ struct RecordArgs {
     /// breakpoint hits instead of one per loop iteration. Guests see it as an
     /// interrupt that arrived that much later. 0 delivers at once; `info` reports
     /// the latency it caused.
-    #[arg(long, value_name = "DURATION", default_value = "20ms", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "50ms", value_parser = parse_duration)]
     max_delay: std::time::Duration,
 }
 

@@ -220,7 +220,16 @@ impl Image {
     /// them, when the image is exactly as generated: everything but
     /// `damage` and the address fields (bit 16) decides that.
     fn loaded_by_program_headers(&self) -> Option<Vec<&Segment>> {
-        let plain = self.damage.is_empty() && self.flags & (1 << 16) == 0;
+        // The multiboot header is written last: where it lands on the ELF or
+        // program headers, the file no longer says what `segments` say.
+        let multiboot = self.multiboot_at as u64..self.multiboot_at as u64 + 32;
+        let headers = self
+            .program_headers_at
+            .saturating_add(self.segments.len() as u64 * self.entry_size());
+        let elf_header = if self.elf64 { 64 } else { 52 };
+        let clear_of = |start: u64, end: u64| multiboot.end <= start || multiboot.start >= end;
+        let intact = clear_of(0, elf_header) && clear_of(self.program_headers_at, headers);
+        let plain = self.damage.is_empty() && self.flags & (1 << 16) == 0 && intact;
         plain.then(|| {
             self.segments
                 .iter()

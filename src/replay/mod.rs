@@ -468,6 +468,34 @@ impl Replayer {
             cursor,
         })?;
         self.output_shown_until = exit;
+        if let Some(Event::End {
+            exit: end_exit,
+            status,
+            memory_digest,
+            ..
+        }) = self.events.get(event_index + 1).cloned()
+        {
+            if end_exit == exit {
+                // The snapshot the recorder took as the guest ended: nothing is
+                // left to run. Its memory is the end's (the registers are not: the
+                // end record holds them before the exit's instruction completed).
+                self.collect_dirty_log()?;
+                let memory_now = digest::touched_memory(
+                    self.machine.vm().memory().as_slice(),
+                    &self.cursor.dirty_since_boot,
+                    self.machine.image_end(),
+                );
+                if memory_now != memory_digest {
+                    return Err(self.divergence(
+                        "final guest memory differs from the end record".into(),
+                        None,
+                    ));
+                }
+                self.cursor.next_event = event_index + 2;
+                self.cursor.at_boundary = false;
+                self.cursor.ended = Some(status);
+            }
+        }
         Ok(())
     }
 
@@ -1194,8 +1222,43 @@ impl Replayer {
                 self.cursor.ended = Some(status);
                 Ok(Progress::Ended(status))
             }
-            Ok(None) => Ok(Progress::Continue),
+            Ok(None) => {
+                self.check_within_history()?;
+                Ok(Progress::Continue)
+            }
         }
+    }
+
+    /// Every search is bounded by the recorded history: an exit that leaves an
+    /// earlier event unapplied (an asynchronous point not found before it), or that
+    /// goes past the last recorded exit, is a divergence — or the end of a
+    /// truncated log — never a reason to run on.
+    fn check_within_history(&self) -> Result<(), ReplayError> {
+        let exits = self.cursor.exits;
+        if let Some(next) = self.peek() {
+            if next.exit() < exits {
+                return Err(self.divergence(
+                    format!(
+                        "the guest reached exit {exits} before the recorded event of exit {}: {next:?}",
+                        next.exit()
+                    ),
+                    None,
+                ));
+            }
+        }
+        if exits > self.last_exit() {
+            if self.truncated.is_some() {
+                return Err(self.out_of_events());
+            }
+            return Err(self.divergence(
+                format!(
+                    "the guest went on past the recorded end (exit {})",
+                    self.last_exit()
+                ),
+                None,
+            ));
+        }
+        Ok(())
     }
 
     /// The guest wrote to isa-debug-exit: compare with the recorded end.
