@@ -8,7 +8,7 @@
 //! paging, or 32-bit/PAE, or none before paging is on).
 
 use crate::replay::timeline::{
-    Moment, Stops, Timeline, TimelineStop, Watch, WatchKind as TimelineWatchKind,
+    ExecutionPoint, Stops, Timeline, TimelineStop, Watch, WatchKind as TimelineWatchKind,
 };
 use crate::replay::USER_HW_SLOTS;
 use crate::trace::TraceHeader;
@@ -69,7 +69,7 @@ impl GdbSession {
         Some(ns_before + ((ns_after - ns_before) as f64 * fraction) as u64)
     }
 
-    fn describe(&self, moment: &Moment) -> String {
+    fn describe(&self, moment: &ExecutionPoint) -> String {
         let last = self.timeline.last_exit();
         let time = self
             .guest_time_ns(moment.exit)

@@ -32,6 +32,8 @@ pub struct EndRecord {
     pub deferred_injections: u64,
     /// When interrupts were delivered, relative to when they were due.
     pub delivery: DeliveryStats,
+    /// The user stopped the recording there.
+    pub stopped: bool,
 }
 
 /// Everything `lore-dbg info` says about one trace.
@@ -72,6 +74,7 @@ impl TraceInfo {
                 exit,
                 deferred_injections,
                 delivery,
+                stopped,
                 ..
             } = *event
             {
@@ -81,6 +84,7 @@ impl TraceInfo {
                     guest_ns,
                     deferred_injections,
                     delivery,
+                    stopped,
                 });
             }
         }
@@ -222,8 +226,17 @@ impl TraceInfo {
         match (self.end, &self.truncation) {
             (Some(end), _) => writeln!(
                 out,
-                "ended:        exit status {} after {} exits and {:.3} s of guest time",
-                end.status,
+                "ended:        {} {} after {} exits and {:.3} s of guest time",
+                if end.stopped {
+                    "stopped by a signal (record's status"
+                } else {
+                    "exit status"
+                },
+                if end.stopped {
+                    format!("{})", end.status)
+                } else {
+                    end.status.to_string()
+                },
                 end.exits,
                 end.guest_ns as f64 / 1e9
             ),
@@ -453,6 +466,7 @@ mod tests {
                     latency_max_ns: 4_500,
                     skipped_ns: 0,
                 },
+                stopped: false,
             }),
             truncation: None,
             event_log_bytes: 100,

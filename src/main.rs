@@ -232,6 +232,9 @@ fn exit_code(status: i32) -> ExitCode {
 }
 
 fn record(args: RecordArgs) -> Result<ExitCode> {
+    // Before any thread exists: they all inherit the blocked SIGINT and SIGTERM.
+    let stop =
+        lore_dbg::runner::stop::StopRequest::install().context("cannot prepare for Ctrl-C")?;
     let guest_path = args.guest.guest.clone();
     let (config, name) = run_config(args.guest)?;
     let stem = guest_path
@@ -258,15 +261,14 @@ fn record(args: RecordArgs) -> Result<ExitCode> {
         .map(|name| name.to_string_lossy().into_owned())
         .unwrap_or_else(|| name.clone());
     let snapshot_every = (!args.snapshot_every.is_zero()).then_some(args.snapshot_every);
-    let recorded = record::record(
-        config,
-        &guest_name,
+    let options = record::RecordOptions {
         clock,
         snapshot_every,
-        args.max_delay,
-        &trace,
-    )
-    .with_context(|| format!("recording {name} into {}", trace.path().display()))?;
+        max_delay: args.max_delay,
+        stop: Some(stop),
+    };
+    let recorded = record::record(config, &guest_name, options, &trace)
+        .with_context(|| format!("recording {name} into {}", trace.path().display()))?;
     std::io::stdout()
         .flush()
         .context("cannot flush the guest's serial output")?;
@@ -282,6 +284,20 @@ fn record(args: RecordArgs) -> Result<ExitCode> {
             "lore-dbg: {} interrupts arrived where replay could not find the point on this host (guest ring 3, or code the software counter did not count) and were delivered at the next exit instead",
             recorded.stats.deferred_injections
         );
+    }
+    if let Some(signal) = recorded.outcome.stopped_by {
+        let signal = lore_dbg::runner::stop::signal_name(signal);
+        if recorded.outcome.stopped_between_exits {
+            eprintln!(
+                "lore-dbg: stopped by {signal} while the guest ran between exits: the trace has no end record and replays up to exit {}",
+                recorded.outcome.exits
+            );
+        } else {
+            eprintln!(
+                "lore-dbg: stopped by {signal} at exit {}: the trace is complete up to there and replays to that point",
+                recorded.outcome.exits
+            );
+        }
     }
     Ok(exit_code(recorded.outcome.exit_status))
 }

@@ -130,15 +130,33 @@ pub struct Recorded {
     pub stats: RecordStats,
 }
 
+/// How to record.
+#[derive(Debug, Clone)]
+pub struct RecordOptions {
+    /// How asynchronous points are positioned.
+    pub clock: ClockBackend,
+    /// Guest time between snapshots in the trace; `None` for none.
+    pub snapshot_every: Option<std::time::Duration>,
+    /// How long an interrupt may be held back for a point replay finds cheaply
+    /// (landmark clock; see `runner::delivery`).
+    pub max_delay: std::time::Duration,
+    /// Ends the recording cleanly at the next exit when SIGINT or SIGTERM come.
+    pub stop: Option<crate::runner::stop::StopRequest>,
+}
+
 /// Records `config` into the (new, empty) trace directory `trace`.
 pub fn record(
     config: RunConfig,
     guest_name: &str,
-    clock: ClockBackend,
-    snapshot_every: Option<std::time::Duration>,
-    max_delay: std::time::Duration,
+    options: RecordOptions,
     trace: &TraceDir,
 ) -> Result<Recorded, RecordError> {
+    let RecordOptions {
+        clock,
+        snapshot_every,
+        max_delay,
+        stop,
+    } = options;
     // On this thread, which runs the vCPU: the hardware counter counts its thread.
     let counter = crate::clock::counter_for(clock, false).map_err(|source| RecordError::Clock {
         backend: clock.name(),
@@ -182,6 +200,9 @@ pub fn record(
         None => None,
     };
     runner.record_to(trace.event_writer()?, schedule, counter, max_delay);
+    if let Some(stop) = stop {
+        runner.stop_on(stop);
+    }
     let (outcome, recording) = runner.run()?;
     let (writer, stats) = recording.ok_or(RecordError::Trace(TraceError::WriterStopped {
         path: trace.events_path(),

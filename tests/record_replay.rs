@@ -1123,3 +1123,86 @@ fn an_event_log_of_another_recording_diverges_quickly() {
     assert_clean_failure("an assembled trace", &replayed);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// ---------------------------------------------------------------------------------
+// Ctrl-C and SIGTERM during a recording finish the trace.
+// ---------------------------------------------------------------------------------
+
+/// Records `name` with `extra` options, sends `signal` after `after`, and checks
+/// that the recorder ends with 128 + the signal, says so, and leaves a trace that
+/// replays to the same point with the same status.
+fn stopped_recording_replays(name: &str, signal: &str, number: i32, extra: &[&str]) {
+    let dir = scratch_dir(&format!("stop-{name}-{signal}"));
+    let trace = dir.join("trace");
+    let image = guest(name);
+    let mut command = lore_dbg();
+    command
+        .args(["record", utf8(&image), "-o", utf8(&trace)])
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = command.spawn().expect("start the recorder");
+    std::thread::sleep(Duration::from_millis(150));
+    let sent = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(sent.success(), "kill -{signal} failed");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut child = child;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the recorder did not stop on {signal}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let output = child.wait_with_output().expect("output");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(
+        status.code(),
+        Some(128 + number),
+        "{name} stopped by {signal}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("stopped by SIG{signal} at exit")),
+        "{name}: no word of the stop\n{stderr}"
+    );
+    let replayed = replay(&trace);
+    assert_eq!(replayed.code(), 128 + number, "{name}: {replayed:#?}");
+    assert_eq!(
+        replayed.stdout, stdout,
+        "{name}: the replay shows other output"
+    );
+    assert!(
+        replayed.stderr.contains("replay matched the recording"),
+        "{replayed:#?}"
+    );
+    let info = lore(&["info", utf8(&trace), "--json"]);
+    assert!(info.stdout.contains("\"complete\": true"), "{info:#?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn ctrl_c_finishes_the_trace_of_a_computing_guest() {
+    require_kvm();
+    stopped_recording_replays("timer", "INT", 2, &["--max-delay", "0"]);
+    stopped_recording_replays(
+        "compute",
+        "TERM",
+        15,
+        &["--max-delay", "0", "--cmdline", "rounds=400"],
+    );
+}
+
+#[test]
+fn ctrl_c_finishes_the_trace_of_a_guest_waiting_for_input() {
+    require_kvm();
+    // echo halts until a byte arrives on its serial port; stdin stays open.
+    stopped_recording_replays("echo", "INT", 2, &[]);
+}

@@ -1,4 +1,4 @@
-//! Reaching a recorded [`TickPosition`] exactly, whatever the counter (rr's
+//! Reaching a recorded [`TickTarget`] exactly, whatever the counter (rr's
 //! "run to ticks, then step to the register match").
 //!
 //! 1. **Overflow run** — when the target is more than the skid margin ahead, arm the
@@ -25,8 +25,7 @@
 //! optimisation, not needed for correctness.
 
 use super::{
-    BranchCounter, ClockError, CounterKind, MachineError, MachineStop, Steppable, TickPosition,
-    Ticks,
+    BranchCounter, ClockError, CounterKind, MachineError, MachineStop, Steppable, TickTarget, Ticks,
 };
 
 /// Bounds on one approach.
@@ -54,7 +53,7 @@ impl Default for ApproachLimits {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reached {
     /// The position reached (equal to the target).
-    pub position: TickPosition,
+    pub position: TickTarget,
     /// Overflow runs made (0 when the target was within the margin).
     pub overflow_runs: u32,
     /// Ticks past the armed count at which the last overflow run stopped.
@@ -83,7 +82,7 @@ pub enum ApproachError {
         /// Current ticks.
         now: Ticks,
         /// The target.
-        target: TickPosition,
+        target: TickTarget,
     },
     /// The overflow's skid carried the guest past the target: restore an earlier
     /// checkpoint and retry, with a larger margin if it recurs.
@@ -100,7 +99,7 @@ pub enum ApproachError {
         /// `rip` where the run stopped (or where phase 3 gave up).
         rip: u64,
         /// The target.
-        target: TickPosition,
+        target: TickTarget,
     },
     /// The target tick went by without `rip` and registers matching: the replay
     /// diverged from the recording (or the target was wrong).
@@ -117,7 +116,7 @@ pub enum ApproachError {
         /// Steps taken.
         steps: u64,
         /// The target.
-        target: TickPosition,
+        target: TickTarget,
     },
     /// The guest made a VM exit before the target.
     #[error("VM exit ({reason}) at tick {now}, rip {rip:#x}, before the target tick {}, rip {:#x} ({phase:?})", target.ticks, target.rip)]
@@ -131,7 +130,7 @@ pub enum ApproachError {
         /// Phase.
         phase: Phase,
         /// The target.
-        target: TickPosition,
+        target: TickTarget,
     },
     /// More single steps than [`ApproachLimits::max_steps`].
     #[error("gave up after {steps} single steps at tick {now} (target tick {})", target.ticks)]
@@ -141,7 +140,7 @@ pub enum ApproachError {
         /// Ticks now.
         now: Ticks,
         /// The target.
-        target: TickPosition,
+        target: TickTarget,
     },
     /// More overflow runs stopped short than [`ApproachLimits::max_overflow_runs`].
     #[error("{runs} overflow runs stopped short of tick {armed_at} (now {now})")]
@@ -163,7 +162,7 @@ pub enum ApproachError {
 
 /// Brings `machine` to `target` exactly, with default [`ApproachLimits`].
 pub fn approach(
-    target: TickPosition,
+    target: TickTarget,
     counter: &mut dyn BranchCounter,
     machine: &mut dyn Steppable,
 ) -> Result<Reached, ApproachError> {
@@ -172,7 +171,7 @@ pub fn approach(
 
 /// Brings `machine` to `target` exactly (see the module docs for the phases).
 pub fn approach_with(
-    target: TickPosition,
+    target: TickTarget,
     counter: &mut dyn BranchCounter,
     machine: &mut dyn Steppable,
     limits: &ApproachLimits,

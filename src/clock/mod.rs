@@ -65,7 +65,7 @@ pub type Ticks = u64;
 /// have retired, and the registers hash to `regs_digest` (`crate::digest::registers`
 /// over the full register array, `rip` and `rflags` included).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct TickPosition {
+pub struct TickTarget {
     /// Retired conditional branches before this point.
     pub ticks: Ticks,
     /// The instruction pointer (offset in CS) of the next instruction.

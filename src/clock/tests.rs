@@ -230,7 +230,7 @@ impl Steppable for FakeMachine {
 /// A position seen while recording, and how many instructions had retired there.
 #[derive(Debug, Clone, Copy)]
 struct Recorded {
-    position: TickPosition,
+    position: TickTarget,
     instructions: u64,
 }
 
@@ -241,7 +241,7 @@ fn record(code: &[u8], counted: CountedBranches, limit: u64) -> Vec<Recorded> {
     let mut counter = SoftCounter::new(counted);
     let mut positions = Vec::new();
     for _ in 0..limit {
-        let position = TickPosition {
+        let position = TickTarget {
             ticks: counter.ticks().expect("soft ticks"),
             rip: machine.rip,
             regs_digest: machine.registers_digest().expect("digest"),
@@ -493,7 +493,7 @@ fn approach_error_paths() {
 
     // A digest that never occurs at that tick: a divergence, reported once the tick
     // has gone by — with and without an overflow run before.
-    let wrong = TickPosition {
+    let wrong = TickTarget {
         regs_digest: at_tick_10.regs_digest ^ 1,
         ..at_tick_10
     };
@@ -513,7 +513,7 @@ fn approach_error_paths() {
     // A target beyond the end of the run: the guest's `hlt` exit comes first, in the
     // overflow run or while stepping.
     for margin in [5, 100] {
-        let beyond = TickPosition {
+        let beyond = TickTarget {
             ticks: COUNTDOWN_JCC + 10,
             ..at_tick_10
         };
@@ -540,7 +540,7 @@ fn approach_error_paths() {
     }
 
     // A spinning guest that never reaches the target: the step limit.
-    let never = TickPosition {
+    let never = TickTarget {
         ticks: 0,
         rip: 0x1005,
         regs_digest: 0,

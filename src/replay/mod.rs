@@ -17,7 +17,7 @@
 //! follows: from that exit to the last such point the replayer runs the guest only
 //! through the trace's counter — [`clock::approach`] when nothing else can stop it,
 //! one counted single step at a time when the caller single-steps or has
-//! breakpoints — so that the count stays exact, and [`Cursor::ticks_since_exit`]
+//! breakpoints — so that the count stays exact, and [`LogCursor::ticks_since_exit`]
 //! carries it into checkpoints. Elsewhere the guest runs freely and the count is
 //! unknown (and not needed).
 //!
@@ -33,7 +33,7 @@ pub mod timeline;
 use crate::boot;
 use crate::clock::{
     self, ApproachError, BranchCounter, ClockError, CounterKind, MachineError, MachineStop,
-    TickPosition,
+    TickTarget,
 };
 use crate::digest::{self, RegisterArray};
 use crate::machine::history::ExitRecord;
@@ -265,7 +265,7 @@ impl Write for GatedOutput {
 /// Where the replay stands in the log: the part of a checkpoint that is not
 /// machine state.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cursor {
+pub struct LogCursor {
     /// Index of the next event to apply.
     pub next_event: usize,
     /// Exits replayed so far.
@@ -292,7 +292,7 @@ pub struct MachineState {
     /// Device models.
     pub board: BoardState,
     /// Position in the log.
-    pub cursor: Cursor,
+    pub cursor: LogCursor,
 }
 
 /// Why [`Replayer::resume`] stopped.
@@ -331,7 +331,7 @@ pub struct Replayer {
     /// Highest exit whose serial output was shown.
     output_shown_until: u64,
     events: Arc<Vec<Event>>,
-    cursor: Cursor,
+    cursor: LogCursor,
     /// Pages written since the caller last took them (see
     /// [`Replayer::take_dirty_since_mark`]); every read of KVM's dirty log feeds it.
     dirty_since_mark: Vec<u64>,
@@ -394,7 +394,7 @@ impl Replayer {
             output,
             output_shown_until: 0,
             events: Arc::new(input.events),
-            cursor: Cursor {
+            cursor: LogCursor {
                 next_event: 0,
                 exits: 0,
                 at_boundary: true,
@@ -698,6 +698,9 @@ impl Replayer {
                 known = None;
             }
             self.settle()?;
+            if let Some(status) = self.stopped_end()? {
+                return Ok(EngineStop::Ended { status });
+            }
             if interrupted() {
                 return Ok(EngineStop::Interrupted);
             }
@@ -929,7 +932,7 @@ impl Replayer {
         stop_at_exit: Option<u64>,
         interrupted: &mut dyn FnMut() -> bool,
     ) -> Result<Option<EngineStop>, ReplayError> {
-        let target = target.map(|landmark| TickPosition {
+        let target = target.map(|landmark| TickTarget {
             ticks: landmark.ticks.unwrap_or_default(),
             rip: landmark.rip,
             regs_digest: landmark.regs_digest,
@@ -1011,7 +1014,7 @@ impl Replayer {
     }
 
     /// Reports a tick-positioned point that can no longer be reached.
-    fn check_before_tick_point(&mut self, target: &TickPosition) -> Result<(), ReplayError> {
+    fn check_before_tick_point(&mut self, target: &TickTarget) -> Result<(), ReplayError> {
         let Some(now) = self.ticks_now()? else {
             return Err(self.divergence(
                 "the next point is positioned by ticks, but the branches retired since the \
@@ -1259,6 +1262,52 @@ impl Replayer {
             ));
         }
         Ok(())
+    }
+
+    /// At the exit where the user stopped the recording (an end record with
+    /// `stopped`), checks the state against it and ends the replay there.
+    fn stopped_end(&mut self) -> Result<Option<i32>, ReplayError> {
+        let Some(Event::End {
+            exit,
+            status,
+            regs_digest,
+            memory_digest,
+            stopped: true,
+            ..
+        }) = self.peek().cloned()
+        else {
+            return Ok(None);
+        };
+        if exit != self.cursor.exits {
+            return Ok(None);
+        }
+        self.machine
+            .board_mut()
+            .serial_output_mut()
+            .flush()
+            .map_err(ReplayError::SerialOutput)?;
+        let regs = self.registers_now()?;
+        if digest::registers(&regs) != regs_digest {
+            return Err(self.divergence(
+                "registers differ from those the recording was stopped with".into(),
+                None,
+            ));
+        }
+        self.collect_dirty_log()?;
+        let memory_now = digest::touched_memory(
+            self.machine.vm().memory().as_slice(),
+            &self.cursor.dirty_since_boot,
+            self.machine.image_end(),
+        );
+        if memory_now != memory_digest {
+            return Err(self.divergence(
+                "guest memory differs from that the recording was stopped with".into(),
+                None,
+            ));
+        }
+        self.cursor.next_event += 1;
+        self.cursor.ended = Some(status);
+        Ok(Some(status))
     }
 
     /// The guest wrote to isa-debug-exit: compare with the recorded end.

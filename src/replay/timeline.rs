@@ -43,9 +43,10 @@ pub const CHECKPOINT_EXITS: u64 = 32;
 /// While single-stepping, a fine checkpoint is taken every this many steps.
 pub const FINE_STEPS: u64 = 256;
 
-/// The state at a point, as far as telling points apart needs.
+/// The machine state at a point, as far as telling points apart needs: a
+/// fingerprint, not the state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StateDigest {
+pub struct StateFingerprint {
     /// Instruction pointer.
     pub rip: u64,
     /// Digest of the general-purpose registers, RIP and RFLAGS.
@@ -54,7 +55,7 @@ pub struct StateDigest {
     pub memory: u64,
 }
 
-/// How closely the machine matches a [`StateDigest`].
+/// How closely the machine matches a [`StateFingerprint`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum StateMatch {
     /// Registers and memory.
@@ -65,18 +66,25 @@ enum StateMatch {
     None,
 }
 
-/// A point of the replayed history.
+/// A point in the recorded execution: the one type for "where in the history"
+/// that the timeline, the gdb stub (`monitor when`, `monitor goto EXIT:STEPS`) and
+/// checkpoints share. `exit` is the exit ordinal of the last exit before the
+/// point (exits count from 1; 0 is boot), `steps` the instructions executed since
+/// it; `state` tells the point apart where the steps are not known (a point
+/// reached by a breakpoint stop). The log's own positions (where an event is
+/// applied: at an exit, or at a landmark between two) are
+/// `trace::event::Position`; a branch-counter target is `clock::TickTarget`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Moment {
+pub struct ExecutionPoint {
     /// The last exit before the point.
     pub exit: u64,
     /// Single steps from the start of the interval, when known.
     pub steps: Option<u64>,
     /// The state at the point.
-    pub state: StateDigest,
+    pub state: StateFingerprint,
 }
 
-impl fmt::Display for Moment {
+impl fmt::Display for ExecutionPoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.steps {
             Some(steps) => write!(f, "{}:{}", self.exit, steps),
@@ -90,7 +98,7 @@ impl fmt::Display for Moment {
 struct Checkpoint<State> {
     memory: SnapshotId,
     machine: State,
-    moment: Moment,
+    moment: ExecutionPoint,
     /// Made by `monitor checkpoint`: its number (they count up from 1 in the
     /// order they are made). Never thinned.
     pin: Option<usize>,
@@ -148,7 +156,7 @@ impl Stops {
 
 /// A stop met while scanning forward: where, and the watch address for a
 /// watchpoint (`None` for a breakpoint).
-type Hit = (Moment, Option<u64>);
+type Hit = (ExecutionPoint, Option<u64>);
 
 /// What a timeline operation ended with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,7 +195,7 @@ pub struct Timeline<E: ReplayEngine = Replayer> {
     memory_base: Option<SnapshotId>,
     /// Pages written since then (from KVM's dirty log).
     dirty_since_base: Vec<u64>,
-    position: Moment,
+    position: ExecutionPoint,
     thinning: ThinningPolicy,
     /// `monitor checkpoint`s made: the last number given.
     pins_made: usize,
@@ -220,10 +228,10 @@ impl<E: ReplayEngine> Timeline<E> {
             checkpoints: Vec::new(),
             memory_base: None,
             dirty_since_base: vec![0; words],
-            position: Moment {
+            position: ExecutionPoint {
                 exit: 0,
                 steps: Some(0),
-                state: StateDigest {
+                state: StateFingerprint {
                     rip: 0,
                     regs: 0,
                     memory: 0,
@@ -246,7 +254,7 @@ impl<E: ReplayEngine> Timeline<E> {
     }
 
     /// Where the timeline stands.
-    pub fn position(&self) -> Moment {
+    pub fn position(&self) -> ExecutionPoint {
         self.position
     }
 
@@ -255,10 +263,10 @@ impl<E: ReplayEngine> Timeline<E> {
         self.engine.last_exit()
     }
 
-    fn state_digest(&mut self) -> Result<StateDigest, ReplayError> {
+    fn state_digest(&mut self) -> Result<StateFingerprint, ReplayError> {
         let regs = self.engine.registers()?;
         let memory = self.engine.memory_digest_since_boot()?;
-        Ok(StateDigest {
+        Ok(StateFingerprint {
             rip: digest::rip(&regs),
             regs: digest::registers(&regs),
             memory,
@@ -267,11 +275,11 @@ impl<E: ReplayEngine> Timeline<E> {
 
     /// Whether the machine is in `state` now; the memory digest is computed only
     /// when the registers already match.
-    fn matches_state(&mut self, state: &StateDigest) -> Result<bool, ReplayError> {
+    fn matches_state(&mut self, state: &StateFingerprint) -> Result<bool, ReplayError> {
         Ok(self.compare_state(state)? == StateMatch::Full)
     }
 
-    fn compare_state(&mut self, state: &StateDigest) -> Result<StateMatch, ReplayError> {
+    fn compare_state(&mut self, state: &StateFingerprint) -> Result<StateMatch, ReplayError> {
         let regs = self.engine.registers()?;
         if regs[16] != state.rip || digest::registers(&regs) != state.regs {
             return Ok(StateMatch::None);
@@ -283,8 +291,8 @@ impl<E: ReplayEngine> Timeline<E> {
         }
     }
 
-    fn current_moment(&mut self, steps: Option<u64>) -> Result<Moment, ReplayError> {
-        Ok(Moment {
+    fn current_moment(&mut self, steps: Option<u64>) -> Result<ExecutionPoint, ReplayError> {
+        Ok(ExecutionPoint {
             exit: self.engine.exits(),
             steps,
             state: self.state_digest()?,
@@ -412,7 +420,7 @@ impl<E: ReplayEngine> Timeline<E> {
 
     /// Index of the latest checkpoint strictly before `moment` (by exit, then steps;
     /// a moment of unknown steps is after its interval's start).
-    fn checkpoint_before(&self, moment: &Moment) -> Option<usize> {
+    fn checkpoint_before(&self, moment: &ExecutionPoint) -> Option<usize> {
         self.checkpoints
             .iter()
             .rposition(|checkpoint| before(&checkpoint.moment, moment))
@@ -455,7 +463,7 @@ impl<E: ReplayEngine> Timeline<E> {
     }
 
     /// Moves to `moment`, which must be a point of the history.
-    pub fn seek(&mut self, moment: &Moment) -> Result<(), ReplayError> {
+    pub fn seek(&mut self, moment: &ExecutionPoint) -> Result<(), ReplayError> {
         if same_point(&self.position, moment) {
             return Ok(());
         }
@@ -516,7 +524,7 @@ impl<E: ReplayEngine> Timeline<E> {
                 loop {
                     match self.compare_state(&moment.state)? {
                         StateMatch::Full => {
-                            self.position = Moment {
+                            self.position = ExecutionPoint {
                                 exit: moment.exit,
                                 steps: Some(steps),
                                 state: moment.state,
@@ -619,7 +627,7 @@ impl<E: ReplayEngine> Timeline<E> {
         } else {
             self.position.steps.map(|steps| steps + 1)
         };
-        self.position = Moment {
+        self.position = ExecutionPoint {
             exit: self.engine.exits(),
             steps,
             state: self.position.state,
@@ -635,13 +643,13 @@ impl<E: ReplayEngine> Timeline<E> {
 
     /// The current position with its steps known (single-stepping its interval if
     /// needed).
-    fn resolve_steps(&mut self) -> Result<Moment, ReplayError> {
+    fn resolve_steps(&mut self) -> Result<ExecutionPoint, ReplayError> {
         if self.position.steps.is_some() {
             return Ok(self.position);
         }
         let target = self.position;
         let start = self
-            .checkpoint_before(&Moment {
+            .checkpoint_before(&ExecutionPoint {
                 steps: None,
                 ..target
             })
@@ -775,7 +783,7 @@ impl<E: ReplayEngine> Timeline<E> {
     }
 
     fn seek_steps(&mut self, exit: u64, steps: u64) -> Result<(), ReplayError> {
-        let target = Moment {
+        let target = ExecutionPoint {
             exit,
             steps: Some(steps),
             state: self.position.state,
@@ -784,7 +792,7 @@ impl<E: ReplayEngine> Timeline<E> {
             && self.position.steps.is_some_and(|current| current <= steps))
         {
             let start = self
-                .checkpoint_before(&Moment {
+                .checkpoint_before(&ExecutionPoint {
                     steps: Some(steps + 1),
                     ..target
                 })
@@ -850,7 +858,7 @@ impl<E: ReplayEngine> Timeline<E> {
     fn scan_hits(
         &mut self,
         stops: &Stops,
-        upper: &Moment,
+        upper: &ExecutionPoint,
         interrupted: &mut dyn FnMut() -> bool,
     ) -> Result<Option<Vec<Hit>>, ReplayError> {
         let mut hits = Vec::new();
@@ -931,7 +939,7 @@ impl<E: ReplayEngine> Timeline<E> {
         // may have thinned that one away, or shifted its index. Any checkpoint at
         // or before the start of the hit's interval will do.
         let start = self
-            .checkpoint_before(&Moment {
+            .checkpoint_before(&ExecutionPoint {
                 steps: None,
                 ..*moment
             })
@@ -946,7 +954,7 @@ impl<E: ReplayEngine> Timeline<E> {
         }
         loop {
             if self.matches_state(&moment.state)? {
-                self.position = Moment {
+                self.position = ExecutionPoint {
                     steps: None,
                     ..*moment
                 };
@@ -1010,7 +1018,7 @@ impl<E: ReplayEngine> Timeline<E> {
     }
 
     /// `monitor restart N`.
-    pub fn restart(&mut self, number: usize) -> Result<Moment, String> {
+    pub fn restart(&mut self, number: usize) -> Result<ExecutionPoint, String> {
         let Some(index) = self
             .checkpoints
             .iter()
@@ -1048,7 +1056,7 @@ impl<E: ReplayEngine> Timeline<E> {
 
 /// Whether `a` is strictly before `b` in the history. Within one interval, unknown
 /// steps count as "somewhere after the start".
-fn before(a: &Moment, b: &Moment) -> bool {
+fn before(a: &ExecutionPoint, b: &ExecutionPoint) -> bool {
     match a.exit.cmp(&b.exit) {
         std::cmp::Ordering::Less => true,
         std::cmp::Ordering::Greater => false,
@@ -1060,7 +1068,7 @@ fn before(a: &Moment, b: &Moment) -> bool {
     }
 }
 
-fn same_point(a: &Moment, b: &Moment) -> bool {
+fn same_point(a: &ExecutionPoint, b: &ExecutionPoint) -> bool {
     a.exit == b.exit
         && match (a.steps, b.steps) {
             (Some(x), Some(y)) => x == y,

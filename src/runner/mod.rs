@@ -34,6 +34,7 @@ pub mod delivery;
 mod pace;
 mod recorder;
 mod report;
+pub mod stop;
 mod ticker;
 
 pub use recorder::{RecordStats, SnapshotSchedule};
@@ -156,6 +157,24 @@ pub struct Runner {
     armed: Vec<u64>,
     /// The last stop was a breakpoint on a spin point.
     at_spin_point: bool,
+    /// Set by SIGINT/SIGTERM while recording: end at the next exit.
+    stop: Option<stop::StopRequest>,
+    /// When the stop was first seen away from an exit.
+    stop_seen_at: Option<Instant>,
+}
+
+/// How long a requested stop waits for the guest to reach an exit.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// How the live loop ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// The guest wrote this status to isa-debug-exit.
+    GuestExit(i32),
+    /// A signal stopped the run at an exit.
+    Stopped(i32),
+    /// A signal stopped the run, but no exit came within [`STOP_GRACE`].
+    StoppedBetweenExits(i32),
 }
 
 /// Holds that time out, with none reaching the cold point, before it is given up.
@@ -173,6 +192,9 @@ impl HoldRecord {
         self.reached == 0 && self.timed_out >= FUTILE_HOLDS
     }
 }
+
+/// How often a halted guest's wait looks at a stop request.
+const STOP_POLL: Duration = Duration::from_millis(50);
 
 /// Loops that wait, remembered at once (their breakpoints share the debug
 /// registers with the hold's).
@@ -249,6 +271,8 @@ impl Runner {
             spin_points: Vec::new(),
             armed: Vec::new(),
             at_spin_point: false,
+            stop: None,
+            stop_seen_at: None,
         })
     }
 
@@ -288,6 +312,23 @@ impl Runner {
             snapshots,
             counter,
         ));
+    }
+
+    /// Ends the run at the next exit when `request` says so (SIGINT, SIGTERM).
+    pub fn stop_on(&mut self, request: stop::StopRequest) {
+        request.kick_on_stop(self.kick_guard.kicker());
+        self.stop = Some(request);
+    }
+
+    /// Whether the run should end now: a stop was requested and the guest stands
+    /// at an exit (or waited in vain for one).
+    fn ending_requested(&mut self) -> Option<Ending> {
+        let signal = self.stop.as_ref()?.requested()?;
+        if self.last_stop == LastStop::Exit {
+            return Some(Ending::Stopped(signal));
+        }
+        let seen = *self.stop_seen_at.get_or_insert_with(Instant::now);
+        (seen.elapsed() >= STOP_GRACE).then_some(Ending::StoppedBetweenExits(signal))
     }
 
     fn now_ns(&self) -> u64 {
@@ -586,6 +627,13 @@ impl Runner {
     /// Sleeps while the guest is halted, until an interrupt is pending.
     fn wait_while_halted(&mut self) -> Result<(), RunError> {
         loop {
+            if self
+                .stop
+                .as_ref()
+                .is_some_and(|stop| stop.requested().is_some())
+            {
+                return Ok(());
+            }
             self.drain_stdin();
             let now_ns = self.now_ns();
             self.machine.board_mut().advance(now_ns);
@@ -619,8 +667,13 @@ impl Runner {
                 }
             }
             let waiting = Instant::now();
-            let timeout =
+            let mut timeout =
                 deadline.map(|deadline| deadline.saturating_duration_since(Instant::now()));
+            if self.stop.is_some() {
+                // Look at the stop request now and then: a signal does not end a
+                // sleep here (it is blocked in this thread).
+                timeout = Some(timeout.map_or(STOP_POLL, |timeout| timeout.min(STOP_POLL)));
+            }
             match (&self.stdin, timeout) {
                 (Some(receiver), Some(timeout)) => match receiver.recv_timeout(timeout) {
                     Ok(bytes) => self.machine.board_mut().queue_serial_input(&bytes),
@@ -642,33 +695,52 @@ impl Runner {
     /// Runs the guest until it exits through isa-debug-exit or fails. When recording,
     /// returns the finished writer's statistics too.
     pub fn run(mut self) -> Result<(RunOutcome, Option<(EventWriter, RecordStats)>), RunError> {
+        let ending = self.run_until_the_end()?;
+        if let Some(stop) = &self.stop {
+            stop.forget_vcpu();
+        }
+        let (exit_status, stopped_by) = match ending {
+            Ending::GuestExit(status) => (status, None),
+            Ending::Stopped(signal) | Ending::StoppedBetweenExits(signal) => {
+                (128 + signal, Some(signal))
+            }
+        };
+        let outcome = RunOutcome {
+            exit_status,
+            exits: self.exits,
+            stopped_by,
+            stopped_between_exits: matches!(ending, Ending::StoppedBetweenExits(_)),
+        };
+        let now_ns = self.now_ns();
+        let recording = match self.recorder.take() {
+            Some(recorder) => Some(match ending {
+                Ending::GuestExit(status) => {
+                    recorder.finish(&mut self.machine, self.exits, status, false, now_ns)?
+                }
+                Ending::Stopped(_) => {
+                    recorder.finish(&mut self.machine, self.exits, exit_status, true, now_ns)?
+                }
+                Ending::StoppedBetweenExits(_) => recorder.abandon(),
+            }),
+            None => None,
+        };
+        Ok((outcome, recording))
+    }
+
+    /// The live loop's state machine, up to the guest's end or a stop.
+    fn run_until_the_end(&mut self) -> Result<Ending, RunError> {
         let mut state = RunState::Running;
         loop {
             match state {
-                RunState::Exited(exit_status) => {
-                    let outcome = RunOutcome {
-                        exit_status,
-                        exits: self.exits,
-                    };
-                    let recording = match self.recorder.take() {
-                        Some(recorder) => {
-                            let now_ns = self.now_ns();
-                            Some(recorder.finish(
-                                &mut self.machine,
-                                self.exits,
-                                exit_status,
-                                now_ns,
-                            )?)
-                        }
-                        None => None,
-                    };
-                    return Ok((outcome, recording));
-                }
+                RunState::Exited(exit_status) => return Ok(Ending::GuestExit(exit_status)),
                 RunState::Halted => {
                     self.wait_while_halted()?;
                     state = RunState::Running;
                 }
                 RunState::Running => {
+                    if let Some(ending) = self.ending_requested() {
+                        return Ok(ending);
+                    }
                     self.drain_stdin();
                     let now_ns = self.now_ns();
                     self.machine.board_mut().advance(now_ns);

@@ -248,14 +248,20 @@ impl Recorder {
     }
 
     /// Logs the end of the run at exit `exits` (after a last snapshot) and hands
-    /// back the writer, to be finished by the caller.
+    /// back the writer, to be finished by the caller. A run the user `stopped`
+    /// ends at a clean instruction boundary after the exit, where replay checks
+    /// it; a guest that wrote isa-debug-exit ends at that exit itself.
     pub(super) fn finish(
         mut self,
         machine: &mut Machine,
         exits: u64,
         status: i32,
+        stopped: bool,
         now_ns: u64,
     ) -> Result<(EventWriter, RecordStats), RunError> {
+        if stopped {
+            machine.vm_mut().complete_pending_io()?;
+        }
         let regs = machine.registers()?;
         if self.snapshots.is_some() {
             self.take_snapshot(machine, exits, now_ns)?;
@@ -272,6 +278,7 @@ impl Recorder {
             ),
             guest_ns: now_ns,
             deferred_injections: self.deferred_injections,
+            stopped,
             delivery: DeliveryStats {
                 delivered: self.delivery.delivered,
                 moved: self.delivery.moved,
@@ -286,6 +293,16 @@ impl Recorder {
             delivery: self.delivery,
         };
         Ok((self.writer, stats))
+    }
+
+    /// Hands back the writer without an end record: the run stopped where replay
+    /// could not find the point, so the trace ends at its last exit.
+    pub(super) fn abandon(self) -> (EventWriter, RecordStats) {
+        let stats = RecordStats {
+            deferred_injections: self.deferred_injections,
+            delivery: self.delivery,
+        };
+        (self.writer, stats)
     }
 
     /// The live inputs of one exit, observed: what they answer is logged.

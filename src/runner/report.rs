@@ -83,8 +83,14 @@ impl fmt::Display for GuestStop {
 /// How the run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RunOutcome {
-    /// isa-debug-exit status: `(value << 1) | 1`.
+    /// isa-debug-exit status: `(value << 1) | 1`; for a run stopped by a signal,
+    /// 128 plus the signal's number, as a shell reports it.
     pub exit_status: i32,
     /// Exits the guest caused.
     pub exits: u64,
+    /// The signal that stopped the run before the guest ended, if one did.
+    pub stopped_by: Option<i32>,
+    /// Stopped, the run could not reach an exit to end at: the trace has no end
+    /// record and replays up to its last exit.
+    pub stopped_between_exits: bool,
 }

@@ -18,7 +18,7 @@ use thiserror::Error;
 /// Version of the trace format; bump on every change to anything written.
 /// 4: the ticks of an asynchronous point count from the exit it follows, and the
 /// `soft` clock backend is recorded.
-pub const TRACE_VERSION: u32 = 5;
+pub const TRACE_VERSION: u32 = 6;
 const FILE_MAGIC: [u8; 8] = *b"LOREDBG\0";
 const CHUNK_MAGIC: [u8; 4] = *b"CHNK";
 const PREAMBLE_LEN: usize = 16;
@@ -489,7 +489,7 @@ pub(crate) mod tests {
         writer.write_chunk(5, b"abc").unwrap();
         let expected = hex(concat!(
             "4c4f524544424700", // magic
-            "05000000",         // version
+            "06000000",         // version
             "02000000",         // file kind, reserved
             "43484e4b",         // chunk magic
             "05000000",         // kind, no compression, reserved

@@ -127,6 +127,9 @@ pub enum Event {
         /// Interrupts the recorder delivered at the next exit instead of where they
         /// arrived, because replay could not have found that point (guest ring 3).
         deferred_injections: u64,
+        /// The user stopped the recording (SIGINT, SIGTERM) at this exit, after
+        /// its instruction completed; `status` is then 128 plus the signal.
+        stopped: bool,
         /// When interrupts were delivered, relative to when they were due.
         delivery: DeliveryStats,
     },

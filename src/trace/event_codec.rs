@@ -346,6 +346,7 @@ pub fn encode(event: &Event, state: &mut EncodeState, out: &mut Vec<u8>) -> Resu
             memory_digest,
             guest_ns,
             deferred_injections,
+            stopped,
             delivery,
             ..
         } => {
@@ -357,6 +358,7 @@ pub fn encode(event: &Event, state: &mut EncodeState, out: &mut Vec<u8>) -> Resu
             out.put_u64(*memory_digest);
             put_varint(out, *guest_ns);
             put_varint(out, *deferred_injections);
+            put_varint(out, u64::from(*stopped));
             put_varint(out, delivery.delivered);
             put_varint(out, delivery.moved);
             put_varint(out, delivery.latency_total_ns);
@@ -458,6 +460,16 @@ pub fn decode(input: &mut Reader<'_>, state: &mut DecodeState) -> Result<Event, 
             let memory_digest = get_u64_fixed(input)?;
             let guest_ns = get_varint(input)?;
             let deferred_injections = get_varint(input)?;
+            let stopped = match get_varint(input)? {
+                0 => false,
+                1 => true,
+                value => {
+                    return Err(EventError::OutOfRange {
+                        field: "stopped flag",
+                        value,
+                    })
+                }
+            };
             let delivery = DeliveryStats {
                 delivered: get_varint(input)?,
                 moved: get_varint(input)?,
@@ -472,6 +484,7 @@ pub fn decode(input: &mut Reader<'_>, state: &mut DecodeState) -> Result<Event, 
                 memory_digest,
                 guest_ns,
                 deferred_injections,
+                stopped,
                 delivery,
             }
         }
@@ -631,6 +644,7 @@ pub(crate) mod tests {
                 memory_digest: 2,
                 guest_ns: u64::MAX,
                 deferred_injections: 7,
+                stopped: true,
                 delivery: DeliveryStats {
                     delivered: 9,
                     moved: 4,

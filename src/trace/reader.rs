@@ -347,6 +347,7 @@ mod tests {
             memory_digest: rng.next(),
             guest_ns: 123_456_789,
             deferred_injections: 0,
+            stopped: false,
             delivery: Default::default(),
         });
         events

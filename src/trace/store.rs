@@ -470,6 +470,7 @@ mod tests {
             memory_digest: 3,
             guest_ns: 4,
             deferred_injections: 0,
+            stopped: false,
             delivery: Default::default(),
         }
     }

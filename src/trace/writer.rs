@@ -486,6 +486,7 @@ mod tests {
             memory_digest: 0,
             guest_ns: 0,
             deferred_injections: 0,
+            stopped: false,
             delivery: Default::default(),
         };
         writer.push(&end).expect("ok");

@@ -65,6 +65,9 @@ pub enum VmmError {
     /// The list of MSRs to save does not fit KVM's MSR array.
     #[error("the list of saved MSRs is too long for KVM")]
     MsrList,
+    /// Setting up the handling of SIGINT and SIGTERM failed.
+    #[error("cannot set up the handling of SIGINT and SIGTERM")]
+    Signals(#[source] std::io::Error),
 }
 
 /// Shorthand for mapping a KVM ioctl error.

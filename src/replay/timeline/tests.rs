@@ -666,7 +666,7 @@ fn pinned_checkpoints_bring_back_their_point() {
     run_to_end(&mut timeline);
     assert_eq!(
         timeline.restart(1).unwrap(),
-        Moment {
+        ExecutionPoint {
             exit: 40,
             steps: Some(3),
             state: timeline.position().state,
