@@ -182,6 +182,7 @@ impl TraceInfo {
                 .map(|end| Fixed(end.delivery.skipped_ns as f64 / 1000.0)),
             landmark_breakpoint_hits: self.measured.as_ref().map(|stats| stats.landmark_hits),
             tick_steps: self.measured.as_ref().map(|stats| stats.tick_steps),
+            landmark_hit_ns: self.measured.as_ref().map(|stats| stats.landmark_hit_ns),
             snapshots: self.snapshots(),
             trace_bytes: self.trace_bytes,
         };
@@ -343,6 +344,8 @@ struct JsonReport<'a> {
     landmark_breakpoint_hits: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tick_steps: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    landmark_hit_ns: Option<u64>,
     snapshots: u64,
     trace_bytes: u64,
 }

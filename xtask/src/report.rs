@@ -427,6 +427,40 @@ pub fn markdown(report: &Report) -> String {
         );
     }
 
+    let _ = writeln!(
+        out,
+        "\nWhat lore-dbg's asynchronous points cost (landmark clock, from `info --measure` of \
+         each recording; median (min–max)): breakpoint hits replay spends per point, host µs \
+         per hit, and what the recorder's delivery policy (`record --max-delay`) cost the \
+         guest: interrupts held back and their due-to-delivered latency in guest µs.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| guest | async points | hits per point | µs per hit | held back | latency mean µs | latency max µs |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
+    for guest in &report.guests {
+        let per_point = guest
+            .lore_info
+            .iter()
+            .map(|info| Some(info.landmark_hits? / info.async_points?.max(1)));
+        let per_hit = guest
+            .lore_info
+            .iter()
+            .map(|info| Some(info.landmark_hit_ns? / info.landmark_hits?.max(1) / 1000));
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            guest.name,
+            counts(guest.lore_info.iter().map(|info| info.async_points)),
+            counts(per_point),
+            counts(per_hit),
+            counts(guest.lore_info.iter().map(|info| info.held_back)),
+            counts(guest.lore_info.iter().map(|info| info.latency_mean_us)),
+            counts(guest.lore_info.iter().map(|info| info.latency_max_us)),
+        );
+    }
+
     if let Some(rev) = &report.rev {
         let _ = writeln!(
             out,

@@ -72,6 +72,12 @@ pub const CORPUS: &[Guest] = &[
         input: None,
         varies: false,
     },
+    Guest {
+        name: "crunch",
+        cmdline: None,
+        input: None,
+        varies: false,
+    },
 ];
 
 /// The guests' exit status for a successful run: isa-debug-exit `(0 << 1) | 1`.
@@ -236,7 +242,9 @@ impl Lore {
             return TraceInfo::default();
         }
         let trace_text = trace.to_string_lossy();
-        let Ok((true, json, _)) = exec::capture(&self.bin, &["info", &trace_text, "--json"]) else {
+        let Ok((true, json, _)) =
+            exec::capture(&self.bin, &["info", &trace_text, "--json", "--measure"])
+        else {
             return TraceInfo::default();
         };
         TraceInfo {
@@ -244,6 +252,11 @@ impl Lore {
             event_log_bytes: json_number(&json, "event_log_bytes"),
             async_points: json_number(&json, "async_points"),
             snapshots: json_number(&json, "snapshots"),
+            landmark_hits: json_number(&json, "landmark_breakpoint_hits"),
+            landmark_hit_ns: json_number(&json, "landmark_hit_ns"),
+            held_back: json_number(&json, "interrupts_held_back"),
+            latency_mean_us: json_number(&json, "delivery_latency_mean_us"),
+            latency_max_us: json_number(&json, "delivery_latency_max_us"),
         }
     }
 }
@@ -257,6 +270,16 @@ pub struct TraceInfo {
     /// Interrupts delivered between exits, found again in replay by landmark or ticks.
     pub async_points: Option<u64>,
     pub snapshots: Option<u64>,
+    /// Breakpoint hits a replay spent finding the asynchronous points (`--measure`).
+    pub landmark_hits: Option<u64>,
+    /// Host nanoseconds those hits took.
+    pub landmark_hit_ns: Option<u64>,
+    /// Interrupts the recorder held back for a cheaper point.
+    pub held_back: Option<u64>,
+    /// Due-to-delivered latency of interrupts, guest microseconds (whole).
+    pub latency_mean_us: Option<u64>,
+    /// The longest of them.
+    pub latency_max_us: Option<u64>,
 }
 
 /// The first `"key": <unsigned integer>` in `json` (enough for `info --json`'s flat
