@@ -309,7 +309,7 @@ impl Debuggee for GdbSession {
         let moment = self
             .timeline
             .restart(checkpoint as usize)
-            .map_err(DebuggeeError::Failed)?;
+            .map_err(|error| DebuggeeError::Failed(error.to_string()))?;
         Ok(format!(
             "back at checkpoint {checkpoint}: {}(run `maintenance flush register-cache` so gdb rereads the registers)\n",
             self.describe(&moment)

@@ -182,6 +182,10 @@ impl TraceInfo {
                 .map(|end| Fixed(end.delivery.skipped_ns as f64 / 1000.0)),
             landmark_breakpoint_hits: self.measured.as_ref().map(|stats| stats.landmark_hits),
             tick_steps: self.measured.as_ref().map(|stats| stats.tick_steps),
+            landmark_hits_timed: self
+                .measured
+                .as_ref()
+                .map(|stats| stats.landmark_hits_timed),
             landmark_hit_ns: self.measured.as_ref().map(|stats| stats.landmark_hit_ns),
             snapshots: self.snapshots(),
             trace_bytes: self.trace_bytes,
@@ -304,7 +308,7 @@ impl TraceInfo {
                 stats.landmark_hits,
                 stats.landmarks,
                 stats.landmark_hits as f64 / stats.landmarks.max(1) as f64,
-                stats.landmark_hit_ns as f64 / 1000.0 / stats.landmark_hits.max(1) as f64
+                stats.landmark_hit_ns as f64 / 1000.0 / stats.landmark_hits_timed.max(1) as f64
             ),
             None => writeln!(
                 out,
@@ -344,6 +348,8 @@ struct JsonReport<'a> {
     landmark_breakpoint_hits: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tick_steps: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    landmark_hits_timed: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     landmark_hit_ns: Option<u64>,
     snapshots: u64,

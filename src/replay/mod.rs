@@ -98,8 +98,8 @@ pub enum ReplayError {
     #[error("cannot write the guest's serial output")]
     SerialOutput(#[source] std::io::Error),
     /// A timeline operation could not be carried out.
-    #[error("{0}")]
-    Timeline(String),
+    #[error(transparent)]
+    Timeline(#[from] timeline::TimelineError),
     /// A snapshot of the trace cannot be started from.
     #[error("trace snapshot {index} cannot be used")]
     TraceSnapshot {
@@ -198,8 +198,10 @@ pub struct ReplayStats {
     pub landmarks: u64,
     /// Breakpoint hits spent finding them (hits whose state did not match included).
     pub landmark_hits: u64,
-    /// Host time spent on those hits: from the entry that ended at the
-    /// breakpoint to the decision, step over included.
+    /// Hits that followed a hit of the same landmark, whose cost is timed: the
+    /// step over the previous hit, the entry to this one, and the comparison.
+    pub landmark_hits_timed: u64,
+    /// Host time those timed hits took.
     pub landmark_hit_ns: u64,
     /// Asynchronous points found by their ticks (branch-counting clocks).
     pub tick_points: u64,
@@ -791,7 +793,6 @@ impl Replayer {
             };
             known = None;
             compared_here = false;
-            let entered = std::time::Instant::now();
             let debug_status = match self.enter()? {
                 (Entry::Debug { dr6, state, .. }, _) => {
                     known = state;
@@ -853,9 +854,13 @@ impl Replayer {
             }
             if let Some(landmark) = &landmark {
                 self.stats.landmark_hits += 1;
-                // The step over the previous hit belongs to this one's cost.
-                self.stats.landmark_hit_ns +=
-                    hunt_started.take().unwrap_or(entered).elapsed().as_nanos() as u64;
+                // The step over the previous hit belongs to this one's cost; the
+                // first hit after an exit also pays for the guest's run to it,
+                // which is not the cost of a pass.
+                if let Some(started) = hunt_started.take() {
+                    self.stats.landmark_hits_timed += 1;
+                    self.stats.landmark_hit_ns += started.elapsed().as_nanos() as u64;
+                }
                 if self.at_landmark(landmark, known.as_deref())? {
                     known = None;
                     let vector = self.take_async_injection();

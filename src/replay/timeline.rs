@@ -38,6 +38,68 @@ use snapshots::{
 };
 use std::fmt;
 
+/// Why a timeline operation could not be carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum TimelineError {
+    /// Going to a point, the replay stopped before the exit it starts from.
+    #[error("seeking {target} stopped early ({stop:?})")]
+    SeekStoppedEarly {
+        /// Where the seek was going.
+        target: ExecutionPoint,
+        /// What stopped it.
+        stop: TimelineStop,
+    },
+    /// A point past the last instruction of its interval (or after the end).
+    #[error("{target} is not in the history: {}", match last_step {
+        Some(last) => format!("the interval after exit {} has steps 0 to {last}", target.exit),
+        None => format!("nothing runs after exit {}, the end", target.exit),
+    })]
+    PastItsInterval {
+        /// The point asked for.
+        target: ExecutionPoint,
+        /// The last step of the interval; `None` after the end.
+        last_step: Option<u64>,
+    },
+    /// A point known by its state alone was not found in its interval.
+    #[error("the point {target} is not in its interval")]
+    NotInItsInterval {
+        /// The point looked for.
+        target: ExecutionPoint,
+    },
+    /// Replaying an interval again did not hit the breakpoint it hit before.
+    #[error("the breakpoint hit at {target} did not happen again ({stop:?})")]
+    HitNotRepeated {
+        /// Where it was hit.
+        target: ExecutionPoint,
+        /// What the replay did instead.
+        stop: EngineStop,
+    },
+    /// An exit ordinal past the recorded end.
+    #[error("exit {exit} is past the end of the recording (exit {last})")]
+    PastTheEnd {
+        /// The exit asked for.
+        exit: u64,
+        /// The last recorded exit.
+        last: u64,
+    },
+    /// No pinned checkpoint has this number.
+    #[error("no checkpoint {number} (there are {count})")]
+    NoCheckpoint {
+        /// The number asked for.
+        number: usize,
+        /// Pinned checkpoints there are.
+        count: usize,
+    },
+    /// The in-memory checkpoint store failed.
+    #[error("the checkpoint store failed")]
+    CheckpointStore(#[source] snapshots::SnapshotError),
+    /// The scripted engine of the unit tests was asked for something its script
+    /// does not hold.
+    #[cfg(test)]
+    #[error("fake engine: {0}")]
+    Fake(String),
+}
+
 /// Interval checkpoints are taken at least every this many exits.
 pub const CHECKPOINT_EXITS: u64 = 32;
 /// While single-stepping, a fine checkpoint is taken every this many steps.
@@ -480,9 +542,11 @@ impl<E: ReplayEngine> Timeline<E> {
             self.restore(start)?;
         }
         if let Some(stop) = self.run_to_exit(moment.exit, &mut never)? {
-            return Err(ReplayError::Timeline(format!(
-                "seeking {moment} stopped early ({stop:?})"
-            )));
+            return Err(TimelineError::SeekStoppedEarly {
+                target: *moment,
+                stop,
+            }
+            .into());
         }
         match moment.steps {
             Some(target) => {
@@ -495,17 +559,13 @@ impl<E: ReplayEngine> Timeline<E> {
                         // Past the interval's last instruction: the next interval's
                         // start, or the end, is where the machine is.
                         self.position = self.current_moment(Some(0))?;
-                        let why = if matches!(stop, EngineStop::Ended { .. }) {
-                            format!("nothing runs after exit {}, the end", moment.exit)
-                        } else {
-                            format!(
-                                "the interval after exit {} has steps 0 to {steps}",
-                                moment.exit
-                            )
-                        };
-                        return Err(ReplayError::Timeline(format!(
-                            "{moment} is not in the history: {why}"
-                        )));
+                        let last_step =
+                            (!matches!(stop, EngineStop::Ended { .. })).then_some(steps);
+                        return Err(TimelineError::PastItsInterval {
+                            target: *moment,
+                            last_step,
+                        }
+                        .into());
                     }
                     steps += 1;
                     self.position.steps = Some(steps);
@@ -538,9 +598,7 @@ impl<E: ReplayEngine> Timeline<E> {
                     }
                     if self.engine.exits() != moment.exit {
                         let Some(found) = registers_only else {
-                            return Err(ReplayError::Timeline(format!(
-                                "the point {moment} is not in its interval"
-                            )));
+                            return Err(TimelineError::NotInItsInterval { target: *moment }.into());
                         };
                         tracing::debug!(%moment, steps = found, "point found by its registers alone");
                         return self.seek_steps(moment.exit, found);
@@ -966,9 +1024,11 @@ impl<E: ReplayEngine> Timeline<E> {
             {
                 EngineStop::Breakpoint { .. } | EngineStop::Watchpoint { .. } => {}
                 other => {
-                    return Err(ReplayError::Timeline(format!(
-                        "the breakpoint hit at {moment} did not happen again ({other:?})"
-                    )))
+                    return Err(TimelineError::HitNotRepeated {
+                        target: *moment,
+                        stop: other,
+                    }
+                    .into())
                 }
             }
         }
@@ -977,10 +1037,11 @@ impl<E: ReplayEngine> Timeline<E> {
     /// `monitor goto`: a position as `EXIT` or `EXIT:STEPS`.
     pub fn goto(&mut self, exit: u64, steps: u64) -> Result<(), ReplayError> {
         if exit > self.last_exit() {
-            return Err(ReplayError::Timeline(format!(
-                "exit {exit} is past the end of the recording (exit {})",
-                self.last_exit()
-            )));
+            return Err(TimelineError::PastTheEnd {
+                exit,
+                last: self.last_exit(),
+            }
+            .into());
         }
         let from = self.position;
         let moved = self.seek_steps(exit, steps);
@@ -1018,18 +1079,19 @@ impl<E: ReplayEngine> Timeline<E> {
     }
 
     /// `monitor restart N`.
-    pub fn restart(&mut self, number: usize) -> Result<ExecutionPoint, String> {
+    pub fn restart(&mut self, number: usize) -> Result<ExecutionPoint, ReplayError> {
         let Some(index) = self
             .checkpoints
             .iter()
             .position(|checkpoint| checkpoint.pin == Some(number))
         else {
-            return Err(format!(
-                "no checkpoint {number} (there are {})",
-                self.pinned().len()
-            ));
+            return Err(TimelineError::NoCheckpoint {
+                number,
+                count: self.pinned().len(),
+            }
+            .into());
         };
-        self.restore(index).map_err(|error| error.to_string())?;
+        self.restore(index)?;
         Ok(self.position)
     }
 
@@ -1077,7 +1139,7 @@ fn same_point(a: &ExecutionPoint, b: &ExecutionPoint) -> bool {
 }
 
 fn snapshot_error(error: snapshots::SnapshotError) -> ReplayError {
-    ReplayError::Timeline(format!("checkpoint store: {error}"))
+    TimelineError::CheckpointStore(error).into()
 }
 
 #[cfg(test)]

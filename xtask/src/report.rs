@@ -431,7 +431,8 @@ pub fn markdown(report: &Report) -> String {
         out,
         "\nWhat lore-dbg's asynchronous points cost (landmark clock, from `info --measure` of \
          each recording; median (min–max)): breakpoint hits replay spends per point, host µs \
-         per hit, and what the recorder's delivery policy (`record --max-delay`) cost the \
+         per hit (one after a hit of the same landmark: step over, entry, comparison; — where \
+         there was none), and what the recorder's delivery policy (`record --max-delay`) cost the \
          guest: interrupts held back and their due-to-delivered latency in guest µs.\n"
     );
     let _ = writeln!(
@@ -444,10 +445,10 @@ pub fn markdown(report: &Report) -> String {
             .lore_info
             .iter()
             .map(|info| Some(info.landmark_hits? / info.async_points?.max(1)));
-        let per_hit = guest
-            .lore_info
-            .iter()
-            .map(|info| Some(info.landmark_hit_ns? / info.landmark_hits?.max(1) / 1000));
+        let per_hit = guest.lore_info.iter().map(|info| {
+            let timed = info.landmark_hits_timed?;
+            (timed > 0).then(|| info.landmark_hit_ns.unwrap_or(0) / timed / 1000)
+        });
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} | {} | {} | {} |",

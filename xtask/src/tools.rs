@@ -253,6 +253,7 @@ impl Lore {
             async_points: json_number(&json, "async_points"),
             snapshots: json_number(&json, "snapshots"),
             landmark_hits: json_number(&json, "landmark_breakpoint_hits"),
+            landmark_hits_timed: json_number(&json, "landmark_hits_timed"),
             landmark_hit_ns: json_number(&json, "landmark_hit_ns"),
             held_back: json_number(&json, "interrupts_held_back"),
             latency_mean_us: json_number(&json, "delivery_latency_mean_us"),
@@ -272,7 +273,9 @@ pub struct TraceInfo {
     pub snapshots: Option<u64>,
     /// Breakpoint hits a replay spent finding the asynchronous points (`--measure`).
     pub landmark_hits: Option<u64>,
-    /// Host nanoseconds those hits took.
+    /// Hits that followed another of the same landmark (whose cost is timed).
+    pub landmark_hits_timed: Option<u64>,
+    /// Host nanoseconds those timed hits took.
     pub landmark_hit_ns: Option<u64>,
     /// Interrupts the recorder held back for a cheaper point.
     pub held_back: Option<u64>,

@@ -22,6 +22,7 @@
 use crate::digest::{self, RegisterArray};
 use crate::replay::access::Access;
 use crate::replay::engine::ReplayEngine;
+use crate::replay::timeline::TimelineError;
 use crate::replay::{EngineStop, ReplayError, USER_HW_SLOTS};
 use crate::vmm::debug::{HwBreakpoint, HwCondition};
 
@@ -339,9 +340,9 @@ impl FakeEngine {
     /// Executes one instruction; returns whether it caused an exit (served here).
     fn execute(&mut self) -> Result<bool, ReplayError> {
         let Some(instruction) = self.current() else {
-            return Err(ReplayError::Timeline(
-                "fake engine: asked to run past the end of its script".into(),
-            ));
+            return Err(
+                TimelineError::Fake("asked to run past the end of its script".into()).into(),
+            );
         };
         self.state.retired += 1;
         self.log.executed += 1;
@@ -433,10 +434,11 @@ impl ReplayEngine for FakeEngine {
             .zip(&expected)
             .position(|(actual, expected)| actual != expected)
         {
-            return Err(ReplayError::Timeline(format!(
-                "fake engine: the memory put back for {:?} differs from the script's at {offset:#x}",
+            return Err(TimelineError::Fake(format!(
+                "the memory put back for {:?} differs from the script's at {offset:#x}",
                 self.script.point_of(state.retired)
-            )));
+            ))
+            .into());
         }
         self.state = state.clone();
         self.written_since_mark
