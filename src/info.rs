@@ -1,21 +1,28 @@
 //! What `lore-dbg info` reports about a trace: read once into a [`TraceInfo`],
 //! then written for people ([`TraceInfo::write_text`]) or for scripts
-//! ([`TraceInfo::to_json`]).
+//! ([`TraceInfo::to_json`]). With `--verify`, [`Verification::run`] first checks
+//! every file of the trace as replay would (and more: every snapshot).
 //!
 //! The JSON is a contract with scripts and tests: the field names, their order and
 //! the layout — one top-level `"key": value` per line, nested objects on one line —
 //! stay as they are, as does the precision of the three decimal fields (guest
 //! seconds to 6 places, bytes per event to 3, bytes per guest second to 1).
 //! Fields without a value (no END event, no measurement) are `null`, except the
-//! two measured ones, which appear only with `--measure`.
+//! two measured ones, which appear only with `--measure`, and the two verification
+//! ones, last, which appear only with `--verify`.
 
+use crate::machine::blob;
 use crate::record::{self, RecordError};
 use crate::replay::ReplayStats;
 use crate::trace::event::{DeliveryStats, Event};
 use crate::trace::store::format_utc;
 use crate::trace::{ClockBackend, TraceDir, TraceError, TraceHeader};
+use crate::vmm::state::VcpuState;
+use lore_devices::BoardState;
 use serde::{Serialize, Serializer};
+use snapshots::{DirtyPages, DiskReader, MemoryState, SnapshotId, SnapshotSource};
 use std::collections::BTreeMap;
+use std::error::Error;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
@@ -57,6 +64,8 @@ pub struct TraceInfo {
     pub trace_bytes: u64,
     /// What a replay cost, after [`TraceInfo::measure`].
     pub measured: Option<ReplayStats>,
+    /// What `--verify` found, when asked.
+    pub verification: Option<Verification>,
 }
 
 impl TraceInfo {
@@ -102,6 +111,7 @@ impl TraceInfo {
             event_log_bytes,
             trace_bytes: trace.size_bytes(),
             measured: None,
+            verification: None,
         })
     }
 
@@ -189,6 +199,11 @@ impl TraceInfo {
             landmark_hit_ns: self.measured.as_ref().map(|stats| stats.landmark_hit_ns),
             snapshots: self.snapshots(),
             trace_bytes: self.trace_bytes,
+            verified: self.verification.as_ref().map(Verification::is_fine),
+            problems: self
+                .verification
+                .as_ref()
+                .map(|verification| &verification.problems[..]),
         };
         let mut out = Vec::new();
         report.serialize(&mut serde_json::Serializer::with_formatter(
@@ -205,7 +220,11 @@ impl TraceInfo {
         self.write_events(out)?;
         self.write_async_points(out)?;
         writeln!(out, "snapshots:    {}", self.snapshots())?;
-        writeln!(out, "trace size:   {} bytes", self.trace_bytes)
+        writeln!(out, "trace size:   {} bytes", self.trace_bytes)?;
+        match &self.verification {
+            Some(verification) => verification.write_text(out),
+            None => Ok(()),
+        }
     }
 
     /// What was recorded, where, and how it ended.
@@ -354,6 +373,250 @@ struct JsonReport<'a> {
     landmark_hit_ns: Option<u64>,
     snapshots: u64,
     trace_bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    verified: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    problems: Option<&'a [String]>,
+}
+
+/// An error and its sources, on one line (messages do not repeat their sources).
+fn describe(error: &dyn Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// What `lore-dbg info --verify` found: every file of a trace read and checked as
+/// replay checks it — the header, the image against its digest, every event chunk,
+/// the recording id of every file — and every snapshot restored into scratch memory
+/// with its state blobs decoded, which replay does only for the snapshot it starts
+/// from. Each problem names its file and where in it.
+#[derive(Debug, Default)]
+pub struct Verification {
+    /// What is wrong, one line each.
+    pub problems: Vec<String>,
+    /// Bytes of the guest image, once it matched its digest.
+    pub image_bytes: Option<u64>,
+    /// Events read intact.
+    pub events: u64,
+    /// Event chunks read intact.
+    pub event_chunks: u64,
+    /// Snapshots restored with every state blob decoded.
+    pub snapshots: u64,
+}
+
+impl Verification {
+    /// Checks the trace in `dir`. Never fails: what cannot be checked is a problem.
+    pub fn run(dir: &Path) -> Self {
+        let mut verification = Self::default();
+        let (trace, header) = match TraceDir::open(dir) {
+            Ok(opened) => opened,
+            Err(error) => {
+                // Without the header, nothing else can be tied or checked.
+                verification.problem(&error);
+                return verification;
+            }
+        };
+        match trace.read_image(&header) {
+            Ok(image) => verification.image_bytes = Some(image.len() as u64),
+            Err(error) => verification.problem(&error),
+        }
+        let marks = verification.check_events(&trace);
+        verification.check_snapshots(&trace, &header, &marks);
+        verification
+    }
+
+    /// Whether nothing is wrong.
+    pub fn is_fine(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    fn problem(&mut self, error: &dyn Error) {
+        self.problems.push(describe(error));
+    }
+
+    /// Reads every event chunk; returns the snapshots the log refers to, as
+    /// `(index, exit)`.
+    fn check_events(&mut self, trace: &TraceDir) -> Vec<(u32, u64)> {
+        let mut reader = match trace.event_reader() {
+            Ok(reader) => reader,
+            Err(error) => {
+                self.problem(&error);
+                return Vec::new();
+            }
+        };
+        let mut marks = Vec::new();
+        for item in reader.by_ref() {
+            match item {
+                Ok(event) => {
+                    self.events += 1;
+                    if let Event::Snapshot { exit, index, .. } = event {
+                        marks.push((index, exit));
+                    }
+                }
+                // A truncation too: replay would stop there.
+                Err(error) => {
+                    self.problem(&error);
+                    break;
+                }
+            }
+        }
+        self.event_chunks = reader.chunks_read();
+        marks
+    }
+
+    /// Opens the snapshots, restores each one and decodes its blobs, and checks
+    /// that the snapshots the log refers to are there, at their exits.
+    fn check_snapshots(&mut self, trace: &TraceDir, header: &TraceHeader, marks: &[(u32, u64)]) {
+        let path = trace.snapshots_path();
+        let reader = match trace.open_snapshots() {
+            Ok(Some(reader)) => reader,
+            Ok(None) if marks.is_empty() => return,
+            Ok(None) => {
+                self.problems.push(format!(
+                    "{}: missing, but the event log refers to {} snapshots",
+                    path.display(),
+                    marks.len()
+                ));
+                return;
+            }
+            Err(error) => {
+                self.problem(&error);
+                return;
+            }
+        };
+        if let Some(damage) = reader.damage() {
+            self.problems
+                .push(format!("{}: {}", path.display(), describe(&damage)));
+        }
+        for &(index, exit) in marks {
+            let problem = match reader.info(SnapshotId(u64::from(index))) {
+                None => format!(
+                    "the event log refers to snapshot {index} (exit {exit}), which the file lacks"
+                ),
+                Some(info) if info.position != exit => format!(
+                    "the event log puts snapshot {index} at exit {exit}, the file at exit {}",
+                    info.position
+                ),
+                Some(_) => continue,
+            };
+            self.problems.push(format!("{}: {problem}", path.display()));
+        }
+        if reader.memory_len() as u64 != header.memory_size {
+            self.problems.push(format!(
+                "{}: snapshots of {} bytes of memory, but the guest has {}",
+                path.display(),
+                reader.memory_len(),
+                header.memory_size
+            ));
+            return;
+        }
+        self.restore_all(&reader, &path);
+    }
+
+    /// Restores every snapshot, each from the one before (so every stored page is
+    /// read and checked against its hash once), and decodes its blobs.
+    fn restore_all(&mut self, reader: &DiskReader, path: &Path) {
+        let len = reader.memory_len();
+        // Anonymous memory: zero pages cost nothing until a restore writes them,
+        // and a size that cannot be had is a problem to report, not an abort.
+        let mut memory = match memmap2::MmapMut::map_anon(len) {
+            Ok(memory) => memory,
+            Err(error) => {
+                self.problems.push(format!(
+                    "{}: cannot map {len} bytes of scratch memory to restore into: {error}",
+                    path.display()
+                ));
+                return;
+            }
+        };
+        let words = (len as u64).div_ceil(crate::PAGE_SIZE).div_ceil(64) as usize;
+        let mut previous = None;
+        for info in reader.snapshots() {
+            let state = match previous {
+                Some(snapshot) => MemoryState::At {
+                    snapshot,
+                    dirty: DirtyPages::NONE,
+                },
+                None => MemoryState::Unknown,
+            };
+            let at = format!(
+                "{}: snapshot {} (exit {})",
+                path.display(),
+                info.id,
+                info.position
+            );
+            let blobs = match reader.restore(info.id, &mut memory, state) {
+                Ok(blobs) => blobs,
+                Err(error) => {
+                    self.problems.push(format!("{at}: {}", describe(&error)));
+                    // What the failed restore left in memory is unknown.
+                    previous = None;
+                    continue;
+                }
+            };
+            previous = Some(info.id);
+            let before = self.problems.len();
+            let mut blob_problem = |name: &str, what: String| {
+                self.problems
+                    .push(format!("{at}: state blob {name:?}: {what}"));
+            };
+            match blobs.get(blob::VCPU) {
+                None => blob_problem(blob::VCPU, "missing".to_owned()),
+                Some(bytes) => {
+                    if let Err(error) = VcpuState::from_bytes(bytes) {
+                        blob_problem(blob::VCPU, describe(&error));
+                    }
+                }
+            }
+            match blobs.get(blob::DEVICES) {
+                None => blob_problem(blob::DEVICES, "missing".to_owned()),
+                Some(bytes) => {
+                    if let Err(error) = BoardState::from_bytes(bytes) {
+                        blob_problem(blob::DEVICES, describe(&error));
+                    }
+                }
+            }
+            match blobs.get(blob::DIRTY_SINCE_BOOT) {
+                None => blob_problem(blob::DIRTY_SINCE_BOOT, "missing".to_owned()),
+                Some(bytes) if bytes.len() != words * 8 => blob_problem(
+                    blob::DIRTY_SINCE_BOOT,
+                    format!("{} bytes, expected {}", bytes.len(), words * 8),
+                ),
+                Some(_) => {}
+            }
+            if self.problems.len() == before {
+                self.snapshots += 1;
+            }
+        }
+    }
+
+    /// The summary line, or one line per problem.
+    pub fn write_text(&self, out: &mut impl Write) -> io::Result<()> {
+        if self.is_fine() {
+            return writeln!(out, "verified:     {}", self.summary());
+        }
+        for problem in &self.problems {
+            writeln!(out, "PROBLEM:      {problem}")?;
+        }
+        Ok(())
+    }
+
+    /// What was checked, for the "verified" line.
+    pub fn summary(&self) -> String {
+        format!(
+            "header, guest image ({} bytes), {} events in {} chunks, {} snapshots restored",
+            self.image_bytes.unwrap_or(0),
+            self.events,
+            self.event_chunks,
+            self.snapshots
+        )
+    }
 }
 
 /// A number written with exactly `DECIMALS` decimal places (`1.500000`, not
@@ -485,6 +748,7 @@ mod tests {
                 tick_steps: 3,
                 ..ReplayStats::default()
             }),
+            verification: None,
         }
     }
 
@@ -558,6 +822,224 @@ mod tests {
             .serialize(&mut serde_json::Serializer::new(&mut out))
             .expect("serializes");
         assert_eq!(out, b"null");
+    }
+
+    #[test]
+    fn json_reports_the_verification_last() {
+        let mut info = sample(true, false);
+        info.verification = Some(Verification {
+            problems: vec!["/t/guest.elf: \"damaged\"".to_owned()],
+            ..Verification::default()
+        });
+        let json = info.to_json().expect("serializes");
+        assert!(
+            json.ends_with(concat!(
+                "  \"trace_bytes\": 5000,\n",
+                "  \"verified\": false,\n",
+                "  \"problems\": [\"/t/guest.elf: \\\"damaged\\\"\"]\n}"
+            )),
+            "{json}"
+        );
+        let parsed: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
+        assert_eq!(parsed["problems"][0], "/t/guest.elf: \"damaged\"");
+        info.verification = Some(Verification::default());
+        let json = info.to_json().expect("serializes");
+        assert!(
+            json.ends_with("  \"verified\": true,\n  \"problems\": []\n}"),
+            "{json}"
+        );
+    }
+
+    /// A scratch directory for one test, removed on drop.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(tag: &str) -> Self {
+            let path =
+                std::env::temp_dir().join(format!("lore-info-test-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&path);
+            Self(path)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Blobs as a recorder writes them, for a guest of `pages` pages.
+    fn good_blobs(pages: u64) -> Vec<(&'static str, Vec<u8>)> {
+        let vcpu = VcpuState {
+            regs: Default::default(),
+            sregs: Default::default(),
+            fpu: Default::default(),
+            events: Default::default(),
+            mp_state: Default::default(),
+            msrs: vec![(0x277, 7)],
+        };
+        let board = lore_devices::Board::new(lore_devices::BoardConfig {
+            serial_out: Box::new(io::sink()),
+            rtc_base_unix_secs: 0,
+            mem_size_bytes: pages * crate::PAGE_SIZE,
+        });
+        vec![
+            (blob::VCPU, vcpu.to_bytes()),
+            (blob::DEVICES, board.state().to_bytes()),
+            (
+                blob::DIRTY_SINCE_BOOT,
+                vec![0; pages.div_ceil(64) as usize * 8],
+            ),
+        ]
+    }
+
+    /// A trace at `dir` whose log refers to `marks` (snapshot index, exit) and
+    /// whose snapshots file holds one snapshot per entry of `blobs`, at exits 0,
+    /// 5, 10, …
+    fn trace_with_snapshots(
+        dir: &Path,
+        marks: &[(u32, u64)],
+        blobs: &[Vec<(&'static str, Vec<u8>)>],
+    ) -> TraceDir {
+        let pages = 100u64;
+        let trace = TraceDir::create(dir).expect("create");
+        std::fs::write(trace.image_path(), b"image").expect("image");
+        let header = TraceHeader {
+            image_digest: crate::trace::header::image_digest(b"image"),
+            memory_size: pages * crate::PAGE_SIZE,
+            ..sample(true, false).header
+        };
+        trace.write_header(&header).expect("header");
+        let mut writer = trace.event_writer().expect("events");
+        for &(index, exit) in marks {
+            let mark = Event::Snapshot {
+                exit,
+                index,
+                guest_ns: exit,
+            };
+            writer.push(&mark).expect("push");
+        }
+        let end = Event::End {
+            exit: 100,
+            status: 1,
+            regs_digest: 0,
+            memory_digest: 0,
+            guest_ns: 100,
+            deferred_injections: 0,
+            delivery: DeliveryStats::default(),
+        };
+        writer.push(&end).expect("push");
+        writer.finish().expect("finish");
+        let mut snapshots = trace
+            .snapshot_writer(header.memory_size as usize, Default::default())
+            .expect("snapshots");
+        let mut memory = vec![0u8; header.memory_size as usize];
+        for (count, blobs) in blobs.iter().enumerate() {
+            memory[count * 4096 + 17] = count as u8 + 1;
+            let refs: Vec<(&str, &[u8])> = blobs
+                .iter()
+                .map(|(name, bytes)| (*name, &bytes[..]))
+                .collect();
+            snapshots::SnapshotSink::take(
+                &mut snapshots,
+                &memory,
+                MemoryState::Unknown,
+                count as u64 * 5,
+                &refs,
+            )
+            .expect("snapshot");
+        }
+        trace
+    }
+
+    #[test]
+    fn verify_restores_every_snapshot_and_names_each_problem() {
+        let scratch = Scratch::new("verify");
+        let good = good_blobs(100);
+        let trace = trace_with_snapshots(
+            &scratch.0.join("good"),
+            &[(0, 0), (1, 5), (2, 10)],
+            &[good.clone(), good.clone(), good.clone()],
+        );
+        let verification = Verification::run(trace.path());
+        assert!(verification.is_fine(), "{:?}", verification.problems);
+        assert_eq!(
+            (
+                verification.image_bytes,
+                verification.events,
+                verification.snapshots
+            ),
+            (Some(5), 4, 3)
+        );
+        assert!(verification.event_chunks >= 1);
+        let mut text = Vec::new();
+        verification.write_text(&mut text).expect("writes");
+        let text = String::from_utf8(text).expect("UTF-8");
+        assert!(
+            text.starts_with("verified:     header, guest image (5 bytes), 4 events"),
+            "{text}"
+        );
+
+        // Snapshot 1's vCPU state does not decode and it has no device state;
+        // snapshot 2's bitmap has the wrong size; the log refers to a snapshot 3
+        // the file lacks and puts snapshot 0 at the wrong exit.
+        let mut bad = good.clone();
+        bad[0].1 = b"junk".to_vec();
+        bad.remove(1);
+        let mut short_bitmap = good.clone();
+        short_bitmap[2].1.pop();
+        let trace = trace_with_snapshots(
+            &scratch.0.join("bad"),
+            &[(0, 1), (1, 5), (2, 10), (3, 15)],
+            &[good.clone(), bad, short_bitmap],
+        );
+        let verification = Verification::run(trace.path());
+        let snapshots = trace.snapshots_path();
+        let path = snapshots.display();
+        let expected = [
+            format!("{path}: the event log puts snapshot 0 at exit 1, the file at exit 0"),
+            format!("{path}: the event log refers to snapshot 3 (exit 15), which the file lacks"),
+            format!("{path}: snapshot 1 (exit 5): state blob \"vcpu\": vCPU state"),
+            format!("{path}: snapshot 1 (exit 5): state blob \"devices\": missing"),
+            format!("{path}: snapshot 2 (exit 10): state blob \"dirty-since-boot\": 15 bytes, expected 16"),
+        ];
+        assert_eq!(
+            verification.problems.len(),
+            expected.len(),
+            "{:?}",
+            verification.problems
+        );
+        for (problem, expected) in verification.problems.iter().zip(&expected) {
+            assert!(
+                problem.starts_with(expected),
+                "{problem}\nexpected {expected}"
+            );
+        }
+        assert_eq!(verification.snapshots, 1);
+
+        // Without its snapshots file, the log's references are problems; without
+        // references, a missing file is not.
+        std::fs::remove_file(&snapshots).expect("remove");
+        let verification = Verification::run(trace.path());
+        assert_eq!(
+            verification.problems,
+            [format!(
+                "{path}: missing, but the event log refers to 4 snapshots"
+            )]
+        );
+        let trace = trace_with_snapshots(&scratch.0.join("none"), &[], &[]);
+        std::fs::remove_file(trace.snapshots_path()).expect("remove");
+        assert!(Verification::run(trace.path()).is_fine());
+        // No header: that one problem, and nothing else can be checked.
+        std::fs::remove_file(trace.header_path()).expect("remove");
+        let verification = Verification::run(trace.path());
+        assert_eq!(
+            verification.problems.len(),
+            1,
+            "{:?}",
+            verification.problems
+        );
+        assert!(verification.problems[0].contains("is not a lore-dbg trace"));
     }
 
     #[test]

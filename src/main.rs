@@ -3,7 +3,7 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use lore_dbg::guests;
-use lore_dbg::info::TraceInfo;
+use lore_dbg::info::{TraceInfo, Verification};
 use lore_dbg::record;
 use lore_dbg::runner::{self, RunConfig, SerialInput};
 use lore_dbg::trace::store::format_utc;
@@ -145,6 +145,11 @@ struct InfoArgs {
     /// points costs: hardware-breakpoint hits per landmark.
     #[arg(long)]
     measure: bool,
+    /// Check every file as replay would, and more: every chunk's checksum, the
+    /// guest image's digest, that every file is of the header's recording, and
+    /// every snapshot restored with its state decoded. Exit status 2 on any problem.
+    #[arg(long)]
+    verify: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -381,7 +386,22 @@ fn replay(args: ReplayArgs) -> Result<ExitCode> {
 
 fn info(args: InfoArgs) -> Result<ExitCode> {
     let dir = resolve_trace(&args.trace)?;
-    let mut info = TraceInfo::read(&dir)?;
+    let verification = args.verify.then(|| Verification::run(&dir));
+    let mut info = match TraceInfo::read(&dir) {
+        Ok(info) => info,
+        Err(error) => {
+            // No report to put them in: what else --verify found goes to stderr
+            // (the problem that is this error is printed once, as the error).
+            let said = error.to_string();
+            for problem in verification.iter().flat_map(|found| &found.problems) {
+                if !problem.starts_with(&said) {
+                    eprintln!("lore-dbg: problem: {problem}");
+                }
+            }
+            return Err(error.into());
+        }
+    };
+    info.verification = verification;
     if args.measure {
         info.measure()
             .with_context(|| format!("replaying {} to measure it", dir.display()))?;
@@ -394,7 +414,17 @@ fn info(args: InfoArgs) -> Result<ExitCode> {
         info.write_text(&mut stdout)
     }
     .context("cannot write the report")?;
-    Ok(ExitCode::SUCCESS)
+    match &info.verification {
+        Some(verification) if !verification.is_fine() => {
+            let count = verification.problems.len();
+            let noun = if count == 1 { "problem" } else { "problems" };
+            anyhow::bail!(
+                "{}: --verify found {count} {noun} (listed in the report)",
+                dir.display()
+            )
+        }
+        _ => Ok(ExitCode::SUCCESS),
+    }
 }
 
 fn list() -> Result<ExitCode> {

@@ -31,9 +31,6 @@ pub enum RecordError {
     /// The replay failed.
     #[error(transparent)]
     Replay(#[from] ReplayError),
-    /// The trace's guest image is not the one recorded.
-    #[error("the guest image in {} does not match the digest recorded in its header (the trace is damaged)", .0.display())]
-    ImageMismatch(std::path::PathBuf),
     /// The trace's snapshots cannot be written or read.
     #[error("trace snapshots")]
     Snapshots(#[source] snapshots::SnapshotError),
@@ -189,12 +186,10 @@ pub fn record(
     trace.write_header(&header)?;
     let schedule = match snapshot_every {
         Some(interval) => Some(SnapshotSchedule {
-            writer: snapshots::DiskWriter::create(
-                trace.snapshots_path(),
+            writer: trace.snapshot_writer(
                 header.memory_size as usize,
                 snapshots::WriterOptions::default(),
-            )
-            .map_err(RecordError::Snapshots)?,
+            )?,
             interval,
         }),
         None => None,
@@ -216,18 +211,16 @@ pub fn record(
     })
 }
 
-/// Loads a trace for replay: header, image (checked against its digest), events.
+/// Loads a trace for replay: header, image (checked against its digest), events,
+/// and a first check of the snapshots. Every file must be of the header's
+/// recording (`TraceDir` refuses the others, naming them): a replay of one
+/// recording's events on another's image would never meet its events.
 pub fn load(dir: &std::path::Path) -> Result<(TraceHeader, ReplayInput), RecordError> {
     let (trace, header) = TraceDir::open(dir)?;
-    let image = std::fs::read(trace.image_path()).map_err(|source| TraceError::Io {
-        action: "read",
-        path: trace.image_path(),
-        source,
-    })?;
-    if image_digest(&image) != header.image_digest {
-        return Err(RecordError::ImageMismatch(trace.image_path()));
-    }
+    let image = trace.read_image(&header)?;
     let log = trace.read_events(MAX_EVENTS)?;
+    // Only the snapshots file's header: `replay --from-snapshot` reads the rest.
+    trace.check_snapshots_tie()?;
     let input = ReplayInput {
         image,
         command_line: header.command_line.clone(),

@@ -9,8 +9,7 @@ mod common;
 use common::{guest, lore, lore_dbg, require_kvm, run_with_timeout, scratch_dir, Finished};
 use lore_dbg::trace::event::{Event, Position};
 use lore_dbg::trace::writer::WriterOptions;
-use lore_dbg::trace::{EventWriter, TraceDir};
-use std::fs::File;
+use lore_dbg::trace::TraceDir;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -113,17 +112,16 @@ fn read_events(trace: &Path) -> Vec<Event> {
 /// `chunk_target` raw bytes (`None`: the writer's default).
 fn rewrite_events(trace: &Path, events: &[Event], chunk_target: Option<usize>) {
     let (dir, _) = TraceDir::open(trace).expect("open trace");
-    let path = dir.events_path();
-    std::fs::remove_file(&path).expect("remove events");
+    std::fs::remove_file(dir.events_path()).expect("remove events");
+    // Through the trace: the new events file must carry the header's recording id.
     let mut writer = match chunk_target {
-        None => EventWriter::create(&path).expect("create events"),
+        None => dir.event_writer().expect("create events"),
         Some(chunk_target) => {
-            let file = File::create_new(&path).expect("create events");
             let options = WriterOptions {
                 chunk_target,
                 ..WriterOptions::default()
             };
-            EventWriter::with_options(file, path.clone(), options).expect("writer")
+            dir.event_writer_with(options).expect("writer")
         }
     };
     for event in events {

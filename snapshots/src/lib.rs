@@ -62,7 +62,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 pub use dirty::{DirtyPages, MemoryState};
-pub use disk::{DiskReader, DiskWriter, ReadAt, SnapshotOutput, WriterOptions, FORMAT_VERSION};
+pub use disk::{
+    DiskReader, DiskWriter, ReadAt, SnapshotOutput, WriterOptions, FORMAT_VERSION, OWNER_LEN,
+};
 pub use error::{Corruption, SnapshotError};
 pub use memory::{MemoryStore, StoreStats};
 pub use page::{Compression, PAGE_SIZE};

@@ -267,11 +267,11 @@ fn check_flip(sample: &Sample, records: &[(usize, usize, bool)], position: usize
 #[test]
 fn other_versions_are_refused_clearly() {
     let mut bytes = sample().bytes;
-    bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+    bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
     let error = DiskReader::from_source(bytes).unwrap_err();
     assert_eq!(
         error.to_string(),
-        "unsupported snapshot format version 2; this build reads version 1"
+        "unsupported snapshot format version 1; this build reads version 2"
     );
     let error = DiskReader::from_source(b"not a snapshot file".to_vec()).unwrap_err();
     assert!(matches!(error, SnapshotError::BadMagic));
@@ -394,4 +394,44 @@ fn a_failed_write_poisons_the_writer_and_leaves_a_readable_prefix() {
             .unwrap();
         assert!(memory == sample.memories[index]);
     }
+}
+
+/// The owner written is the owner read, by a full open and by the header-only read,
+/// and damage to it is damage to the header.
+#[test]
+fn the_owner_is_kept_and_checked() {
+    let owner = *b"recording 0123ab";
+    let memory = vec![7u8; PAGES * PAGE_SIZE];
+    let mut writer =
+        DiskWriter::with_owner(Vec::new(), memory.len(), WriterOptions::default(), owner).unwrap();
+    writer.take(&memory, MemoryState::Unknown, 5, &[]).unwrap();
+    let bytes = writer.into_inner();
+    assert_eq!(DiskReader::read_owner(&bytes).unwrap(), owner);
+    let reader = DiskReader::from_source(bytes.clone()).unwrap();
+    assert_eq!(reader.owner(), owner);
+    assert_eq!(reader.snapshots().len(), 1);
+    // The owner lies in the HEAD record, after its 16-byte record header and the
+    // memory geometry: a flip there fails the record's checksum.
+    let mut damaged = bytes;
+    damaged[12 + 16 + 12 + 3] ^= 0x40;
+    for outcome in [
+        DiskReader::read_owner(&damaged).map(|_| ()),
+        DiskReader::from_source(damaged.clone()).map(|_| ()),
+    ] {
+        assert!(
+            matches!(
+                outcome,
+                Err(SnapshotError::CorruptHeader {
+                    reason: Corruption::ChecksumMismatch,
+                    ..
+                })
+            ),
+            "{outcome:?}"
+        );
+    }
+    let unowned = DiskWriter::new(Vec::new(), PAGE_SIZE, WriterOptions::default()).unwrap();
+    assert_eq!(
+        DiskReader::read_owner(&unowned.into_inner()).unwrap(),
+        [0; 16]
+    );
 }

@@ -9,6 +9,7 @@
 use super::chunk::{ChunkDamage, ChunkError, TRACE_VERSION};
 use super::event_codec::EventError;
 use super::header::HeaderError;
+use super::id::RecordingId;
 use std::io;
 use std::path::PathBuf;
 use thiserror::Error;
@@ -80,6 +81,34 @@ pub enum TraceError {
         offset: u64,
         /// What is wrong.
         why: Corruption,
+    },
+    /// A file of the trace was written by another recording than its header: files
+    /// of two recordings were mixed in one directory.
+    #[error("{} was written by another recording than {} (recording {found}; the header's is {expected})", .path.display(), .header.display())]
+    ForeignFile {
+        /// The file.
+        path: PathBuf,
+        /// The trace's header file.
+        header: PathBuf,
+        /// The recording id in the file.
+        found: RecordingId,
+        /// The recording id in the header.
+        expected: RecordingId,
+    },
+    /// The guest image is not the one the header's digest describes.
+    #[error("the guest image {} does not match the digest recorded in the trace header (the trace is damaged)", .path.display())]
+    ImageMismatch {
+        /// The image file.
+        path: PathBuf,
+    },
+    /// The snapshots file cannot be opened, or its header is damaged.
+    #[error("cannot read the trace snapshots {}", .path.display())]
+    Snapshots {
+        /// The snapshots file.
+        path: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: snapshots::SnapshotError,
     },
     /// The header cannot be encoded or decoded.
     #[error("bad trace header in {}", .path.display())]
@@ -193,6 +222,10 @@ pub enum Corruption {
     /// The container's own checks failed.
     #[error("{0}")]
     Container(ChunkDamage),
+    /// Something follows the header file's one chunk (written atomically, the file
+    /// never holds more).
+    #[error("data follows the header chunk")]
+    AfterHeader,
     /// The header file's chunk is of another kind.
     #[error("chunk kind {kind} is not a header chunk")]
     NotAHeaderChunk {

@@ -5,6 +5,7 @@
 //! lore-dbg (the VMM, the runner and the replayer build on it, never the other
 //! way round), and its own modules import each other in one direction only:
 //!
+//! * [`id`] — the recording id that ties the files of one trace together;
 //! * [`chunk`] — the self-checking container every trace file is made of;
 //! * [`event`] and [`event_codec`] — the events and their binary records;
 //! * [`header`] — the header record;
@@ -17,6 +18,7 @@ pub mod error;
 pub mod event;
 pub mod event_codec;
 pub mod header;
+pub mod id;
 pub mod layout;
 pub mod reader;
 pub mod store;
@@ -24,6 +26,7 @@ pub mod writer;
 
 pub use error::{Corruption, TraceError};
 pub use header::{ClockBackend, CpuidRecord, HostFacts, TraceHeader};
+pub use id::RecordingId;
 pub use reader::{EventLog, EventReader};
 pub use store::{Store, TraceDir, TraceSummary};
 pub use writer::{EventWriter, WriterStats};

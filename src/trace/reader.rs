@@ -16,6 +16,7 @@ use super::chunk::{ChunkError, ChunkReader};
 use super::error::{Corruption, TraceError};
 use super::event::Event;
 use super::event_codec::{decode, DecodeState};
+use super::id::RecordingId;
 use super::layout::{EVENTS_FILE_KIND, EVENT_CHUNK_KIND};
 use lore_codec::Reader;
 use std::collections::VecDeque;
@@ -76,19 +77,6 @@ impl EventReader<BufReader<File>> {
     }
 }
 
-/// Reads all events of the file at `path`, refusing more than `max_events`.
-/// A truncated log is not an error here: see [`EventLog::truncation`].
-pub fn read_all(path: &Path, max_events: usize) -> Result<EventLog, TraceError> {
-    match EventReader::open(path) {
-        Ok(reader) => reader.into_log(max_events),
-        Err(truncation @ TraceError::Truncated { .. }) => Ok(EventLog {
-            events: Vec::new(),
-            truncation: Some(truncation),
-        }),
-        Err(error) => Err(error),
-    }
-}
-
 impl<R: Read> EventReader<R> {
     /// Reads an events file from `input`; `path` names it in errors. A file cut
     /// inside its preamble is reported as [`TraceError::Truncated`].
@@ -126,6 +114,16 @@ impl<R: Read> EventReader<R> {
     /// The file read.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The recording that wrote the file, from its preamble.
+    pub fn recording_id(&self) -> RecordingId {
+        self.chunks.recording_id()
+    }
+
+    /// Chunks read and checked so far.
+    pub fn chunks_read(&self) -> u64 {
+        self.next_chunk
     }
 
     /// Exit ordinal of the last event yielded or about to be (the last event of
@@ -272,6 +270,8 @@ impl<R: Read> Iterator for EventReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::trace::chunk::tests::TEST_ID;
+    use crate::trace::chunk::PREAMBLE_LEN;
     use crate::trace::event::{Landmark, Position};
     use crate::trace::event_codec::tests::{every_variant, sample_regs, Rng};
     use crate::trace::writer::{EventWriter, WriterOptions};
@@ -360,7 +360,8 @@ mod tests {
             queue_depth: 8,
         };
         let mut writer =
-            EventWriter::with_options(sink.clone(), PathBuf::from("events"), options).expect("ok");
+            EventWriter::with_options(sink.clone(), PathBuf::from("events"), TEST_ID, options)
+                .expect("ok");
         for event in events {
             writer.push(event).expect("ok");
         }
@@ -388,7 +389,8 @@ mod tests {
     fn round_trip_of_100k_events_across_chunks() {
         let events = recording(100_000);
         let sink = SharedVec::default();
-        let mut writer = EventWriter::new(sink.clone(), PathBuf::from("events")).expect("ok");
+        let mut writer =
+            EventWriter::new(sink.clone(), PathBuf::from("events"), TEST_ID).expect("ok");
         for event in &events {
             writer.push(event).expect("ok");
         }
@@ -482,7 +484,7 @@ mod tests {
         let mut bytes = write_log(&events, 1 << 20);
         // Append a second, valid-looking log's chunk after the end.
         let extra = write_log(&events[..1], 1 << 20);
-        let mut chunk_only = extra[16..].to_vec();
+        let mut chunk_only = extra[PREAMBLE_LEN..].to_vec();
         // Its sequence number must follow: rewrite it and the CRC.
         chunk_only[8..12].copy_from_slice(&1u32.to_le_bytes());
         let stored_len = Reader::new(&chunk_only[12..])

@@ -3,6 +3,12 @@
 //! The files of one trace are named in [`super::layout`]. The `header` file is
 //! written atomically (temporary file + rename): it exists complete or not at all.
 //!
+//! Every file a trace directory writes carries its [`RecordingId`], drawn when the
+//! directory is created; an opened trace takes the id from its header, and every
+//! other file is read only after its id was found equal to the header's (the image,
+//! raw bytes, is tied by the digest in the header instead). So a file copied in
+//! from another recording is refused with its name, never replayed.
+//!
 //! Without `-o`, traces go to `$XDG_DATA_HOME/lore-dbg/<guest-stem>-<n>/`
 //! (`~/.local/share/lore-dbg/` when `XDG_DATA_HOME` is unset), `n` being the
 //! smallest index whose directory does not exist, claimed with an atomic
@@ -11,15 +17,16 @@
 //! [`Store`] takes its base directory as a value so tests never touch the
 //! process environment.
 
-use super::chunk::{ChunkReader, ChunkWriter};
+use super::chunk::{ChunkReader, ChunkWriter, PREAMBLE_LEN};
 use super::error::{Corruption, TraceError};
 use super::header::{image_digest, TraceHeader};
+use super::id::RecordingId;
 use super::layout::{
     EVENTS_FILE, HEADER_CHUNK_KIND, HEADER_FILE, HEADER_FILE_KIND, IMAGE_FILE, LATEST_LINK,
     SNAPSHOTS_FILE,
 };
-use super::reader::{read_all, EventLog, EventReader};
-use super::writer::EventWriter;
+use super::reader::{EventLog, EventReader};
+use super::writer::{EventWriter, WriterOptions};
 use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io::{self, BufReader, Read, Write};
@@ -49,11 +56,28 @@ fn temp_name(base: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TraceDir {
     path: PathBuf,
+    /// The recording's id: drawn by [`TraceDir::create`], read from the header by
+    /// [`TraceDir::open`].
+    recording: RecordingId,
+}
+
+/// Bytes of all files in the directory `path`.
+fn dir_size(path: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.metadata().ok())
+        .filter(|metadata| metadata.is_file())
+        .map(|metadata| metadata.len())
+        .sum()
 }
 
 impl TraceDir {
-    /// Makes a new trace directory at `dir` (parents included). An existing
-    /// empty directory is accepted; anything else there is refused.
+    /// Makes a new trace directory at `dir` (parents included), for a new
+    /// recording with a fresh [`RecordingId`]. An existing empty directory is
+    /// accepted; anything else there is refused.
     pub fn create(dir: &Path) -> Result<Self, TraceError> {
         match fs::create_dir(dir) {
             Ok(()) => {}
@@ -74,11 +98,12 @@ impl TraceDir {
         }
         Ok(Self {
             path: dir.to_owned(),
+            recording: RecordingId::generate(),
         })
     }
 
     /// Opens an existing trace and reads its header (which checks the format
-    /// version).
+    /// version); the header's recording id is the one every other file must carry.
     pub fn open(dir: &Path) -> Result<(Self, TraceHeader), TraceError> {
         let metadata = fs::metadata(dir).map_err(|error| match error.kind() {
             io::ErrorKind::NotFound => TraceError::NoSuchTrace {
@@ -91,11 +116,30 @@ impl TraceDir {
                 path: dir.to_owned(),
             });
         }
+        let (header, recording) = read_header_file(&dir.join(HEADER_FILE))?;
         let trace = Self {
             path: dir.to_owned(),
+            recording,
         };
-        let header = trace.read_header()?;
         Ok((trace, header))
+    }
+
+    /// The id of the recording the trace holds.
+    pub fn recording_id(&self) -> RecordingId {
+        self.recording
+    }
+
+    /// Refuses `path`, found to carry `found`, unless that is the trace's id.
+    fn check_tie(&self, path: &Path, found: RecordingId) -> Result<(), TraceError> {
+        if found == self.recording {
+            return Ok(());
+        }
+        Err(TraceError::ForeignFile {
+            path: path.to_owned(),
+            header: self.header_path(),
+            found,
+            expected: self.recording,
+        })
     }
 
     /// The directory.
@@ -133,7 +177,7 @@ impl TraceDir {
         let temp = self.path.join(temp_name(HEADER_FILE));
         let file = File::create(&temp).map_err(io_error("create", &temp))?;
         let write = || -> io::Result<File> {
-            let mut chunks = ChunkWriter::new(file, HEADER_FILE_KIND)?;
+            let mut chunks = ChunkWriter::new(file, HEADER_FILE_KIND, self.recording)?;
             chunks.write_chunk(HEADER_CHUNK_KIND, &payload)?;
             Ok(chunks.into_inner())
         };
@@ -168,34 +212,10 @@ impl TraceDir {
             .map_err(io_error("sync", &self.path))
     }
 
-    /// Reads and checks the header.
+    /// Reads and checks the header (a header file is what makes a trace: it is not
+    /// checked against the trace's id, it defines it).
     pub fn read_header(&self) -> Result<TraceHeader, TraceError> {
-        let path = self.header_path();
-        let file = File::open(&path).map_err(io_error("open", &path))?;
-        let input = BufReader::new(file).take(MAX_HEADER_BYTES as u64);
-        let mut chunks = ChunkReader::new(input, HEADER_FILE_KIND)
-            .map_err(|error| TraceError::from_chunk(path.clone(), error, None))?;
-        let chunk = match chunks.next_chunk() {
-            Ok(Some(chunk)) => chunk,
-            Ok(None) => {
-                return Err(TraceError::Truncated {
-                    path,
-                    chunk: 0,
-                    offset: 16,
-                    last_exit: None,
-                })
-            }
-            Err(error) => return Err(TraceError::from_chunk(path, error, None)),
-        };
-        if chunk.kind != HEADER_CHUNK_KIND {
-            return Err(TraceError::Corrupt {
-                path,
-                chunk: 0,
-                offset: 16,
-                why: Corruption::NotAHeaderChunk { kind: chunk.kind },
-            });
-        }
-        TraceHeader::decode(&chunk.payload).map_err(|source| TraceError::Header { path, source })
+        read_header_file(&self.header_path()).map(|(header, _)| header)
     }
 
     /// Copies the guest image into the trace; returns its [`image_digest`].
@@ -207,33 +227,149 @@ impl TraceDir {
         Ok(image_digest(&bytes))
     }
 
+    /// Reads the guest image, at most `header.memory_size` bytes (a recorded image
+    /// fits in guest memory), and checks it against the header's digest.
+    pub fn read_image(&self, header: &TraceHeader) -> Result<Vec<u8>, TraceError> {
+        let path = self.image_path();
+        let file = File::open(&path).map_err(io_error("open", &path))?;
+        let mut image = Vec::new();
+        file.take(header.memory_size.saturating_add(1))
+            .read_to_end(&mut image)
+            .map_err(io_error("read", &path))?;
+        if image.len() as u64 > header.memory_size || image_digest(&image) != header.image_digest {
+            return Err(TraceError::ImageMismatch { path });
+        }
+        Ok(image)
+    }
+
     /// Starts the event log.
     pub fn event_writer(&self) -> Result<EventWriter, TraceError> {
-        EventWriter::create(&self.events_path())
+        EventWriter::create(&self.events_path(), self.recording)
     }
 
-    /// Iterates over the event log.
+    /// Starts the event log with explicit writer options (the events file must not
+    /// exist yet).
+    pub fn event_writer_with(&self, options: WriterOptions) -> Result<EventWriter, TraceError> {
+        let path = self.events_path();
+        let file = File::create_new(&path).map_err(io_error("create", &path))?;
+        EventWriter::with_options(file, path, self.recording, options)
+    }
+
+    /// Iterates over the event log, once its preamble says it is this recording's.
     pub fn event_reader(&self) -> Result<EventReader, TraceError> {
-        EventReader::open(&self.events_path())
+        let reader = EventReader::open(&self.events_path())?;
+        self.check_tie(reader.path(), reader.recording_id())?;
+        Ok(reader)
     }
 
-    /// Reads the whole event log, at most `max_events` events.
+    /// Reads the whole event log, at most `max_events` events. A truncated log is
+    /// not an error here (see [`EventLog::truncation`]), a log of another recording
+    /// is.
     pub fn read_events(&self, max_events: usize) -> Result<EventLog, TraceError> {
-        read_all(&self.events_path(), max_events)
+        match self.event_reader() {
+            Ok(reader) => reader.into_log(max_events),
+            // Cut inside its preamble: nothing to tie, nothing to replay.
+            Err(truncation @ TraceError::Truncated { .. }) => Ok(EventLog {
+                events: Vec::new(),
+                truncation: Some(truncation),
+            }),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Starts the snapshots file, for guest memories of `memory_len` bytes, owned
+    /// by this recording.
+    pub fn snapshot_writer(
+        &self,
+        memory_len: usize,
+        options: snapshots::WriterOptions,
+    ) -> Result<snapshots::DiskWriter<File>, TraceError> {
+        let path = self.snapshots_path();
+        snapshots::DiskWriter::create_owned(&path, memory_len, options, self.recording.0)
+            .map_err(|source| TraceError::Snapshots { path, source })
+    }
+
+    /// Refuses a snapshots file of another recording, reading only its header. A
+    /// trace without snapshots passes.
+    pub fn check_snapshots_tie(&self) -> Result<(), TraceError> {
+        let path = self.snapshots_path();
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(error) => return Err(io_error("open", &path)(error)),
+        };
+        let owner =
+            snapshots::DiskReader::read_owner(&file).map_err(|source| TraceError::Snapshots {
+                path: path.clone(),
+                source,
+            })?;
+        self.check_tie(&path, RecordingId(owner))
+    }
+
+    /// Opens the snapshots file (which checks every record; see
+    /// [`snapshots::DiskReader::damage`] for damage after its intact prefix), once
+    /// its header says it is this recording's. `None` when the trace has none.
+    pub fn open_snapshots(&self) -> Result<Option<snapshots::DiskReader>, TraceError> {
+        self.check_snapshots_tie()?;
+        let path = self.snapshots_path();
+        match snapshots::DiskReader::open(&path) {
+            Ok(reader) => Ok(Some(reader)),
+            Err(snapshots::SnapshotError::Io(error)) if error.kind() == io::ErrorKind::NotFound => {
+                Ok(None)
+            }
+            Err(source) => Err(TraceError::Snapshots { path, source }),
+        }
     }
 
     /// Bytes of all files in the directory.
     pub fn size_bytes(&self) -> u64 {
-        let Ok(entries) = fs::read_dir(&self.path) else {
-            return 0;
-        };
-        entries
-            .filter_map(Result::ok)
-            .filter_map(|entry| entry.metadata().ok())
-            .filter(|metadata| metadata.is_file())
-            .map(|metadata| metadata.len())
-            .sum()
+        dir_size(&self.path)
     }
+}
+
+/// Reads and checks the header file at `path`: its one chunk, and nothing after
+/// it. Returns the header and the recording id of its preamble.
+fn read_header_file(path: &Path) -> Result<(TraceHeader, RecordingId), TraceError> {
+    let file = File::open(path).map_err(io_error("open", path))?;
+    let input = BufReader::new(file).take(MAX_HEADER_BYTES as u64);
+    let mut chunks = ChunkReader::new(input, HEADER_FILE_KIND)
+        .map_err(|error| TraceError::from_chunk(path.to_owned(), error, None))?;
+    let corrupt = |chunk, offset, why| TraceError::Corrupt {
+        path: path.to_owned(),
+        chunk,
+        offset,
+        why,
+    };
+    let chunk = match chunks.next_chunk() {
+        Ok(Some(chunk)) => chunk,
+        Ok(None) => {
+            return Err(TraceError::Truncated {
+                path: path.to_owned(),
+                chunk: 0,
+                offset: PREAMBLE_LEN as u64,
+                last_exit: None,
+            })
+        }
+        Err(error) => return Err(TraceError::from_chunk(path.to_owned(), error, None)),
+    };
+    if chunk.kind != HEADER_CHUNK_KIND {
+        return Err(corrupt(
+            0,
+            PREAMBLE_LEN as u64,
+            Corruption::NotAHeaderChunk { kind: chunk.kind },
+        ));
+    }
+    // Written atomically, the file holds exactly one chunk: anything after it is
+    // damage, whatever it looks like.
+    let end = chunks.offset();
+    if !matches!(chunks.next_chunk(), Ok(None)) {
+        return Err(corrupt(1, end, Corruption::AfterHeader));
+    }
+    let header = TraceHeader::decode(&chunk.payload).map_err(|source| TraceError::Header {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok((header, chunks.recording_id()))
 }
 
 /// One line of `lore-dbg ls`.
@@ -314,7 +450,10 @@ impl Store {
             match fs::create_dir(&dir) {
                 Ok(()) => {
                     self.set_latest(&dir)?;
-                    return Ok(TraceDir { path: dir });
+                    return Ok(TraceDir {
+                        path: dir,
+                        recording: RecordingId::generate(),
+                    });
                 }
                 Err(error) if error.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(error) => return Err(io_error("create directory", &dir)(error)),
@@ -391,7 +530,7 @@ impl Store {
             };
             traces.push(TraceSummary {
                 is_latest: latest.as_deref() == Some(path.as_path()),
-                size_bytes: TraceDir { path: path.clone() }.size_bytes(),
+                size_bytes: dir_size(&path),
                 path,
                 name,
                 guest_name,
@@ -627,6 +766,7 @@ mod tests {
         let mut writer = EventWriter::with_options(
             File::create(trace.events_path()).expect("recreate"),
             trace.events_path(),
+            trace.recording_id(),
             crate::trace::writer::WriterOptions {
                 chunk_target: 100,
                 queue_depth: 2,
@@ -665,6 +805,124 @@ mod tests {
         let log = trace.read_events(1000).expect("readable");
         assert!(log.events.is_empty());
         assert!(log.truncation.is_some());
+    }
+
+    /// A trace at `dir` with a header, an image, a short event log and snapshots.
+    fn small_trace(dir: &Path) -> (TraceDir, TraceHeader) {
+        let trace = TraceDir::create(dir).expect("create");
+        let mut header = sample_header();
+        fs::write(trace.image_path(), b"image").expect("image");
+        header.image_digest = image_digest(b"image");
+        header.memory_size = 16 * snapshots::PAGE_SIZE as u64;
+        trace.write_header(&header).expect("header");
+        let mut writer = trace.event_writer().expect("writer");
+        writer.push(&end(7)).expect("push");
+        writer.finish().expect("finish");
+        let mut snapshots = trace
+            .snapshot_writer(
+                header.memory_size as usize,
+                snapshots::WriterOptions::default(),
+            )
+            .expect("snapshots");
+        let memory = vec![1u8; header.memory_size as usize];
+        snapshots::SnapshotSink::take(
+            &mut snapshots,
+            &memory,
+            snapshots::MemoryState::Unknown,
+            7,
+            &[],
+        )
+        .expect("snapshot");
+        (trace, header)
+    }
+
+    #[test]
+    fn files_of_another_recording_are_refused_by_name() {
+        let scratch = Scratch::new("ties");
+        let (trace, _) = small_trace(&scratch.0.join("a"));
+        let (other, _) = small_trace(&scratch.0.join("b"));
+        assert_ne!(trace.recording_id(), other.recording_id());
+        let (opened, _) = TraceDir::open(trace.path()).expect("open");
+        assert_eq!(opened.recording_id(), trace.recording_id());
+        assert!(opened
+            .read_events(10)
+            .expect("own events")
+            .truncation
+            .is_none());
+        opened.check_snapshots_tie().expect("own snapshots");
+        assert!(opened.open_snapshots().expect("own snapshots").is_some());
+
+        fs::copy(other.events_path(), trace.events_path()).expect("copy events");
+        fs::copy(other.snapshots_path(), trace.snapshots_path()).expect("copy snapshots");
+        let foreign = |result: Result<(), TraceError>, file: PathBuf| {
+            let error = result.expect_err("foreign file accepted");
+            assert!(
+                matches!(&error, TraceError::ForeignFile { path, found, expected, .. }
+                    if *path == file && *found == other.recording_id()
+                        && *expected == trace.recording_id()),
+                "{error:?}"
+            );
+            let message = error.to_string();
+            let name = file
+                .file_name()
+                .and_then(|name| name.to_str())
+                .expect("name");
+            let expected = format!(
+                "{name} was written by another recording than {}",
+                trace.header_path().display()
+            );
+            assert!(message.contains(&expected), "{message}");
+            assert!(
+                message.contains(&other.recording_id().to_string()),
+                "{message}"
+            );
+        };
+        foreign(opened.read_events(10).map(|_| ()), trace.events_path());
+        foreign(opened.event_reader().map(|_| ()), trace.events_path());
+        foreign(opened.check_snapshots_tie(), trace.snapshots_path());
+        foreign(opened.open_snapshots().map(|_| ()), trace.snapshots_path());
+        // A trace without snapshots has nothing to tie.
+        fs::remove_file(trace.snapshots_path()).expect("remove");
+        opened.check_snapshots_tie().expect("no snapshots");
+        assert!(opened.open_snapshots().expect("no snapshots").is_none());
+    }
+
+    #[test]
+    fn the_image_must_match_and_fit_and_the_header_stand_alone() {
+        let scratch = Scratch::new("image");
+        let (trace, header) = small_trace(&scratch.0.join("t"));
+        assert_eq!(trace.read_image(&header).expect("image"), b"image");
+        for image in [
+            &b"imagf"[..],
+            b"",
+            &vec![0u8; header.memory_size as usize + 1],
+        ] {
+            fs::write(trace.image_path(), image).expect("write");
+            let error = trace.read_image(&header).expect_err("damaged image");
+            assert!(
+                matches!(error, TraceError::ImageMismatch { .. }),
+                "{error:?}"
+            );
+            assert!(error.to_string().contains("guest.elf"), "{error}");
+        }
+        // Anything after the header's one chunk is damage.
+        let mut bytes = fs::read(trace.header_path()).expect("read");
+        let len = bytes.len() as u64;
+        bytes.push(0);
+        fs::write(trace.header_path(), &bytes).expect("write");
+        let error = TraceDir::open(trace.path()).expect_err("trailing byte");
+        assert!(
+            matches!(
+                error,
+                TraceError::Corrupt {
+                    chunk: 1,
+                    why: Corruption::AfterHeader,
+                    offset,
+                    ..
+                } if offset == len
+            ),
+            "{error:?}"
+        );
     }
 
     #[test]

@@ -22,6 +22,7 @@ use super::chunk::{ChunkWriter, MAX_CHUNK_RAW};
 use super::error::TraceError;
 use super::event::Event;
 use super::event_codec::{encode, kind_slot, EncodeState, EventError, KIND_NAMES, MAX_EVENT_LEN};
+use super::id::RecordingId;
 use super::layout::{EVENTS_FILE_KIND, EVENT_CHUNK_KIND};
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
@@ -137,8 +138,9 @@ fn write_chunks<W: Write>(
 }
 
 impl EventWriter {
-    /// Creates the events file at `path` (which must not exist yet).
-    pub fn create(path: &Path) -> Result<Self, TraceError> {
+    /// Creates the events file at `path` (which must not exist yet) for the
+    /// recording `recording`, whose id its preamble carries.
+    pub fn create(path: &Path, recording: RecordingId) -> Result<Self, TraceError> {
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -148,25 +150,30 @@ impl EventWriter {
                 path: path.to_owned(),
                 source,
             })?;
-        Self::new(file, path.to_owned())
+        Self::new(file, path.to_owned(), recording)
     }
 
-    /// Writes the log to `sink`; `path` names it in error messages.
-    pub fn new<W: Write + Send + 'static>(sink: W, path: PathBuf) -> Result<Self, TraceError> {
-        Self::with_options(sink, path, WriterOptions::default())
+    /// Writes the log of `recording` to `sink`; `path` names it in error messages.
+    pub fn new<W: Write + Send + 'static>(
+        sink: W,
+        path: PathBuf,
+        recording: RecordingId,
+    ) -> Result<Self, TraceError> {
+        Self::with_options(sink, path, recording, WriterOptions::default())
     }
 
     /// [`EventWriter::new`] with explicit options.
     pub fn with_options<W: Write + Send + 'static>(
         sink: W,
         path: PathBuf,
+        recording: RecordingId,
         options: WriterOptions,
     ) -> Result<Self, TraceError> {
         // Whole records must fit a chunk, and a chunk the container's cap.
         let chunk_target = options.chunk_target.clamp(1, MAX_CHUNK_RAW - MAX_EVENT_LEN);
         // The preamble is written here so that a bad sink fails at once.
-        let chunks =
-            ChunkWriter::new(sink, EVENTS_FILE_KIND).map_err(|error| write_error(&path, error))?;
+        let chunks = ChunkWriter::new(sink, EVENTS_FILE_KIND, recording)
+            .map_err(|error| write_error(&path, error))?;
         let (full_tx, full_rx) = mpsc::sync_channel(options.queue_depth.max(1));
         let (empty_tx, empty_rx) = mpsc::channel();
         let failed = Arc::new(AtomicBool::new(false));
@@ -357,6 +364,7 @@ impl Drop for EventWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::trace::chunk::tests::TEST_ID;
     use crate::trace::event::Position;
     use std::io;
     use std::sync::Mutex;
@@ -408,7 +416,8 @@ mod tests {
             queue_depth: 2,
         };
         let path = PathBuf::from("/trace/events");
-        let mut writer = EventWriter::with_options(sink, path, options).expect("preamble fits");
+        let mut writer =
+            EventWriter::with_options(sink, path, TEST_ID, options).expect("preamble fits");
         let mut failure = None;
         for exit in 0..200_000 {
             if let Err(error) = writer.push(&pio(exit)) {
@@ -440,7 +449,8 @@ mod tests {
             written: Arc::new(Mutex::new(Vec::new())),
             capacity: 100,
         };
-        let mut writer = EventWriter::new(sink, PathBuf::from("/x/events")).expect("preamble fits");
+        let mut writer =
+            EventWriter::new(sink, PathBuf::from("/x/events"), TEST_ID).expect("preamble fits");
         for exit in 0..1000 {
             writer.push(&pio(exit)).expect("buffered, not yet written");
         }
@@ -457,7 +467,7 @@ mod tests {
     #[test]
     fn refuses_bad_order_bad_events_and_events_after_end() {
         let sink = Vec::new();
-        let mut writer = EventWriter::new(sink, PathBuf::from("mem")).expect("vec sink");
+        let mut writer = EventWriter::new(sink, PathBuf::from("mem"), TEST_ID).expect("vec sink");
         writer.push(&pio(10)).expect("ok");
         assert!(matches!(
             writer.push(&pio(9)),
@@ -512,7 +522,8 @@ mod tests {
             queue_depth: 2,
         };
         let mut writer =
-            EventWriter::with_options(io::sink(), PathBuf::from("sink"), options).expect("ok");
+            EventWriter::with_options(io::sink(), PathBuf::from("sink"), TEST_ID, options)
+                .expect("ok");
         for exit in 0..20_000 {
             writer.push(&pio(exit)).expect("ok");
         }

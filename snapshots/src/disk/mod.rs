@@ -6,7 +6,7 @@
 //! file     := MAGIC "LOREsnap" (8 bytes) ‖ FORMAT_VERSION u32 ‖ HEAD record ‖ record*
 //! record   := tag [u8; 4] ‖ payload_len u32 ‖ checksum u64 ‖ payload
 //!             checksum = xxh3-64(tag ‖ payload_len ‖ payload)
-//! HEAD     := memory_len u64 ‖ page_size u32
+//! HEAD     := memory_len u64 ‖ page_size u32 ‖ owner [u8; 16]
 //! PAGE     := first_page u64 ‖ count u32 ‖ count × (hash u128 ‖ stored_len u32) ‖ data
 //!             (pages are numbered in file order; stored_len 4096 = raw, less = zstd frame;
 //!             hash = xxh3-128 of the page content, checked on every restore)
@@ -14,6 +14,11 @@
 //!             ‖ blob_count u32 ‖ blob_count × (name_len u16 ‖ name ‖ len u32 ‖ bytes)
 //!             ‖ entry_count u32 ‖ entry_count × (gfn u32 ‖ page u32, u32::MAX = zero page)
 //! ```
+//!
+//! The owner is 16 bytes the writer's caller chooses and the crate does not interpret:
+//! it ties the file to the other files its caller writes (lore-dbg stores the id of the
+//! recording that made the trace), and [`DiskReader::read_owner`] reads it without
+//! scanning the file.
 //!
 //! A snapshot is the PAGE records holding its new pages followed by its SNAP record; it
 //! exists only once its SNAP record is intact. Everything a record refers to lies before
@@ -32,7 +37,11 @@ pub use reader::DiskReader;
 pub use writer::{DiskWriter, WriterOptions};
 
 /// Version of the file format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: the HEAD record carries an owner.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// Bytes of a file's owner (see the format above).
+pub const OWNER_LEN: usize = 16;
 
 pub(crate) const MAGIC: [u8; 8] = *b"LOREsnap";
 pub(crate) const FILE_HEADER_LEN: u64 = 12;
@@ -40,7 +49,7 @@ pub(crate) const RECORD_HEADER_LEN: usize = 16;
 pub(crate) const TAG_HEAD: [u8; 4] = *b"HEAD";
 pub(crate) const TAG_PAGE: [u8; 4] = *b"PAGE";
 pub(crate) const TAG_SNAP: [u8; 4] = *b"SNAP";
-pub(crate) const HEAD_LEN: usize = 12;
+pub(crate) const HEAD_LEN: usize = 12 + OWNER_LEN;
 /// Pages per PAGE record, so that a record (and the reader's buffer) stays near 4 MiB.
 pub(crate) const MAX_PAGES_PER_RECORD: usize = 1024;
 pub(crate) const PAGE_ENTRY_LEN: usize = 20;

@@ -12,8 +12,8 @@ use std::path::Path;
 
 use super::{
     record_checksum, ReadAt, FILE_HEADER_LEN, FORMAT_VERSION, HEAD_LEN, MAGIC,
-    MAX_PAGES_PER_RECORD, NO_PARENT, PAGE_ENTRY_LEN, RECORD_HEADER_LEN, TAG_HEAD, TAG_PAGE,
-    TAG_SNAP,
+    MAX_PAGES_PER_RECORD, NO_PARENT, OWNER_LEN, PAGE_ENTRY_LEN, RECORD_HEADER_LEN, TAG_HEAD,
+    TAG_PAGE, TAG_SNAP,
 };
 use crate::dirty::MemoryState;
 use crate::history::{restore, Node, NodeLookup, PageSource};
@@ -56,6 +56,7 @@ impl Damage {
 pub struct DiskReader<R: ReadAt = File> {
     source: R,
     memory_len: usize,
+    owner: [u8; OWNER_LEN],
     index: Index,
     damage: Option<Damage>,
 }
@@ -66,6 +67,14 @@ struct Index {
     page_count: u32,
     nodes: Vec<Node>,
     pages: Vec<StoredPage>,
+}
+
+/// The file header and the HEAD record.
+#[derive(Debug, Clone, Copy)]
+struct Head {
+    memory_len: usize,
+    page_count: u32,
+    owner: [u8; OWNER_LEN],
 }
 
 impl DiskReader<File> {
@@ -80,66 +89,91 @@ impl<R: ReadAt> DiskReader<R> {
     /// leaves the snapshots before the damage readable and is reported by
     /// [`DiskReader::damage`].
     pub fn from_source(source: R) -> Result<Self> {
-        let size = source.size()?;
-        let mut header = [0u8; FILE_HEADER_LEN as usize];
-        let available = header
-            .len()
-            .min(usize::try_from(size).unwrap_or(usize::MAX));
-        source.read_exact_at(&mut header[..available], 0)?;
-        let magic_len = available.min(MAGIC.len());
-        if header[..magic_len] != MAGIC[..magic_len] {
-            return Err(SnapshotError::BadMagic);
-        }
-        let truncated = || SnapshotError::CorruptHeader {
-            offset: size,
-            reason: Corruption::Truncated,
-        };
-        if available < header.len() {
-            return Err(truncated());
-        }
-        let version = Reader::new(&header[MAGIC.len()..])
-            .u32()
-            .map_err(|_| truncated())?;
-        if version != FORMAT_VERSION {
-            return Err(SnapshotError::UnsupportedVersion { found: version });
-        }
-
         let mut scan = Scan {
             source: &source,
-            size,
-            offset: FILE_HEADER_LEN,
+            size: source.size()?,
+            offset: 0,
             payload: Vec::new(),
         };
-        let header_damage = |reason| SnapshotError::CorruptHeader {
-            offset: FILE_HEADER_LEN,
-            reason,
-        };
-        let tag = scan.next_record(HEAD_LEN)?.map_err(header_damage)?;
-        let mut fields = Reader::new(&scan.payload);
-        let (memory_len, page_size) = match (tag, fields.u64(), fields.u32()) {
-            (TAG_HEAD, Ok(len), Ok(page_size)) => (len, page_size),
-            _ => return Err(header_damage(Corruption::Malformed("bad header record"))),
-        };
-        let memory_len = usize::try_from(memory_len)
-            .ok()
-            .filter(|_| page_size as usize == PAGE_SIZE)
-            .ok_or(header_damage(Corruption::Malformed("bad memory geometry")))?;
-        let page_count = page_count_of(memory_len)
-            .map_err(|_| header_damage(Corruption::Malformed("bad memory geometry")))?;
-
+        let head = read_head(&mut scan)?;
         let mut index = Index {
-            page_count,
+            page_count: head.page_count,
             nodes: Vec::new(),
             pages: Vec::new(),
         };
         let damage = index.scan_snapshots(&mut scan)?;
         Ok(DiskReader {
             source,
-            memory_len,
+            memory_len: head.memory_len,
+            owner: head.owner,
             index,
             damage,
         })
     }
+
+    /// The owner named in the header of the snapshot file in `source`, read and checked
+    /// without scanning the rest of the file (which [`DiskReader::from_source`] does).
+    pub fn read_owner(source: &R) -> Result<[u8; OWNER_LEN]> {
+        let mut scan = Scan {
+            source,
+            size: source.size()?,
+            offset: 0,
+            payload: Vec::new(),
+        };
+        Ok(read_head(&mut scan)?.owner)
+    }
+}
+
+/// Reads and checks the file header and the HEAD record, leaving `scan` after them.
+fn read_head<R: ReadAt + ?Sized>(scan: &mut Scan<'_, R>) -> Result<Head> {
+    let size = scan.size;
+    let mut header = [0u8; FILE_HEADER_LEN as usize];
+    let available = header
+        .len()
+        .min(usize::try_from(size).unwrap_or(usize::MAX));
+    scan.source.read_exact_at(&mut header[..available], 0)?;
+    let magic_len = available.min(MAGIC.len());
+    if header[..magic_len] != MAGIC[..magic_len] {
+        return Err(SnapshotError::BadMagic);
+    }
+    let truncated = || SnapshotError::CorruptHeader {
+        offset: size,
+        reason: Corruption::Truncated,
+    };
+    if available < header.len() {
+        return Err(truncated());
+    }
+    let version = Reader::new(&header[MAGIC.len()..])
+        .u32()
+        .map_err(|_| truncated())?;
+    if version != FORMAT_VERSION {
+        return Err(SnapshotError::UnsupportedVersion { found: version });
+    }
+
+    scan.offset = FILE_HEADER_LEN;
+    let header_damage = |reason| SnapshotError::CorruptHeader {
+        offset: FILE_HEADER_LEN,
+        reason,
+    };
+    let tag = scan.next_record(HEAD_LEN)?.map_err(header_damage)?;
+    let mut fields = Reader::new(&scan.payload);
+    let (memory_len, page_size, owner) = match (tag, fields.u64(), fields.u32(), fields.array()) {
+        (TAG_HEAD, Ok(len), Ok(page_size), Ok(owner)) if fields.is_empty() => {
+            (len, page_size, owner)
+        }
+        _ => return Err(header_damage(Corruption::Malformed("bad header record"))),
+    };
+    let memory_len = usize::try_from(memory_len)
+        .ok()
+        .filter(|_| page_size as usize == PAGE_SIZE)
+        .ok_or(header_damage(Corruption::Malformed("bad memory geometry")))?;
+    let page_count = page_count_of(memory_len)
+        .map_err(|_| header_damage(Corruption::Malformed("bad memory geometry")))?;
+    Ok(Head {
+        memory_len,
+        page_count,
+        owner,
+    })
 }
 
 impl Index {
@@ -304,6 +338,11 @@ impl Index {
 impl<R: ReadAt> DiskReader<R> {
     pub fn memory_len(&self) -> usize {
         self.memory_len
+    }
+
+    /// The owner named in the file's header (see the format in [`crate::disk`]).
+    pub fn owner(&self) -> [u8; OWNER_LEN] {
+        self.owner
     }
 
     /// The damage that ended the readable part of the file, if any: an error naming the

@@ -10,8 +10,8 @@ use std::io;
 use std::path::Path;
 
 use super::{
-    SnapshotOutput, FORMAT_VERSION, MAGIC, MAX_PAGES_PER_RECORD, NO_PARENT, PAGE_ENTRY_LEN,
-    RECORD_HEADER_LEN, TAG_HEAD, TAG_PAGE, TAG_SNAP,
+    SnapshotOutput, FORMAT_VERSION, MAGIC, MAX_PAGES_PER_RECORD, NO_PARENT, OWNER_LEN,
+    PAGE_ENTRY_LEN, RECORD_HEADER_LEN, TAG_HEAD, TAG_PAGE, TAG_SNAP,
 };
 use crate::dirty::MemoryState;
 use crate::history::{build_delta, PageSink};
@@ -71,11 +71,23 @@ pub struct DiskWriter<W: SnapshotOutput> {
 }
 
 impl DiskWriter<File> {
-    /// Creates (or truncates) the file at `path` and writes its header.
+    /// Creates (or truncates) the file at `path` and writes its header, with an
+    /// owner of zeros.
     pub fn create(
         path: impl AsRef<Path>,
         memory_len: usize,
         options: WriterOptions,
+    ) -> Result<Self> {
+        Self::create_owned(path, memory_len, options, [0; OWNER_LEN])
+    }
+
+    /// [`DiskWriter::create`] for a file whose header names `owner` (see the format in
+    /// [`crate::disk`]).
+    pub fn create_owned(
+        path: impl AsRef<Path>,
+        memory_len: usize,
+        options: WriterOptions,
+        owner: [u8; OWNER_LEN],
     ) -> Result<Self> {
         let file = File::options()
             .read(true)
@@ -83,7 +95,7 @@ impl DiskWriter<File> {
             .create(true)
             .truncate(true)
             .open(path)?;
-        Self::new(file, memory_len, options)
+        Self::with_owner(file, memory_len, options, owner)
     }
 
     /// Forces written snapshots to stable storage.
@@ -95,8 +107,18 @@ impl DiskWriter<File> {
 
 impl<W: SnapshotOutput> DiskWriter<W> {
     /// Starts a snapshot file for memories of `memory_len` bytes on `out`, which must be
-    /// empty.
-    pub fn new(mut out: W, memory_len: usize, options: WriterOptions) -> Result<Self> {
+    /// empty, with an owner of zeros.
+    pub fn new(out: W, memory_len: usize, options: WriterOptions) -> Result<Self> {
+        Self::with_owner(out, memory_len, options, [0; OWNER_LEN])
+    }
+
+    /// [`DiskWriter::new`] for a file whose header names `owner`.
+    pub fn with_owner(
+        mut out: W,
+        memory_len: usize,
+        options: WriterOptions,
+        owner: [u8; OWNER_LEN],
+    ) -> Result<Self> {
         let page_count = page_count_of(memory_len)?;
         let encoder = Encoder::new(options.compression)?;
         let mut header = Vec::with_capacity(12);
@@ -124,6 +146,7 @@ impl<W: SnapshotOutput> DiskWriter<W> {
         let mut head = Vec::with_capacity(super::HEAD_LEN);
         head.put_u64(memory_len as u64);
         head.put_u32(PAGE_SIZE as u32);
+        head.extend_from_slice(&owner);
         writer.write_record(TAG_HEAD, &[&head])?;
         Ok(writer)
     }
