@@ -926,6 +926,7 @@ mod tests {
             memory_digest: 0,
             guest_ns: 100,
             deferred_injections: 0,
+            stopped: false,
             delivery: DeliveryStats::default(),
         };
         writer.push(&end).expect("push");
