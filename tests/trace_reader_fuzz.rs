@@ -102,6 +102,7 @@ fn recording() -> Vec<Event> {
         memory_digest: 8,
         guest_ns: 1_500_000,
         deferred_injections: 0,
+        stopped: false,
         delivery: Default::default(),
     });
     events

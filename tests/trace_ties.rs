@@ -288,6 +288,7 @@ fn api_trace(dir: &Path) -> TraceDir {
             memory_digest: 3,
             guest_ns: 4,
             deferred_injections: 0,
+            stopped: false,
             delivery: Default::default(),
         })
         .expect("push");
