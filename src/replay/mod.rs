@@ -481,12 +481,7 @@ impl Replayer {
                 // The snapshot the recorder took as the guest ended: nothing is
                 // left to run. Its memory is the end's (the registers are not: the
                 // end record holds them before the exit's instruction completed).
-                self.collect_dirty_log()?;
-                let memory_now = digest::touched_memory(
-                    self.machine.vm().memory().as_slice(),
-                    &self.cursor.dirty_since_boot,
-                    self.machine.image_end(),
-                );
+                let memory_now = self.end_memory_digest()?;
                 if memory_now != memory_digest {
                     return Err(self.divergence(
                         "final guest memory differs from the end record".into(),
@@ -753,41 +748,10 @@ impl Replayer {
                 // The software counter does not see what runs from here.
                 self.cursor.ticks_since_exit = None;
             }
-            let mut setup = DebugSetup {
-                breakpoints: Vec::new(),
-                single_step: single_step || step_over,
-            };
-            // While single-stepping no breakpoint is armed: one on the current
-            // instruction would fire before it runs and the step would go nowhere.
-            // A landmark reached by the step is found by the check above next time.
-            if !setup.single_step {
-                setup.breakpoints.extend_from_slice(stops);
-                if let Some(landmark) = &landmark {
-                    setup.breakpoints.push(HwBreakpoint {
-                        address: landmark.rip,
-                        condition: HwCondition::Execute,
-                        len: 1,
-                    });
-                }
-            }
+            let setup = debug_setup(single_step || step_over, stops, landmark.as_ref());
             debug::apply(self.machine.vm().vcpu(), &setup)?;
             let witness = if setup.single_step {
-                let (rip, sregs) = match &known {
-                    Some(state) => (digest::rip(&state.regs), state.sregs),
-                    None => (
-                        digest::rip(&self.registers_now()?),
-                        self.machine
-                            .vm()
-                            .vcpu()
-                            .get_sregs()
-                            .map_err(kvm_op("KVM_GET_SREGS"))?,
-                    ),
-                };
-                Some(clock::vcpu::witness(
-                    self.machine.vm().memory(),
-                    &sregs,
-                    rip,
-                ))
+                Some(self.step_witness(known.as_deref())?)
             } else {
                 None
             };
@@ -818,17 +782,7 @@ impl Replayer {
             if let Some(witness) = &witness {
                 // The recording ran this freely: keep the step's trap flag out of
                 // guest memory, as the counted steps do.
-                let scrubbed = match &known {
-                    Some(state) => clock::vcpu::scrub_trap_flag_at(
-                        self.machine.vm_mut().memory_mut(),
-                        &state.sregs,
-                        digest::rip(&state.regs),
-                        digest::rsp(&state.regs),
-                        witness,
-                    ),
-                    None => clock::vcpu::scrub_trap_flag(self.machine.vm_mut(), witness),
-                };
-                scrubbed.map_err(|error| ReplayError::Counter(ClockError::Machine(error)))?;
+                self.scrub_after_step(witness, known.as_deref())?;
             }
             if setup.single_step {
                 if single_step {
@@ -837,20 +791,8 @@ impl Replayer {
                 step_over = false;
                 continue;
             }
-            // Which debug registers fired: DR6 bits 0-3.
-            let fired: Vec<usize> = (0..setup.breakpoints.len())
-                .filter(|slot| dr6 & (1 << slot) != 0)
-                .collect();
-            if let Some(&slot) = fired.iter().find(|&&slot| slot < stops.len()) {
-                let breakpoint = setup.breakpoints[slot];
-                return Ok(match breakpoint.condition {
-                    HwCondition::Execute => EngineStop::Breakpoint {
-                        address: breakpoint.address,
-                    },
-                    HwCondition::Write | HwCondition::Access => {
-                        EngineStop::Watchpoint { breakpoint }
-                    }
-                });
+            if let Some(stop) = user_stop(&setup, dr6, stops.len()) {
+                return Ok(stop);
             }
             if let Some(landmark) = &landmark {
                 self.stats.landmark_hits += 1;
@@ -873,6 +815,50 @@ impl Replayer {
                 }
             }
         }
+    }
+
+    /// What [`clock::vcpu::scrub_trap_flag`] needs of the instruction about to be
+    /// stepped, from the registers at hand (`known`) or read.
+    fn step_witness(
+        &self,
+        known: Option<&StopState>,
+    ) -> Result<clock::vcpu::StepWitness, ReplayError> {
+        let (rip, sregs) = match known {
+            Some(state) => (digest::rip(&state.regs), state.sregs),
+            None => (
+                digest::rip(&self.registers_now()?),
+                self.machine
+                    .vm()
+                    .vcpu()
+                    .get_sregs()
+                    .map_err(kvm_op("KVM_GET_SREGS"))?,
+            ),
+        };
+        Ok(clock::vcpu::witness(
+            self.machine.vm().memory(),
+            &sregs,
+            rip,
+        ))
+    }
+
+    /// Clears the trap flag a step left in guest memory, with the registers after
+    /// the step at hand (`known`) or read.
+    fn scrub_after_step(
+        &mut self,
+        witness: &clock::vcpu::StepWitness,
+        known: Option<&StopState>,
+    ) -> Result<(), ReplayError> {
+        let scrubbed = match known {
+            Some(state) => clock::vcpu::scrub_trap_flag_at(
+                self.machine.vm_mut().memory_mut(),
+                &state.sregs,
+                digest::rip(&state.regs),
+                digest::rsp(&state.regs),
+                witness,
+            ),
+            None => clock::vcpu::scrub_trap_flag(self.machine.vm_mut(), witness),
+        };
+        scrubbed.map_err(|error| ReplayError::Counter(ClockError::Machine(error)))
     }
 
     /// One `KVM_RUN` with the log as the exit's inputs; returns the entry and
@@ -1152,6 +1138,17 @@ impl Replayer {
         ))
     }
 
+    /// The digest of all guest memory an end record keeps: the pages written
+    /// since boot and those the loader wrote.
+    fn end_memory_digest(&mut self) -> Result<u64, ReplayError> {
+        self.collect_dirty_log()?;
+        Ok(digest::touched_memory(
+            self.machine.vm().memory().as_slice(),
+            &self.cursor.dirty_since_boot,
+            self.machine.image_end(),
+        ))
+    }
+
     /// Whether the machine is at `landmark` now.
     /// `known` are the registers now, if the caller has them. The memory digest
     /// (the costly part) is computed only when the registers match.
@@ -1298,12 +1295,7 @@ impl Replayer {
                 None,
             ));
         }
-        self.collect_dirty_log()?;
-        let memory_now = digest::touched_memory(
-            self.machine.vm().memory().as_slice(),
-            &self.cursor.dirty_since_boot,
-            self.machine.image_end(),
-        );
+        let memory_now = self.end_memory_digest()?;
         if memory_now != memory_digest {
             return Err(self.divergence(
                 "guest memory differs from that the recording was stopped with".into(),
@@ -1354,12 +1346,7 @@ impl Replayer {
         if digest::registers(&regs) != regs_digest {
             differences.push("final registers differ".to_string());
         }
-        self.collect_dirty_log()?;
-        let memory_now = digest::touched_memory(
-            self.machine.vm().memory().as_slice(),
-            &self.cursor.dirty_since_boot,
-            self.machine.image_end(),
-        );
+        let memory_now = self.end_memory_digest()?;
         if memory_now != memory_digest {
             differences.push("final guest memory differs".to_string());
         }
@@ -1444,6 +1431,46 @@ impl clock::vcpu::VcpuEntry for ReplayMachine<'_> {
     fn enter(&mut self, single_step: bool) -> Result<MachineStop, MachineError> {
         ReplayMachine::enter(self, single_step)
     }
+}
+
+/// The debug registers for the next entry of [`Replayer::resume`]: one step, or
+/// the caller's breakpoints (`stops`) and the pending landmark. While stepping no
+/// breakpoint is armed: one on the current instruction would fire before it runs
+/// and the step would go nowhere; a landmark the step reaches is found by the
+/// check before the next entry.
+fn debug_setup(
+    single_step: bool,
+    stops: &[HwBreakpoint],
+    landmark: Option<&Landmark>,
+) -> DebugSetup {
+    let mut setup = DebugSetup {
+        breakpoints: Vec::new(),
+        single_step,
+    };
+    if !single_step {
+        setup.breakpoints.extend_from_slice(stops);
+        if let Some(landmark) = landmark {
+            setup.breakpoints.push(HwBreakpoint {
+                address: landmark.rip,
+                condition: HwCondition::Execute,
+                len: 1,
+            });
+        }
+    }
+    setup
+}
+
+/// The caller's breakpoint or watchpoint that fired (DR6 bits 0-3), if one did:
+/// the first `user_slots` slots of `setup` are the caller's.
+fn user_stop(setup: &DebugSetup, dr6: u64, user_slots: usize) -> Option<EngineStop> {
+    let slot = (0..setup.breakpoints.len().min(user_slots)).find(|slot| dr6 & (1 << slot) != 0)?;
+    let breakpoint = setup.breakpoints[slot];
+    Some(match breakpoint.condition {
+        HwCondition::Execute => EngineStop::Breakpoint {
+            address: breakpoint.address,
+        },
+        HwCondition::Write | HwCondition::Access => EngineStop::Watchpoint { breakpoint },
+    })
 }
 
 /// What one exit of the guest, answered from the log, produced.
@@ -1573,5 +1600,65 @@ fn describe(event: Option<&Event>) -> String {
     match event {
         Some(event) => format!("{event:?} here"),
         None => "no device read here".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn execute(address: u64) -> HwBreakpoint {
+        HwBreakpoint {
+            address,
+            condition: HwCondition::Execute,
+            len: 1,
+        }
+    }
+
+    fn landmark(rip: u64) -> Landmark {
+        Landmark {
+            rip,
+            regs_digest: 1,
+            memory_digest: 2,
+            ticks: None,
+        }
+    }
+
+    #[test]
+    fn a_step_arms_no_breakpoint_and_a_run_arms_the_landmark_last() {
+        let stops = [execute(0x10), execute(0x20)];
+        let stepping = debug_setup(true, &stops, Some(&landmark(0x30)));
+        assert!(stepping.single_step && stepping.breakpoints.is_empty());
+        let running = debug_setup(false, &stops, Some(&landmark(0x30)));
+        assert!(!running.single_step);
+        assert_eq!(
+            running
+                .breakpoints
+                .iter()
+                .map(|breakpoint| breakpoint.address)
+                .collect::<Vec<_>>(),
+            [0x10, 0x20, 0x30]
+        );
+    }
+
+    #[test]
+    fn only_the_callers_slots_are_its_stops() {
+        let watch = HwBreakpoint {
+            address: 0x40,
+            condition: HwCondition::Write,
+            len: 8,
+        };
+        let setup = debug_setup(false, &[execute(0x10), watch], Some(&landmark(0x30)));
+        assert_eq!(
+            user_stop(&setup, 0b001, 2),
+            Some(EngineStop::Breakpoint { address: 0x10 })
+        );
+        assert_eq!(
+            user_stop(&setup, 0b010, 2),
+            Some(EngineStop::Watchpoint { breakpoint: watch })
+        );
+        // The landmark's slot (2) is not the caller's.
+        assert_eq!(user_stop(&setup, 0b100, 2), None);
+        assert_eq!(user_stop(&setup, 0, 2), None);
     }
 }
