@@ -431,8 +431,9 @@ pub fn markdown(report: &Report) -> String {
         out,
         "\nWhat lore-dbg's asynchronous points cost (landmark clock, from `info --measure` of \
          each recording; median (min–max)): breakpoint hits replay spends per point, host µs \
-         per hit (one after a hit of the same landmark: step over, entry, comparison; — where \
-         there was none), and what the recorder's delivery policy (`record --max-delay`) cost the \
+         from one hit to the next hit of the same landmark (the step over, the guest's run \
+         between the two passes, the entry and the comparison; — where no landmark was hit \
+         twice), and what the recorder's delivery policy (`record --max-delay`) cost the \
          guest: interrupts held back and their due-to-delivered latency in guest µs.\n"
     );
     let _ = writeln!(
