@@ -1122,10 +1122,7 @@ fn a_point_that_never_comes_is_a_divergence_at_the_next_exit() {
     command.args(["replay", utf8(&sched)]);
     let replayed = run_with_timeout(command, b"", Duration::from_secs(60));
     assert_clean_failure("sched with compute's events", &replayed);
-    assert!(
-        replayed.stderr.contains("replay diverged"),
-        "{replayed:#?}"
-    );
+    assert!(replayed.stderr.contains("replay diverged"), "{replayed:#?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -154,24 +154,20 @@ pub fn handle_exit(
                 PioOutcome::Exit(status) => ExitOutcome::Ended(status),
             }
         }
-        VcpuExit::MmioRead(address, data) => {
-            inputs.guest_ns();
-            match inputs.mmio_read(ordinal, address, data) {
-                Ok(()) => {
-                    history.push(
-                        ordinal,
-                        ExitRecord::Mmio {
-                            address,
-                            write: false,
-                        },
-                    );
-                    ExitOutcome::Continue
-                }
-                Err(error) => ExitOutcome::Unanswered(error),
+        VcpuExit::MmioRead(address, data) => match inputs.mmio_read(ordinal, address, data) {
+            Ok(()) => {
+                history.push(
+                    ordinal,
+                    ExitRecord::Mmio {
+                        address,
+                        write: false,
+                    },
+                );
+                ExitOutcome::Continue
             }
-        }
+            Err(error) => ExitOutcome::Unanswered(error),
+        },
         VcpuExit::MmioWrite(address, data) => {
-            inputs.guest_ns();
             tracing::debug!(
                 address,
                 len = data.len(),
@@ -188,7 +184,6 @@ pub fn handle_exit(
             ExitOutcome::Continue
         }
         VcpuExit::Hlt => {
-            inputs.guest_ns();
             history.push(ordinal, ExitRecord::Halt);
             ExitOutcome::Halted
         }

@@ -32,7 +32,7 @@ pub enum InputError {
 /// in the order the guest causes them), at most once per exit.
 pub trait Inputs {
     /// Guest time in nanoseconds since boot at the exit being handled, for the
-    /// device models. Called once per guest exit, right after `KVM_RUN` returned.
+    /// device models; asked only by exits whose handling depends on it.
     fn guest_ns(&mut self) -> u64;
 
     /// Fills `data` with what `in` from `port` reads. `board` is the machine's

@@ -157,6 +157,8 @@ pub struct Runner {
     armed: Vec<u64>,
     /// The last stop was a breakpoint on a spin point.
     at_spin_point: bool,
+    /// The pending interrupt's hold reached its cold point.
+    moved: bool,
     /// Set by SIGINT/SIGTERM while recording: end at the next exit.
     stop: Option<stop::StopRequest>,
     /// When the stop was first seen away from an exit.
@@ -271,6 +273,7 @@ impl Runner {
             spin_points: Vec::new(),
             armed: Vec::new(),
             at_spin_point: false,
+            moved: false,
             stop: None,
             stop_seen_at: None,
         })
@@ -405,9 +408,8 @@ impl Runner {
             return Ok(());
         }
         if self.machine.can_take_interrupt() {
-            let moved = self
-                .release_hold()?
-                .is_some_and(|hold| hold.reached || self.last_stop == LastStop::Exit);
+            let held_to_exit = self.release_hold()?.is_some() && self.last_stop == LastStop::Exit;
+            let moved = std::mem::take(&mut self.moved) || held_to_exit;
             let at = self.position()?;
             let vector = self.machine.board_mut().acknowledge_interrupt();
             self.machine.vm().inject_interrupt(vector)?;
@@ -443,6 +445,9 @@ impl Runner {
             if !hold.reached && now_ns < hold.deadline_ns {
                 return Ok(true);
             }
+            // Resolved: counted once, however long the guest then keeps the
+            // interrupt out (an interrupt window after the hold).
+            self.release_hold()?;
             if let Some(target) = hold.target {
                 let record = self.hold_record.entry(target).or_default();
                 if hold.reached {
@@ -451,6 +456,7 @@ impl Runner {
                     record.timed_out += 1;
                 }
             }
+            self.moved = hold.reached;
             return Ok(false);
         }
         if !self.machine.can_take_interrupt() {
@@ -509,9 +515,12 @@ impl Runner {
 
     /// The breakpoints the delivery policy wants now: a hold's cold point, and the
     /// spin points while nothing is pending and a timer deadline is near.
-    fn wanted_breakpoints(&self, now_ns: u64) -> Vec<u64> {
+    fn wanted_breakpoints(&self, now_ns: u64) -> &[u64] {
         if let Some(hold) = &self.hold {
-            return hold.target.filter(|_| !hold.reached).into_iter().collect();
+            return match &hold.target {
+                Some(target) if !hold.reached => std::slice::from_ref(target),
+                _ => &[],
+            };
         }
         let deadline_near = self
             .machine
@@ -519,16 +528,16 @@ impl Runner {
             .next_deadline_ns(now_ns)
             .is_some_and(|deadline| deadline.saturating_sub(now_ns) <= self.max_delay_ns);
         if self.max_delay_ns > 0 && !self.machine.board().interrupt_pending() && deadline_near {
-            self.spin_points.clone()
+            &self.spin_points
         } else {
-            Vec::new()
+            &[]
         }
     }
 
     /// Sets the debug registers to [`Runner::wanted_breakpoints`] where they differ.
     fn arm_breakpoints(&mut self) -> Result<(), RunError> {
         let wanted = self.wanted_breakpoints(self.now_ns());
-        if wanted != self.armed {
+        if wanted != self.armed.as_slice() {
             let setup = crate::vmm::debug::DebugSetup {
                 breakpoints: wanted
                     .iter()
@@ -542,7 +551,7 @@ impl Runner {
             };
             crate::vmm::debug::apply(self.machine.vm().vcpu(), &setup)?;
             tracing::trace!(?wanted, exits = self.exits, "delivery breakpoints");
-            self.armed = wanted;
+            self.armed = wanted.to_vec();
         }
         Ok(())
     }
@@ -796,21 +805,36 @@ impl Runner {
         Ok(())
     }
 
-    /// Executes the one instruction the guest stopped before at a spin point.
+    /// Executes the one instruction the guest stopped before at a spin point, as
+    /// the software counter steps: trap flag scrubbed, served like any entry.
     fn step_past_spin_point(&mut self) -> Result<RunState, RunError> {
-        let code = self.code_at_rip()?;
-        let witness = clock::vcpu::witness(self.machine.vm().memory(), &code.sregs, code.rip);
-        // The step's debug setup replaces the armed breakpoints.
-        self.armed.clear();
-        self.set_single_step(true)?;
-        let state = self.run_once();
+        let state = self.on_live_machine(|machine| {
+            clock::Steppable::single_step(machine)
+                .map(drop)
+                .map_err(clock::ClockError::Machine)
+        });
+        // Before the policy arms its breakpoints again for the next entry.
         self.set_single_step(false)?;
-        let state = state?;
-        if self.last_stop == LastStop::Step {
-            clock::vcpu::scrub_trap_flag(self.machine.vm_mut(), &witness)
-                .map_err(|error| RunError::Clock(crate::clock::ClockError::Machine(error)))?;
+        state
+    }
+
+    /// Runs `action` on the live vCPU as the clock module sees it, and turns what
+    /// it did into the loop's state: a failure of the runner itself comes back whole.
+    fn on_live_machine(
+        &mut self,
+        action: impl FnOnce(&mut LiveMachine<'_>) -> Result<(), clock::ClockError>,
+    ) -> Result<RunState, RunError> {
+        let mut machine = LiveMachine {
+            runner: self,
+            state: RunState::Running,
+            failure: None,
+        };
+        let done = action(&mut machine);
+        match (done, machine.failure) {
+            (_, Some(error)) => Err(error),
+            (Err(error), None) => Err(RunError::Clock(error)),
+            (Ok(()), None) => Ok(machine.state),
         }
-        Ok(state)
     }
 
     /// Turns single-stepping on or off for the next entries, and with it whether a
@@ -827,6 +851,8 @@ impl Runner {
             };
             crate::vmm::debug::apply(self.machine.vm().vcpu(), &setup)?;
             self.single_stepping = on;
+            // That setup replaced every breakpoint the delivery policy had armed.
+            self.armed.clear();
         }
         self.kick_guard
             .set_kicks_in_run(self.machine.vm().vcpu(), !on)?;
@@ -871,21 +897,11 @@ impl Runner {
         else {
             return self.run_freely();
         };
-        let mut machine = LiveMachine {
-            runner: self,
-            state: RunState::Running,
-            failure: None,
-        };
-        let stepped = clock.counter.step(&mut machine);
-        let (state, failure) = (machine.state, machine.failure);
+        let state = self.on_live_machine(|machine| clock.counter.step(machine).map(drop));
         if let Some(recorder) = &mut self.recorder {
             recorder.clock = Some(clock);
         }
-        match (stepped, failure) {
-            (_, Some(error)) => Err(error),
-            (Err(error), None) => Err(RunError::Clock(error)),
-            (Ok(_), None) => Ok(state),
-        }
+        state
     }
 
     /// One `KVM_RUN` and the handling of its exit.
@@ -937,6 +953,7 @@ impl Runner {
                     Some(hold) => hold.reached = true,
                     None => self.at_spin_point = true,
                 }
+                tracing::trace!(exits = self.exits, "delivery breakpoint hit");
                 return Ok(RunState::Running);
             }
             Entry::Debug { pc, .. } => ExitOutcome::Failed(GuestFailure::Unexpected(format!(
