@@ -68,7 +68,7 @@ pub struct LiveInputs<F: FnMut() -> u64> {
 }
 
 /// What an MMIO read outside RAM returns on a PC: all ones (an open bus).
-pub fn open_bus(data: &mut [u8]) {
+fn open_bus(data: &mut [u8]) {
     data.fill(0xff);
 }
 

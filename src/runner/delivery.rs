@@ -38,18 +38,28 @@ use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction};
 /// How many instructions [`cold_point`] decodes at most.
 const SCAN_INSTRUCTIONS: usize = 96;
 
-/// The first instruction after the loop that contains `rip`, or the `ret` that
-/// ends its function, decoded from `code` (the bytes at `rip`, as many as could be
-/// read). `None` when neither is evident from straight-line code: an indirect
-/// jump, an `iret`, undecodable bytes, or nothing within the scan.
-///
-/// The loop is recognised by its backward branch to an address at or before
-/// `rip`: a conditional one falls through to the loop's exit; an unconditional
-/// one (a loop tested at the top) leaves through the forward conditional branch
-/// seen before it that jumps past it. Calls are assumed to return; forward
-/// unconditional jumps are followed within the bytes at hand.
-pub fn cold_point(code: &[u8], mode: CodeMode, rip: u64) -> Option<u64> {
-    let end = rip.checked_add(code.len() as u64)?;
+/// What straight-line code ahead of `rip` leads to.
+enum Ahead {
+    /// The backward branch (to `rip` or before it) that closes the loop around
+    /// `rip`, and the forward conditional branches seen on the way.
+    Latch {
+        branch: Instruction,
+        forward_exits: Vec<u64>,
+    },
+    /// The `ret` at this address ends the function first.
+    Return(u64),
+    /// Nothing evident: an indirect jump, an `iret`, undecodable bytes, or
+    /// nothing within the scan.
+    Unknown,
+}
+
+/// Decodes forward from `rip` in `code` (the bytes at `rip`, as many as could be
+/// read): calls are assumed to return, forward unconditional jumps are followed
+/// within the bytes at hand.
+fn scan_ahead(code: &[u8], mode: CodeMode, rip: u64) -> Ahead {
+    let Some(end) = rip.checked_add(code.len() as u64) else {
+        return Ahead::Unknown;
+    };
     let decode_at = |address: u64| -> Option<Instruction> {
         let offset = usize::try_from(address.checked_sub(rip)?).ok()?;
         if address >= end {
@@ -67,62 +77,68 @@ pub fn cold_point(code: &[u8], mode: CodeMode, rip: u64) -> Option<u64> {
     let mut address = rip;
     let mut forward_exits: Vec<u64> = Vec::new();
     for _ in 0..SCAN_INSTRUCTIONS {
-        let instruction = decode_at(address)?;
-        let next = instruction.next_ip();
+        let Some(instruction) = decode_at(address) else {
+            return Ahead::Unknown;
+        };
         match instruction.flow_control() {
-            FlowControl::Next | FlowControl::Call => address = next,
+            FlowControl::Next | FlowControl::Call => address = instruction.next_ip(),
+            FlowControl::ConditionalBranch | FlowControl::UnconditionalBranch
+                if instruction.near_branch_target() <= rip =>
+            {
+                return Ahead::Latch {
+                    branch: instruction,
+                    forward_exits,
+                };
+            }
             FlowControl::ConditionalBranch => {
-                let target = instruction.near_branch_target();
-                if target <= rip {
-                    return Some(next).filter(|&exit| exit != rip);
-                }
-                forward_exits.push(target);
-                address = next;
+                forward_exits.push(instruction.near_branch_target());
+                address = instruction.next_ip();
             }
-            FlowControl::UnconditionalBranch => {
-                let target = instruction.near_branch_target();
-                if target <= rip {
-                    return forward_exits
-                        .iter()
-                        .copied()
-                        .filter(|&exit| exit > instruction.ip())
-                        .min();
-                }
-                address = target;
-            }
-            FlowControl::Return => {
-                return Some(instruction.ip()).filter(|&ret| ret != rip);
-            }
+            FlowControl::UnconditionalBranch => address = instruction.near_branch_target(),
+            FlowControl::Return => return Ahead::Return(instruction.ip()),
             FlowControl::IndirectBranch
             | FlowControl::IndirectCall
             | FlowControl::Interrupt
             | FlowControl::XbeginXabortXend
-            | FlowControl::Exception => return None,
+            | FlowControl::Exception => return Ahead::Unknown,
         }
     }
-    None
+    Ahead::Unknown
 }
 
-/// The start of the loop around `rip`: the target of the first backward branch
-/// decoded from `code` (the bytes at `rip`), or `None`.
+/// The first instruction after the loop that contains `rip`, or the `ret` that
+/// ends its function, decoded from `code` (the bytes at `rip`). `None` when
+/// neither is evident from straight-line code, or when it is `rip` itself.
+///
+/// The loop is recognised by its backward branch to an address at or before
+/// `rip`: a conditional one falls through to the loop's exit; an unconditional
+/// one (a loop tested at the top) leaves through the forward conditional branch
+/// seen before it that jumps past it.
+pub fn cold_point(code: &[u8], mode: CodeMode, rip: u64) -> Option<u64> {
+    let point = match scan_ahead(code, mode, rip) {
+        Ahead::Latch {
+            branch,
+            forward_exits,
+        } => match branch.flow_control() {
+            FlowControl::ConditionalBranch => Some(branch.next_ip()),
+            _ => forward_exits
+                .into_iter()
+                .filter(|&exit| exit > branch.ip())
+                .min(),
+        },
+        Ahead::Return(ret) => Some(ret),
+        Ahead::Unknown => None,
+    };
+    point.filter(|&point| point != rip)
+}
+
+/// The start of the loop around `rip`: the target of the backward branch that
+/// closes it (see [`cold_point`]), or `None`.
 pub fn enclosing_loop(code: &[u8], mode: CodeMode, rip: u64) -> Option<u64> {
-    let mut decoder = Decoder::with_ip(mode.bitness(), code, rip, DecoderOptions::NONE);
-    for _ in 0..SCAN_INSTRUCTIONS {
-        if !decoder.can_decode() {
-            return None;
-        }
-        let instruction = decoder.decode();
-        match instruction.flow_control() {
-            FlowControl::Next | FlowControl::Call => {}
-            FlowControl::ConditionalBranch | FlowControl::UnconditionalBranch
-                if instruction.near_branch_target() > rip => {}
-            FlowControl::ConditionalBranch | FlowControl::UnconditionalBranch => {
-                return Some(instruction.near_branch_target());
-            }
-            _ => return None,
-        }
+    match scan_ahead(code, mode, rip) {
+        Ahead::Latch { branch, .. } => Some(branch.near_branch_target()),
+        Ahead::Return(_) | Ahead::Unknown => None,
     }
-    None
 }
 
 /// The loop around `rip` whose backward branch is the first one decoded from
@@ -294,6 +310,20 @@ mod tests {
         assert_eq!(cold_point(&[], CodeMode::Bits64, RIP), None);
         // A truncated instruction.
         assert_eq!(cold_point(&[0x48], CodeMode::Bits64, RIP), None);
+    }
+
+    #[test]
+    fn the_enclosing_loop_starts_at_its_backward_branch_target() {
+        // 1000: add rax, rbx        48 01 d8
+        // 1003: dec rcx             48 ff c9
+        // 1006: jnz 1000            75 f8
+        let code = [0x48, 0x01, 0xd8, 0x48, 0xff, 0xc9, 0x75, 0xf8];
+        assert_eq!(
+            enclosing_loop(&code[3..], CodeMode::Bits64, RIP + 3),
+            Some(RIP)
+        );
+        // Straight code to a ret is in no loop.
+        assert_eq!(enclosing_loop(&[0x5b, 0xc3], CodeMode::Bits64, RIP), None);
     }
 
     #[test]
