@@ -3,7 +3,8 @@
 //!
 //! gdb's breakpoints become hardware breakpoints (DR0–DR3, one kept for the
 //! replayer's own landmarks), never `int3` in guest memory; its watchpoints are
-//! checked in software by the timeline while single-stepping. Memory is read
+//! memory traps on the pages that hold the watched bytes (`replay::watch`), so a
+//! watch costs nothing where the guest does not touch those pages. Memory is read
 //! by guest-virtual address through the guest's page tables (4-level long-mode
 //! paging, or 32-bit/PAE, or none before paging is on).
 
@@ -13,6 +14,7 @@ use crate::replay::timeline::{
 use crate::replay::USER_HW_SLOTS;
 use crate::trace::TraceHeader;
 use crate::vmm::paging;
+use crate::writes::{self, GuestSymbols, WritePosition};
 use crate::PAGE_SIZE;
 use lore_stub::debuggee::{
     Address, Capabilities, Debuggee, DebuggeeError, ResumeControl, ResumeRequest, StopConditions,
@@ -25,6 +27,8 @@ use std::fmt;
 pub struct GdbSession {
     timeline: Timeline,
     header: TraceHeader,
+    /// The recorded image's symbols, for `monitor writes SYMBOL`.
+    symbols: Option<GuestSymbols>,
 }
 
 impl fmt::Debug for GdbSession {
@@ -38,7 +42,18 @@ impl fmt::Debug for GdbSession {
 impl GdbSession {
     /// Debugs `timeline`, recorded as `header` says.
     pub fn new(timeline: Timeline, header: TraceHeader) -> Self {
-        Self { timeline, header }
+        Self {
+            timeline,
+            header,
+            symbols: None,
+        }
+    }
+
+    /// Names functions, lines and variables for `monitor writes` from the
+    /// recorded image's symbols.
+    pub fn with_symbols(mut self, symbols: GuestSymbols) -> Self {
+        self.symbols = Some(symbols);
+        self
     }
 
     fn failed(error: impl fmt::Display) -> DebuggeeError {
@@ -83,13 +98,33 @@ impl GdbSession {
                 .map(|steps| format!(", {steps} instructions after it"))
                 .unwrap_or_default(),
             moment.state.rip,
-            moment
-                .steps
-                .map(|steps| format!("{}:{steps}", moment.exit))
-                .unwrap_or_else(|| moment.exit.to_string()),
+            self.position_name(moment),
         )
     }
+
+    /// How `monitor goto` names `moment`: by its steps, or as an occurrence of
+    /// an instruction; else only its interval is known.
+    fn position_name(&self, moment: &ExecutionPoint) -> String {
+        if let Some(steps) = moment.steps {
+            return format!("{}:{steps}", moment.exit);
+        }
+        match self.timeline.position_as_occurrence() {
+            Some((pc, occurrence)) if *moment == self.timeline.position() => {
+                WritePosition::Occurrence {
+                    exit: moment.exit,
+                    pc,
+                    occurrence,
+                }
+                .to_string()
+            }
+            _ => moment.exit.to_string(),
+        }
+    }
 }
+
+/// Watchpoints gdb may set at once: each traps its pages, and every trapped page
+/// costs a memory slot and exits for the guest's accesses to it.
+const MAX_WATCHPOINTS: usize = 16;
 
 /// gdb's stop conditions in the timeline's terms.
 fn timeline_stops(stops: &StopConditions) -> Result<Stops, String> {
@@ -111,7 +146,7 @@ fn timeline_stops(stops: &StopConditions) -> Result<Stops, String> {
             .iter()
             .map(|watch| Watch {
                 address: watch.addr,
-                len: watch.len as u8,
+                len: watch.len,
                 kind: match watch.kind {
                     WatchKind::Write => TimelineWatchKind::Write,
                     WatchKind::Read => TimelineWatchKind::Read,
@@ -240,7 +275,8 @@ impl Debuggee for GdbSession {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             max_breakpoints: Some(USER_HW_SLOTS),
-            max_watchpoints: Some(USER_HW_SLOTS),
+            // Watchpoints are memory traps, not debug registers.
+            max_watchpoints: Some(MAX_WATCHPOINTS),
         }
     }
 
@@ -277,19 +313,21 @@ impl Debuggee for GdbSession {
     }
 
     fn goto(&mut self, position: &str) -> Result<String, DebuggeeError> {
-        let (exit, steps) = match position.trim().split_once(':') {
-            Some((exit, steps)) => (exit.trim(), steps.trim()),
-            None => (position.trim(), "0"),
+        let Some(parsed) = WritePosition::parse(position) else {
+            return Err(DebuggeeError::InvalidArgument(format!(
+                "'{position}' is not a position: use EXIT or EXIT:STEPS as `monitor when` \
+                 prints, or EXIT@PC#N as `monitor writes` prints"
+            )));
         };
-        let parse = |text: &str| {
-            text.parse::<u64>().map_err(|_| {
-                DebuggeeError::InvalidArgument(format!(
-                    "'{position}' is not a position: use EXIT or EXIT:STEPS as `monitor when` prints"
-                ))
-            })
-        };
-        let (exit, steps) = (parse(exit)?, parse(steps)?);
-        self.timeline.goto(exit, steps).map_err(Self::failed)?;
+        match parsed {
+            WritePosition::Steps { exit, steps } => self.timeline.goto(exit, steps),
+            WritePosition::Occurrence {
+                exit,
+                pc,
+                occurrence,
+            } => self.timeline.goto_occurrence(exit, pc, occurrence),
+        }
+        .map_err(Self::failed)?;
         let moment = self.timeline.position();
         Ok(format!(
             "now at {}(run `maintenance flush register-cache` so gdb rereads the registers)\n",
@@ -316,6 +354,27 @@ impl Debuggee for GdbSession {
         ))
     }
 
+    fn writes(&mut self, range: &str) -> Result<String, DebuggeeError> {
+        let range = match &self.symbols {
+            Some(symbols) => symbols.range(range),
+            None => GuestSymbols::empty().range(range),
+        }
+        .map_err(|error| DebuggeeError::InvalidArgument(error.to_string()))?;
+        let trapped_before = self.timeline.replayer().stats().trapped_accesses;
+        let found = writes::find_writes(
+            &mut self.timeline,
+            &range,
+            self.symbols.as_ref(),
+            &mut |_| {},
+        )
+        .map_err(Self::failed)?;
+        let trapped = self.timeline.replayer().stats().trapped_accesses - trapped_before;
+        Ok(format!(
+            "{}({trapped} guest accesses to the watched pages trapped on the way)\n",
+            writes::format_table(&range, &found)
+        ))
+    }
+
     fn info_checkpoints(&mut self) -> Result<String, DebuggeeError> {
         Ok(self.timeline.describe_checkpoints())
     }
@@ -325,7 +384,7 @@ impl Debuggee for GdbSession {
         Ok(format!(
             "guest {} (command line {:?}, {} MiB), recorded {} by lore-dbg {}\n\
              clock {}; {} exits in the recording\n\
-             replay so far: {}, {} register checks passed\n",
+             replay so far: {}, {} register checks passed, {} guest accesses to watched pages trapped\n",
             self.header.guest_name,
             self.header.command_line,
             self.header.memory_size >> 20,
@@ -335,6 +394,7 @@ impl Debuggee for GdbSession {
             self.timeline.last_exit(),
             stats.describe_points(),
             stats.register_checks,
+            stats.trapped_accesses,
         ))
     }
 }

@@ -22,6 +22,7 @@ pub mod replay;
 pub mod runner;
 pub mod trace;
 pub mod vmm;
+pub mod writes;
 
 /// Size of a guest page in bytes, the one page size of this crate: the granularity
 /// of guest-virtual to guest-physical translation (4 KiB pages; larger pages are

@@ -50,6 +50,17 @@ enum Command {
     Debug(DebugArgs),
     /// Describe a trace: guest, duration, events by kind, log size, landmarks.
     Info(InfoArgs),
+    /// List every write to a variable or range of guest memory over the whole
+    /// recording: who changed it, when, from what to what.
+    ///
+    /// Replays the trace once with the range's pages trapped (watched by the VMM,
+    /// not by single steps) and prints, for each instruction that wrote to it,
+    /// the position just before it (for gdb's `monitor goto POSITION`), its
+    /// address, function and file:line from the recorded image's symbols and
+    /// DWARF line tables, and the range's value before and after. The same list
+    /// is `monitor writes RANGE` inside gdb.
+    #[command(override_usage = "lore-dbg writes [TRACE] SYMBOL|ADDR[:LEN] [--json]")]
+    Writes(WritesArgs),
     /// List the traces in the default trace directory.
     Ls,
 }
@@ -132,6 +143,21 @@ struct DebugArgs {
     /// The gdb to run.
     #[arg(long, default_value = "gdb")]
     gdb_binary: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+struct WritesArgs {
+    /// [TRACE] RANGE: the trace directory (default: the latest recording), then
+    /// the range: a symbol of the guest image (its size from the symbol table),
+    /// SYMBOL:LEN, or ADDR[:LEN] with ADDR in decimal or 0x hexadecimal (LEN
+    /// defaults to 8 bytes).
+    #[arg(num_args = 1..=2, required = true, value_name = "TRACE_AND_RANGE")]
+    operands: Vec<String>,
+    /// Print a JSON array of objects with position, exit, steps, pc, function,
+    /// file, line, old and new (values of up to 8 bytes as numbers, longer ones
+    /// as arrays of bytes).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -320,7 +346,15 @@ fn gdb_session(dir: &std::path::Path) -> Result<lore_dbg::gdb::GdbSession> {
         .with_context(|| format!("starting the replay of {}", dir.display()))?;
     let timeline = lore_dbg::replay::timeline::Timeline::new(replayer)
         .with_context(|| format!("starting the replay of {}", dir.display()))?;
-    Ok(lore_dbg::gdb::GdbSession::new(timeline, header))
+    let session = lore_dbg::gdb::GdbSession::new(timeline, header);
+    let image = dir.join(lore_dbg::trace::layout::IMAGE_FILE);
+    Ok(match lore_dbg::writes::GuestSymbols::open(&image) {
+        Ok(symbols) => session.with_symbols(symbols),
+        Err(error) => {
+            tracing::warn!(%error, "no symbols for `monitor writes`: ranges by address only");
+            session
+        }
+    })
 }
 
 fn serve_gdb(dir: &std::path::Path, address: &str) -> Result<ExitCode> {
@@ -427,6 +461,57 @@ fn info(args: InfoArgs) -> Result<ExitCode> {
     }
 }
 
+fn writes(args: WritesArgs) -> Result<ExitCode> {
+    let (trace, range) = match args.operands.as_slice() {
+        [range] => (None, range),
+        [trace, range] => (Some(PathBuf::from(trace)), range),
+        _ => anyhow::bail!("give [TRACE] SYMBOL|ADDR[:LEN]"),
+    };
+    let dir = resolve_trace(&trace)?;
+    let image = dir.join(lore_dbg::trace::layout::IMAGE_FILE);
+    let symbols = lore_dbg::writes::GuestSymbols::open(&image)?;
+    let range = symbols.range(range)?;
+    let (_, input) = record::load(&dir)?;
+    let replayer = lore_dbg::replay::Replayer::new(input, Box::new(std::io::sink()))
+        .with_context(|| format!("starting the replay of {}", dir.display()))?;
+    let mut timeline = lore_dbg::replay::timeline::Timeline::new(replayer)
+        .with_context(|| format!("starting the replay of {}", dir.display()))?;
+    let last_exit = timeline.last_exit();
+    let started = std::time::Instant::now();
+    let show_progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let found =
+        lore_dbg::writes::find_writes(&mut timeline, &range, Some(&symbols), &mut |write| {
+            if show_progress {
+                eprint!(
+                    "\rlore-dbg: at exit {} of {last_exit}: a write at {}   ",
+                    write.position.exit(),
+                    write.position
+                );
+            }
+        })
+        .with_context(|| format!("replaying {}", dir.display()))?;
+    if show_progress {
+        eprintln!();
+    }
+    let mut stdout = std::io::stdout().lock();
+    if args.json {
+        let json = lore_dbg::writes::to_json(&found).context("cannot encode the list as JSON")?;
+        writeln!(stdout, "{json}")
+    } else {
+        write!(stdout, "{}", lore_dbg::writes::format_table(&range, &found))
+    }
+    .context("cannot write the list")?;
+    stdout.flush().context("cannot write the list")?;
+    drop(stdout);
+    let stats = timeline.replayer().stats();
+    eprintln!(
+        "lore-dbg: replayed {last_exit} exits in {:.2} s; {} guest accesses to the watched pages trapped",
+        started.elapsed().as_secs_f64(),
+        stats.trapped_accesses
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn list() -> Result<ExitCode> {
     let store = Store::default_location()?;
     let traces = store.list()?;
@@ -476,6 +561,7 @@ fn main() -> ExitCode {
         Command::Replay(args) => replay(args),
         Command::Info(args) => info(args),
         Command::Debug(args) => debug(args),
+        Command::Writes(args) => writes(args),
         Command::Ls => list(),
     };
     match result {

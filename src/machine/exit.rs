@@ -13,7 +13,9 @@
 use super::history::{ExitHistory, ExitRecord};
 use super::inputs::{le_value, InputError, Inputs};
 use crate::digest::RegisterArray;
+use crate::vmm::memory::GuestMemory;
 use crate::vmm::msr::TimeMsrs;
+use crate::vmm::traps::{MemoryMap, TrapAccess};
 use kvm_bindings::kvm_sregs;
 use kvm_ioctls::VcpuExit;
 use lore_devices::board::{Board, PioOutcome};
@@ -42,6 +44,10 @@ pub enum Entry {
         /// by [`super::Machine::enter`]).
         state: Option<Box<StopState>>,
     },
+    /// The guest accessed a trapped page of RAM ([`crate::vmm::traps`]) and the
+    /// access was served: a write stored, a read answered from RAM. Not an exit
+    /// of the guest: the recording never saw it.
+    Trap(TrapAccess),
 }
 
 /// The vCPU's registers at a stop, as `KVM_RUN` left them (`KVM_CAP_SYNC_REGS`):
@@ -116,11 +122,65 @@ pub struct Peripherals {
     pub history: ExitHistory,
 }
 
+/// Guest RAM as the exit handler needs it: to serve accesses to trapped pages.
+#[derive(Debug)]
+pub struct TrappedRam<'a> {
+    /// The RAM mapping.
+    pub memory: &'a mut GuestMemory,
+    /// Which pages are trapped; notes the pages the VMM writes.
+    pub map: &'a mut MemoryMap,
+}
+
+impl TrappedRam<'_> {
+    /// Serves a read of a trapped page from RAM; `None` when `address` is not on
+    /// one.
+    fn read(&mut self, address: u64, data: &mut [u8]) -> Option<Result<TrapAccess, String>> {
+        self.map.trap_at(address)?;
+        Some(
+            self.memory
+                .read(address, data)
+                .map(|()| TrapAccess {
+                    address,
+                    len: data.len() as u8,
+                    write: false,
+                })
+                .map_err(|error| error.to_string()),
+        )
+    }
+
+    /// Stores a write to a trapped page; `None` when `address` is not on one.
+    fn write(&mut self, address: u64, data: &[u8]) -> Option<Result<TrapAccess, String>> {
+        self.map.trap_at(address)?;
+        Some(match self.memory.write(address, data) {
+            Ok(()) => {
+                self.map.note_written(address, data.len() as u64);
+                Ok(TrapAccess {
+                    address,
+                    len: data.len() as u8,
+                    write: true,
+                })
+            }
+            Err(error) => Err(error.to_string()),
+        })
+    }
+}
+
+/// The entry for a served trapped access, or the failure to serve it.
+fn trap_entry(served: Result<TrapAccess, String>) -> Entry {
+    match served {
+        Ok(access) => Entry::Trap(access),
+        Err(error) => Entry::Exit(ExitOutcome::Failed(GuestFailure::Unexpected(format!(
+            "an access to a trapped page could not be served: {error}"
+        )))),
+    }
+}
+
 /// Handles `exit`, which is exit number `ordinal` if the guest caused it.
 pub fn handle_exit(
     exit: VcpuExit<'_>,
     ordinal: u64,
     peripherals: &mut Peripherals,
+    ram: &mut TrappedRam<'_>,
     inputs: &mut dyn Inputs,
 ) -> Entry {
     let Peripherals {
@@ -154,20 +214,28 @@ pub fn handle_exit(
                 PioOutcome::Exit(status) => ExitOutcome::Ended(status),
             }
         }
-        VcpuExit::MmioRead(address, data) => match inputs.mmio_read(ordinal, address, data) {
-            Ok(()) => {
-                history.push(
-                    ordinal,
-                    ExitRecord::Mmio {
-                        address,
-                        write: false,
-                    },
-                );
-                ExitOutcome::Continue
+        VcpuExit::MmioRead(address, data) => {
+            if let Some(served) = ram.read(address, data) {
+                return trap_entry(served);
             }
-            Err(error) => ExitOutcome::Unanswered(error),
-        },
+            match inputs.mmio_read(ordinal, address, data) {
+                Ok(()) => {
+                    history.push(
+                        ordinal,
+                        ExitRecord::Mmio {
+                            address,
+                            write: false,
+                        },
+                    );
+                    ExitOutcome::Continue
+                }
+                Err(error) => ExitOutcome::Unanswered(error),
+            }
+        }
         VcpuExit::MmioWrite(address, data) => {
+            if let Some(served) = ram.write(address, data) {
+                return trap_entry(served);
+            }
             tracing::debug!(
                 address,
                 len = data.len(),

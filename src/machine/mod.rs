@@ -21,7 +21,7 @@ pub mod exit;
 pub mod history;
 pub mod inputs;
 
-pub use exit::{Entry, ExitOutcome, GuestFailure, Peripherals, StopState};
+pub use exit::{Entry, ExitOutcome, GuestFailure, Peripherals, StopState, TrappedRam};
 pub use inputs::{InputError, Inputs, LiveInputs};
 
 use crate::boot::{self, BootError};
@@ -197,9 +197,12 @@ impl Machine {
     /// before or during the entry) is [`Entry::Signal`]; the caller consumes its
     /// signal.
     pub fn enter(&mut self, ordinal: u64, inputs: &mut dyn Inputs) -> Result<Entry, VmmError> {
-        match self.vm.vcpu_mut().run() {
+        let (vcpu, memory, map) = self.vm.run_parts();
+        match vcpu.run() {
             Ok(exit) => {
-                let mut entry = exit::handle_exit(exit, ordinal, &mut self.peripherals, inputs);
+                let mut ram = TrappedRam { memory, map };
+                let mut entry =
+                    exit::handle_exit(exit, ordinal, &mut self.peripherals, &mut ram, inputs);
                 if let Entry::Debug { state, .. } = &mut entry {
                     *state = self.synced_state()?;
                 }
@@ -212,6 +215,57 @@ impl Machine {
                 operation: "KVM_RUN",
                 source,
             }),
+        }
+    }
+
+    /// Delivers what KVM still owes of the last trapped access (the second half of
+    /// an access KVM split in two, each half its own exit) without running the
+    /// guest further, serving each part; returns them. A no-op when nothing is
+    /// owed. Stepping is switched off for it (a step request would turn the
+    /// completion into a debug exit): the caller sets up debugging again before
+    /// the next entry.
+    pub fn complete_trapped_access(
+        &mut self,
+        inputs: &mut dyn Inputs,
+    ) -> Result<Vec<crate::vmm::traps::TrapAccess>, VmmError> {
+        crate::vmm::debug::apply(self.vm.vcpu(), &crate::vmm::debug::DebugSetup::default())?;
+        let mut served = Vec::new();
+        loop {
+            let (vcpu, memory, map) = self.vm.run_parts();
+            vcpu.set_kvm_immediate_exit(1);
+            let result = vcpu.run();
+            let entry = match result {
+                Ok(exit) => {
+                    let mut ram = TrappedRam { memory, map };
+                    Some(exit::handle_exit(
+                        exit,
+                        0,
+                        &mut self.peripherals,
+                        &mut ram,
+                        inputs,
+                    ))
+                }
+                Err(error) if error.errno() == libc::EINTR => None,
+                Err(source) => {
+                    self.vm.vcpu_mut().set_kvm_immediate_exit(0);
+                    return Err(VmmError::Kvm {
+                        operation: "KVM_RUN (trapped access completion)",
+                        source,
+                    });
+                }
+            };
+            self.vm.vcpu_mut().set_kvm_immediate_exit(0);
+            match entry {
+                None => return Ok(served),
+                Some(Entry::Trap(access)) => served.push(access),
+                Some(other) => {
+                    tracing::warn!(?other, "completing a trapped access exited otherwise");
+                    return Err(VmmError::Kvm {
+                        operation: "KVM_RUN (trapped access completion)",
+                        source: kvm_ioctls::Error::new(libc::EPROTO),
+                    });
+                }
+            }
         }
     }
 

@@ -21,6 +21,7 @@
 //! as written ([`ReplayEngine::take_dirty_since_mark`]).
 
 use super::access::{self, Access};
+use super::watch::{PhysicalWatch, WatchHit};
 use super::{EngineStop, MachineState, ReplayError, Replayer};
 use crate::digest::RegisterArray;
 use crate::vmm::debug::HwBreakpoint;
@@ -107,8 +108,34 @@ pub trait ReplayEngine {
     fn read_virtual(&self, address: u64, buffer: &mut [u8]) -> bool;
 
     /// The memory accesses of the instruction about to run (empty when it cannot
-    /// be decoded): what read and access watchpoints are checked against.
+    /// be decoded): what read and access watchpoints are checked against where
+    /// they cannot be trapped.
     fn accesses_at_rip(&self) -> Result<Vec<Access>, ReplayError>;
+
+    /// Instructions that may have just written memory and left RIP where it is
+    /// (see [`access::writer_candidates`]): where to look for the writer of a
+    /// watched value, nearest first.
+    fn writer_candidates(&self) -> Result<Vec<u64>, ReplayError>;
+
+    /// The address of the instruction after the one about to run, if it can be
+    /// decoded.
+    fn next_instruction(&self) -> Result<Option<u64>, ReplayError>;
+
+    /// The guest-physical address the guest's page tables map `address` to now.
+    fn translate(&self, address: u64) -> Option<u64>;
+
+    /// Traps `watches` (replacing those set before) for the calls to
+    /// [`ReplayEngine::resume`] that follow. A run that is not single-stepping
+    /// then stops with [`EngineStop::Watchpoint`] right after the instruction that
+    /// hit one (after the whole of a `rep` string instruction); a single step
+    /// ends as usual. Either way the hit is kept for
+    /// [`ReplayEngine::take_watch_hit`] until the next `resume`. Returns `false`,
+    /// trapping nothing, where the watches cannot be trapped (a watched page
+    /// holds the guest's page tables).
+    fn set_watches(&mut self, watches: &[PhysicalWatch]) -> Result<bool, ReplayError>;
+
+    /// The watch hit of the last `resume`, if it made one.
+    fn take_watch_hit(&mut self) -> Option<WatchHit>;
 }
 
 impl ReplayEngine for Replayer {
@@ -162,6 +189,43 @@ impl ReplayEngine for Replayer {
 
     fn loader_pages(&self) -> Vec<u64> {
         Replayer::loader_pages(self)
+    }
+
+    fn writer_candidates(&self) -> Result<Vec<u64>, ReplayError> {
+        let vcpu = self.vm().vcpu();
+        let regs = vcpu
+            .get_regs()
+            .map_err(crate::vmm::kvm_op("KVM_GET_REGS"))?;
+        let sregs = vcpu
+            .get_sregs()
+            .map_err(crate::vmm::kvm_op("KVM_GET_SREGS"))?;
+        let written = self
+            .last_hit_access()
+            .map_or(u64::MAX, |access| access.address);
+        Ok(access::writer_candidates(
+            self.vm().memory(),
+            &regs,
+            &sregs,
+            written,
+        ))
+    }
+
+    fn next_instruction(&self) -> Result<Option<u64>, ReplayError> {
+        Replayer::next_instruction(self)
+    }
+
+    fn translate(&self, address: u64) -> Option<u64> {
+        let vm = self.vm();
+        let sregs = vm.vcpu().get_sregs().ok()?;
+        paging::translate(vm.memory(), &sregs, address)
+    }
+
+    fn set_watches(&mut self, watches: &[PhysicalWatch]) -> Result<bool, ReplayError> {
+        Replayer::set_watches(self, watches)
+    }
+
+    fn take_watch_hit(&mut self) -> Option<WatchHit> {
+        Replayer::take_watch_hit(self)
     }
 
     fn read_virtual(&self, address: u64, buffer: &mut [u8]) -> bool {

@@ -29,6 +29,7 @@
 pub mod access;
 pub mod engine;
 pub mod timeline;
+pub mod watch;
 
 use crate::boot;
 use crate::clock::{
@@ -38,7 +39,8 @@ use crate::clock::{
 use crate::digest::{self, RegisterArray};
 use crate::machine::history::ExitRecord;
 use crate::machine::{
-    blob, BootSpec, Entry, ExitOutcome, InputError, Inputs, Machine, StartError, StopState,
+    blob, BootSpec, Entry, ExitOutcome, GuestFailure, InputError, Inputs, Machine, StartError,
+    StopState,
 };
 use crate::trace::event::{Event, Landmark, Position};
 use crate::trace::ClockBackend;
@@ -47,6 +49,7 @@ use crate::vmm::debug::{self, DebugSetup, HwBreakpoint, HwCondition};
 use crate::vmm::kick::VcpuKickGuard;
 use crate::vmm::msr::TimeMsrs;
 use crate::vmm::state::VcpuState;
+use crate::vmm::traps::{TrapAccess, TrapSet};
 use crate::vmm::{kvm_op, Vm, VmmError};
 use lore_devices::board::{Board, BoardState};
 use std::fmt;
@@ -54,6 +57,7 @@ use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use thiserror::Error;
+use watch::{PhysicalWatch, WatchHit, WatchValues};
 
 /// How many recent events a divergence report shows.
 const REPORT_EVENTS: usize = 8;
@@ -209,6 +213,11 @@ pub struct ReplayStats {
     pub tick_steps: u64,
     /// Register checks passed.
     pub register_checks: u64,
+    /// Guest accesses to pages trapped for watchpoints, served by the VMM.
+    pub trapped_accesses: u64,
+    /// Instructions KVM could not emulate on a trapped page, single-stepped
+    /// with the pages untrapped.
+    pub untrapped_steps: u64,
 }
 
 impl ReplayStats {
@@ -305,10 +314,11 @@ pub enum EngineStop {
         /// Its address.
         address: u64,
     },
-    /// After an access that hit a user data breakpoint.
+    /// After the instruction that hit a watch ([`Replayer::set_watches`]); the
+    /// hit itself is [`Replayer::take_watch_hit`].
     Watchpoint {
-        /// The breakpoint that fired.
-        breakpoint: HwBreakpoint,
+        /// Its index among the watches set.
+        watch: usize,
     },
     /// One instruction was executed.
     Stepped,
@@ -344,6 +354,13 @@ pub struct Replayer {
     /// Lets the hardware counter's overflow signal stop `KVM_RUN` (it is blocked
     /// outside it).
     overflow_signal: Option<VcpuKickGuard>,
+    /// The watches trapped (see [`Replayer::set_watches`]) and their values.
+    watches: WatchValues,
+    /// The watch the current instruction hit, once it has; reported when the
+    /// instruction is done.
+    watch_hit: Option<WatchHit>,
+    /// The trapped access that made the last hit.
+    last_hit_access: Option<TrapAccess>,
 }
 
 impl fmt::Debug for Replayer {
@@ -409,7 +426,171 @@ impl Replayer {
             stats: ReplayStats::default(),
             counter,
             overflow_signal,
+            watches: WatchValues::default(),
+            watch_hit: None,
+            last_hit_access: None,
         })
+    }
+
+    /// Traps the pages of `watches` (and only those) for the runs that follow:
+    /// [`Replayer::resume`] then stops after an instruction that hits one (see
+    /// [`watch::WatchOn`]) with [`EngineStop::Watchpoint`]; while single-stepping,
+    /// the step ends as usual and the hit waits in [`Replayer::take_watch_hit`].
+    ///
+    /// Returns `false`, trapping nothing, when a watched page holds the guest's
+    /// page tables now: a read-only page would keep the CPU from setting their
+    /// accessed and dirty bits, and the replay would no longer be the recording.
+    pub fn set_watches(&mut self, watches: &[PhysicalWatch]) -> Result<bool, ReplayError> {
+        let traps = watch::trap_set(watches);
+        if !traps.is_empty() {
+            let sregs = self
+                .machine
+                .vm()
+                .vcpu()
+                .get_sregs()
+                .map_err(kvm_op("KVM_GET_SREGS"))?;
+            let tables = crate::vmm::paging::table_pages(self.machine.vm().memory(), &sregs);
+            if let Some(page) = traps.keys().find(|page| tables.contains(page)) {
+                tracing::info!(
+                    page = format_args!("{:#x}", page * crate::PAGE_SIZE),
+                    "a watched page holds the guest's page tables: not trapped"
+                );
+                self.watches.set(&[], self.machine.vm().memory().as_slice());
+                self.machine.vm_mut().set_traps(&TrapSet::new())?;
+                return Ok(false);
+            }
+        }
+        let memory = self.machine.vm().memory().as_slice();
+        if self.watches.set(watches, memory) {
+            self.machine.vm_mut().set_traps(&traps)?;
+        }
+        Ok(true)
+    }
+
+    /// The watch hit the last run or step reported, with its bytes before and
+    /// after the instruction.
+    pub fn take_watch_hit(&mut self) -> Option<WatchHit> {
+        self.watch_hit.take()
+    }
+
+    /// Notes a trapped access the machine served: counts it and keeps the watch
+    /// it hit, if any, for when the instruction is done.
+    fn note_trap(&mut self, access: &TrapAccess) {
+        self.stats.trapped_accesses += 1;
+        let hit = self
+            .watches
+            .after_access(access, self.machine.vm().memory().as_slice());
+        if hit.is_some() {
+            self.last_hit_access = Some(*access);
+        }
+        watch::merge_hit(&mut self.watch_hit, hit);
+    }
+
+    /// The trapped access that made the last watch hit.
+    pub fn last_hit_access(&self) -> Option<TrapAccess> {
+        self.last_hit_access
+    }
+
+    /// After a trapped access (`last`, already noted) where the run may stop:
+    /// serves what KVM still owes of it (the other half of a split access) and
+    /// returns whether the accessing instruction is done: with the RIP before a
+    /// single step, whether RIP moved; in a free run, unless the guest stands
+    /// inside a `rep` string instruction that made the access.
+    fn finish_trap(
+        &mut self,
+        mut last: TrapAccess,
+        rip_before_step: Option<u64>,
+    ) -> Result<bool, ReplayError> {
+        let mut inputs = LoggedInputs {
+            events: &self.events,
+            next_event: self.cursor.next_event,
+            consumed: false,
+        };
+        for owed in self.machine.complete_trapped_access(&mut inputs)? {
+            self.note_trap(&owed);
+            last = owed;
+        }
+        let vcpu = self.machine.vm().vcpu();
+        let regs = vcpu.get_regs().map_err(kvm_op("KVM_GET_REGS"))?;
+        Ok(match rip_before_step {
+            Some(rip) => regs.rip != rip,
+            None => {
+                let sregs = vcpu.get_sregs().map_err(kvm_op("KVM_GET_SREGS"))?;
+                !access::string_instruction_in_progress(
+                    self.machine.vm().memory(),
+                    &regs,
+                    &sregs,
+                    last.address,
+                )
+            }
+        })
+    }
+
+    /// Runs one instruction that KVM's emulator cannot carry out on a trapped
+    /// page (an internal-error exit while pages are trapped) with the pages
+    /// untrapped, single-stepped, and compares the watched values after it. A
+    /// replay never needs this without traps: the recording ran the instruction.
+    fn step_untrapped(&mut self) -> Result<(), ReplayError> {
+        let traps = self.machine.vm().memory_map().traps().clone();
+        self.machine.vm_mut().set_traps(&TrapSet::new())?;
+        // KVM may lose the single step of an instruction that its emulator
+        // failed on: a breakpoint on the next instruction backs it up.
+        let next = self.next_instruction()?;
+        debug::apply(
+            self.machine.vm().vcpu(),
+            &DebugSetup {
+                breakpoints: next
+                    .map(|address| HwBreakpoint {
+                        address,
+                        condition: HwCondition::Execute,
+                        len: 1,
+                    })
+                    .into_iter()
+                    .collect(),
+                single_step: true,
+            },
+        )?;
+        let entered = loop {
+            match self.enter()? {
+                (Entry::Signal, _) => continue,
+                other => break other,
+            }
+        };
+        self.machine.vm_mut().set_traps(&traps)?;
+        if !matches!(entered, (Entry::Debug { .. }, _)) {
+            return Err(self.divergence(
+                format!(
+                    "an instruction KVM could not emulate on a watched page did not complete                      when single-stepped without the trap ({:?})",
+                    entered.0
+                ),
+                None,
+            ));
+        }
+        self.stats.untrapped_steps += 1;
+        let hit = self
+            .watches
+            .after_untrapped_step(self.machine.vm().memory().as_slice());
+        watch::merge_hit(&mut self.watch_hit, hit);
+        Ok(())
+    }
+
+    /// The address of the instruction after the one at RIP, if it decodes.
+    pub(crate) fn next_instruction(&self) -> Result<Option<u64>, ReplayError> {
+        let vcpu = self.machine.vm().vcpu();
+        let regs = vcpu.get_regs().map_err(kvm_op("KVM_GET_REGS"))?;
+        let sregs = vcpu.get_sregs().map_err(kvm_op("KVM_GET_SREGS"))?;
+        Ok(access::next_instruction(
+            self.machine.vm().memory(),
+            &regs,
+            &sregs,
+        ))
+    }
+
+    /// The stop for the watch hit pending.
+    fn watch_stop(&self) -> Option<EngineStop> {
+        self.watch_hit
+            .as_ref()
+            .map(|hit| EngineStop::Watchpoint { watch: hit.index })
     }
 
     /// Pages that can be non-zero at boot: what the loader wrote.
@@ -541,7 +722,7 @@ impl Replayer {
 
     /// Reads KVM's dirty log into both accumulations.
     fn collect_dirty_log(&mut self) -> Result<(), ReplayError> {
-        let log = self.machine.vm().take_dirty_log()?;
+        let log = self.machine.vm_mut().take_dirty_log()?;
         for ((since_boot, since_mark), new) in self
             .cursor
             .dirty_since_boot
@@ -690,6 +871,14 @@ impl Replayer {
         let mut compared_here = false;
         // When the step over the last non-matching landmark hit began.
         let mut hunt_started: Option<std::time::Instant> = None;
+        // An instruction hit a watch but is not done yet (a `rep` string
+        // instruction between iterations): run it to its end (a breakpoint on
+        // the next instruction: stepped, it would stop after each iteration it
+        // runs natively), then stop.
+        let mut finishing: Option<u64> = None;
+        self.watch_hit = None;
+        self.watches.refresh(self.machine.vm().memory().as_slice());
+        let watching = !self.watches.watches().is_empty();
         loop {
             if self.cursor.at_boundary {
                 known = None;
@@ -748,22 +937,88 @@ impl Replayer {
                 // The software counter does not see what runs from here.
                 self.cursor.ticks_since_exit = None;
             }
-            let setup = debug_setup(single_step || step_over, stops, landmark.as_ref());
+            let setup = match finishing {
+                Some(next) => DebugSetup {
+                    breakpoints: vec![HwBreakpoint {
+                        address: next,
+                        condition: HwCondition::Execute,
+                        len: 1,
+                    }],
+                    single_step: false,
+                },
+                None => debug_setup(single_step || step_over, stops, landmark.as_ref()),
+            };
             debug::apply(self.machine.vm().vcpu(), &setup)?;
             let witness = if setup.single_step {
                 Some(self.step_witness(known.as_deref())?)
             } else {
                 None
             };
+            let rip_before_step = match &known {
+                _ if !(watching && setup.single_step) => None,
+                Some(state) => Some(digest::rip(&state.regs)),
+                None => Some(digest::rip(&self.registers_now()?)),
+            };
             known = None;
             compared_here = false;
-            let debug_status = match self.enter()? {
+            let entered = loop {
+                match self.enter()? {
+                    // Trapped accesses that hit nothing in a free run go straight
+                    // back to the guest: they are not exits, and the breakpoints
+                    // armed stay armed.
+                    (Entry::Trap(access), _) => {
+                        self.note_trap(&access);
+                        if setup.single_step || (self.watch_hit.is_some() && finishing.is_none()) {
+                            break (Entry::Trap(access), false);
+                        }
+                        if interrupted() {
+                            return Ok(EngineStop::Interrupted);
+                        }
+                    }
+                    entered => break entered,
+                }
+            };
+            let debug_status = match entered {
                 (Entry::Debug { dr6, state, .. }, _) => {
                     known = state;
                     Ok(dr6)
                 }
                 // A signal, not a guest exit.
                 (Entry::Signal, _) => continue,
+                (Entry::Trap(access), _) => {
+                    let done = self.finish_trap(access, rip_before_step)?;
+                    if !setup.single_step {
+                        // A free run that hit a watch: stop once the instruction
+                        // is done.
+                        let Some(stop) = self.watch_stop() else {
+                            continue;
+                        };
+                        if done {
+                            return Ok(stop);
+                        }
+                        finishing = self.next_instruction()?;
+                        if finishing.is_none() {
+                            return Ok(stop);
+                        }
+                        continue;
+                    }
+                    if !done {
+                        continue;
+                    }
+                    // The step is done: KVM reports no debug exit after an
+                    // instruction whose write it handed to user space.
+                    Ok(0)
+                }
+                (Entry::Exit(ExitOutcome::Failed(GuestFailure::InternalError)), _) if watching => {
+                    self.step_untrapped()?;
+                    if !setup.single_step {
+                        if let Some(stop) = self.watch_stop() {
+                            return Ok(stop);
+                        }
+                        continue;
+                    }
+                    Ok(0)
+                }
                 (entry, consumed) => Err(served(entry, consumed)),
             };
             let dr6 = match debug_status {
@@ -784,11 +1039,27 @@ impl Replayer {
                 // guest memory, as the counted steps do.
                 self.scrub_after_step(witness, known.as_deref())?;
             }
+            if let Some(next) = finishing {
+                let rip = match &known {
+                    Some(state) => digest::rip(&state.regs),
+                    None => digest::rip(&self.registers_now()?),
+                };
+                if rip == next {
+                    if let Some(stop) = self.watch_stop() {
+                        return Ok(stop);
+                    }
+                    finishing = None;
+                }
+                continue;
+            }
             if setup.single_step {
                 if single_step {
                     return Ok(EngineStop::Stepped);
                 }
                 step_over = false;
+                if let Some(stop) = self.watch_stop() {
+                    return Ok(stop);
+                }
                 continue;
             }
             if let Some(stop) = user_stop(&setup, dr6, stops.len()) {
@@ -942,6 +1213,9 @@ impl Replayer {
             .filter(|stop| stop.condition == HwCondition::Execute)
             .map(|stop| stop.address)
             .collect();
+        // Approaching a point runs the guest to it without looking at anything
+        // else: not with breakpoints or watches to stop at.
+        let free_to_approach = execute_stops.is_empty() && self.watches.watches().is_empty();
         let mut machine = ReplayMachine {
             replayer: self,
             interrupted,
@@ -949,7 +1223,7 @@ impl Replayer {
             served: None,
         };
         let outcome = match target {
-            Some(target) if !single_step && execute_stops.is_empty() => {
+            Some(target) if !single_step && free_to_approach => {
                 clock::approach(target, counter.as_mut(), &mut machine)
                     .map(|_| MachineStop::Stepped)
             }
@@ -963,6 +1237,9 @@ impl Replayer {
         match outcome {
             Ok(MachineStop::Stepped) if single_step => Ok(Some(EngineStop::Stepped)),
             Ok(MachineStop::Stepped) => {
+                if let Some(stop) = self.watch_stop() {
+                    return Ok(Some(stop));
+                }
                 let rip = digest::rip(&self.registers_now()?);
                 Ok(execute_stops
                     .contains(&rip)
@@ -1398,7 +1675,34 @@ impl ReplayMachine<'_> {
             single_step,
         };
         debug::apply(replayer.machine.vm().vcpu(), &setup).map_err(MachineError::new)?;
-        match replayer.enter().map_err(MachineError::new)? {
+        let rip_before_step = if single_step && !replayer.watches.watches().is_empty() {
+            Some(digest::rip(
+                &replayer.registers_now().map_err(MachineError::new)?,
+            ))
+        } else {
+            None
+        };
+        let entered = loop {
+            match replayer.enter().map_err(MachineError::new)? {
+                (Entry::Trap(access), _) => {
+                    // Not an exit: served, noted, and the step (or run) goes on
+                    // until its instruction is done.
+                    replayer.note_trap(&access);
+                    if single_step {
+                        let done = replayer
+                            .finish_trap(access, rip_before_step)
+                            .map_err(MachineError::new)?;
+                        if done {
+                            return Ok(MachineStop::Stepped);
+                        }
+                        debug::apply(replayer.machine.vm().vcpu(), &setup)
+                            .map_err(MachineError::new)?;
+                    }
+                }
+                entered => break entered,
+            }
+        };
+        match entered {
             (Entry::Debug { .. }, _) if single_step => Ok(MachineStop::Stepped),
             (Entry::Signal, _) => {
                 if let Some(guard) = &replayer.overflow_signal {
@@ -1465,11 +1769,8 @@ fn debug_setup(
 fn user_stop(setup: &DebugSetup, dr6: u64, user_slots: usize) -> Option<EngineStop> {
     let slot = (0..setup.breakpoints.len().min(user_slots)).find(|slot| dr6 & (1 << slot) != 0)?;
     let breakpoint = setup.breakpoints[slot];
-    Some(match breakpoint.condition {
-        HwCondition::Execute => EngineStop::Breakpoint {
-            address: breakpoint.address,
-        },
-        HwCondition::Write | HwCondition::Access => EngineStop::Watchpoint { breakpoint },
+    Some(EngineStop::Breakpoint {
+        address: breakpoint.address,
     })
 }
 
@@ -1498,6 +1799,9 @@ fn served(entry: Entry, consumed: bool) -> Served {
             "the guest stopped with a debug exit at {pc:#x} (not in the recording)"
         )),
         Entry::Signal => Ok(None),
+        Entry::Trap(access) => Err(format!(
+            "the guest made a trapped access ({access:?}) where none is served"
+        )),
     };
     Served { consumed, handled }
 }
@@ -1643,19 +1947,18 @@ mod tests {
 
     #[test]
     fn only_the_callers_slots_are_its_stops() {
-        let watch = HwBreakpoint {
-            address: 0x40,
-            condition: HwCondition::Write,
-            len: 8,
-        };
-        let setup = debug_setup(false, &[execute(0x10), watch], Some(&landmark(0x30)));
+        let setup = debug_setup(
+            false,
+            &[execute(0x10), execute(0x40)],
+            Some(&landmark(0x30)),
+        );
         assert_eq!(
             user_stop(&setup, 0b001, 2),
             Some(EngineStop::Breakpoint { address: 0x10 })
         );
         assert_eq!(
             user_stop(&setup, 0b010, 2),
-            Some(EngineStop::Watchpoint { breakpoint: watch })
+            Some(EngineStop::Breakpoint { address: 0x40 })
         );
         // The landmark's slot (2) is not the caller's.
         assert_eq!(user_stop(&setup, 0b100, 2), None);

@@ -29,6 +29,7 @@
 //! scripted fake in the tests, which check these operations without `/dev/kvm`.
 
 use super::engine::ReplayEngine;
+use super::watch::{PhysicalWatch, Piece, WatchHit, WatchOn};
 use super::{EngineStop, ReplayError, Replayer, USER_HW_SLOTS};
 use crate::digest;
 use crate::vmm::debug::{HwBreakpoint, HwCondition};
@@ -59,6 +60,18 @@ pub enum TimelineError {
         target: ExecutionPoint,
         /// The last step of the interval; `None` after the end.
         last_step: Option<u64>,
+    },
+    /// An instruction did not run that often in an interval.
+    #[error("the instruction at {pc:#x} runs {seen} times after exit {exit}, not {occurrence}")]
+    NoSuchOccurrence {
+        /// The interval.
+        exit: u64,
+        /// The instruction.
+        pc: u64,
+        /// Which time was asked for (from 1).
+        occurrence: u64,
+        /// How many times it ran before the interval ended.
+        seen: u64,
     },
     /// A point known by its state alone was not found in its interval.
     #[error("the point {target} is not in its interval")]
@@ -175,6 +188,19 @@ pub enum WatchKind {
     Read,
     /// A read, a write or a change (gdb's `awatch`).
     Access,
+    /// Any write, changing the value or not (`lore-dbg writes`).
+    AnyWrite,
+}
+
+impl WatchKind {
+    fn trapped_as(self) -> WatchOn {
+        match self {
+            Self::Write => WatchOn::Change,
+            Self::Read => WatchOn::Read,
+            Self::Access => WatchOn::Access,
+            Self::AnyWrite => WatchOn::Write,
+        }
+    }
 }
 
 /// A watchpoint: `len` bytes at guest-virtual `address`.
@@ -182,18 +208,23 @@ pub enum WatchKind {
 pub struct Watch {
     /// First byte.
     pub address: u64,
-    /// 1, 2, 4 or 8.
-    pub len: u8,
+    /// Bytes watched (gdb asks for 1, 2, 4 or 8).
+    pub len: u64,
     /// What fires it.
     pub kind: WatchKind,
 }
 
 /// What should stop a run: breakpoints (instruction addresses, honoured with
-/// hardware breakpoints) and watchpoints. Watchpoints are checked in software by
-/// single-stepping, because the hosts we run on (guest ring 0 emulated; docs/design.md,
-/// "Host facts the code relies on") do not deliver data breakpoints: a write watchpoint fires when the watched value
-/// changes (as gdb's do), read and access watchpoints when the instruction about to
-/// run reads (or writes) the watched bytes, as iced-x86 decodes it.
+/// hardware breakpoints) and watchpoints. The hosts we run on deliver no data
+/// breakpoints (docs/design.md, "Host facts the code relies on"), so watchpoints
+/// are memory traps ([`super::watch`]): the pages holding the watched bytes, as
+/// the guest's page tables map them when an operation starts, exit on every write
+/// (read and access watches: on every access). A write watchpoint fires when the
+/// watched value changes (as gdb's do), read and access watchpoints when an
+/// instruction reads (or writes) the watched bytes. A watch on an address that is
+/// not mapped when the operation starts cannot be trapped: then, and only then,
+/// the operation single-steps, comparing values and decoding each instruction's
+/// accesses with iced-x86.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stops {
     /// Instruction addresses.
@@ -261,6 +292,15 @@ pub struct Timeline<E: ReplayEngine = Replayer> {
     thinning: ThinningPolicy,
     /// `monitor checkpoint`s made: the last number given.
     pins_made: usize,
+    /// The current operation's watches are trapped by the engine (else, if there
+    /// are any, it single-steps).
+    watches_trapped: bool,
+    /// The hit of the last watchpoint stop of a forward `continue`: which watch,
+    /// its bytes before and after.
+    last_watch_hit: Option<WatchHit>,
+    /// The last point reached as an occurrence of an instruction, with its pc and
+    /// occurrence: a name for it where its steps are not known.
+    named_occurrence: Option<(ExecutionPoint, u64, u64)>,
 }
 
 impl<E: ReplayEngine> fmt::Debug for Timeline<E> {
@@ -304,6 +344,9 @@ impl<E: ReplayEngine> Timeline<E> {
                 per_band: 4,
             },
             pins_made: 0,
+            watches_trapped: false,
+            last_watch_hit: None,
+            named_occurrence: None,
         };
         timeline.position = timeline.current_moment(Some(0))?;
         timeline.checkpoint(None)?;
@@ -313,6 +356,12 @@ impl<E: ReplayEngine> Timeline<E> {
     /// The engine (registers, memory, statistics).
     pub fn replayer(&self) -> &E {
         &self.engine
+    }
+
+    /// The watch hit the last forward `continue` stopped at: which watch, and
+    /// its bytes before and after the instruction.
+    pub fn take_last_watch_hit(&mut self) -> Option<WatchHit> {
+        self.last_watch_hit.take()
     }
 
     /// Where the timeline stands.
@@ -611,13 +660,60 @@ impl<E: ReplayEngine> Timeline<E> {
         Ok(())
     }
 
+    /// Traps the watches of `stops` for the operation that starts here (and
+    /// removes traps no longer wanted); returns whether every watch could be
+    /// trapped. A watch whose bytes are not all mapped now cannot be: then nothing
+    /// is trapped and the caller single-steps.
+    fn install_watches(&mut self, stops: &Stops) -> Result<bool, ReplayError> {
+        let mut physical = Vec::with_capacity(stops.watches.len());
+        for watch in &stops.watches {
+            match self.physical_pieces(watch.address, watch.len.max(1)) {
+                Some(pieces) => physical.push(PhysicalWatch {
+                    pieces,
+                    on: watch.kind.trapped_as(),
+                }),
+                None => {
+                    tracing::info!(
+                        address = format_args!("{:#x}", watch.address),
+                        "the watched address is not mapped here: watching by single steps"
+                    );
+                    self.engine.set_watches(&[])?;
+                    return Ok(false);
+                }
+            }
+        }
+        self.engine.set_watches(&physical)
+    }
+
+    /// The guest-physical bytes behind `len` guest-virtual bytes at `address`, a
+    /// piece per page (merged where they are consecutive).
+    fn physical_pieces(&self, address: u64, len: u64) -> Option<Vec<Piece>> {
+        let mut pieces: Vec<Piece> = Vec::new();
+        let mut done = 0;
+        while done < len {
+            let virtual_address = address.checked_add(done)?;
+            let physical = self.engine.translate(virtual_address)?;
+            let in_page = crate::PAGE_SIZE - virtual_address % crate::PAGE_SIZE;
+            let chunk = in_page.min(len - done);
+            match pieces.last_mut() {
+                Some(last) if last.address + last.len == physical => last.len += chunk,
+                _ => pieces.push(Piece {
+                    address: physical,
+                    len: chunk,
+                }),
+            }
+            done += chunk;
+        }
+        Some(pieces)
+    }
+
     /// The current contents of the watched ranges (`None` where unmapped).
     fn watched_values(&self, watches: &[Watch]) -> Vec<Option<u64>> {
         watches
             .iter()
             .map(|watch| {
                 let mut bytes = [0u8; 8];
-                let len = usize::from(watch.len.clamp(1, 8));
+                let len = watch.len.clamp(1, 8) as usize;
                 self.engine
                     .read_virtual(watch.address, &mut bytes[..len])
                     .then(|| u64::from_le_bytes(bytes))
@@ -647,7 +743,7 @@ impl<E: ReplayEngine> Timeline<E> {
         }
         let accesses = self.engine.accesses_at_rip()?;
         Ok(watches.iter().position(|watch| {
-            let end = watch.address.saturating_add(u64::from(watch.len));
+            let end = watch.address.saturating_add(watch.len);
             accesses.iter().any(|access| {
                 let overlaps = access.address < end
                     && watch.address < access.address.saturating_add(access.len);
@@ -656,18 +752,25 @@ impl<E: ReplayEngine> Timeline<E> {
                         WatchKind::Write => false,
                         WatchKind::Read => access.read,
                         WatchKind::Access => access.read || access.write,
+                        WatchKind::AnyWrite => access.write,
                     }
             })
         }))
     }
 
-    /// The watch that one step from here fires, given the values before it: a
-    /// decoded read/access before the step, or a changed value after it.
+    /// The watch that one step from here fires: the engine's trap hit when the
+    /// watches are trapped; else, given the values before it, a decoded
+    /// read/access before the step, or a changed value after it.
     fn step_watching(
         &mut self,
         watches: &[Watch],
         values: &mut Vec<Option<u64>>,
     ) -> Result<(EngineStop, Option<usize>), ReplayError> {
+        if self.watches_trapped {
+            let stop = self.step_once(&[])?;
+            let hit = self.engine.take_watch_hit().map(|hit| hit.index);
+            return Ok((stop, hit));
+        }
         let decoded = self.decoded_watch_hit(watches)?;
         let stop = self.step_once(&[])?;
         let now = self.watched_values(watches);
@@ -719,6 +822,7 @@ impl<E: ReplayEngine> Timeline<E> {
 
     /// `stepi`.
     pub fn step_forward(&mut self, stops: &Stops) -> Result<TimelineStop, ReplayError> {
+        self.watches_trapped = self.install_watches(stops)?;
         let mut values = self.watched_values(&stops.watches);
         let (stop, hit) = self.step_watching(&stops.watches, &mut values)?;
         self.position.state = self.state_digest()?;
@@ -740,9 +844,11 @@ impl<E: ReplayEngine> Timeline<E> {
         stops: &Stops,
         interrupted: &mut dyn FnMut() -> bool,
     ) -> Result<TimelineStop, ReplayError> {
-        if !stops.watches.is_empty() {
+        self.watches_trapped = self.install_watches(stops)?;
+        if !self.watches_trapped {
             return self.continue_stepping(stops, interrupted);
         }
+        let watches = &stops.watches;
         let hardware = stops.hardware();
         let stops = hardware.as_slice();
         loop {
@@ -770,7 +876,13 @@ impl<E: ReplayEngine> Timeline<E> {
                     self.position = self.current_moment(Some(0))?;
                     return Ok(TimelineStop::HistoryEnd { status });
                 }
-                EngineStop::Watchpoint { .. } => {}
+                EngineStop::Watchpoint { watch } => {
+                    self.position = self.current_moment(None)?;
+                    self.last_watch_hit = self.engine.take_watch_hit();
+                    return Ok(TimelineStop::Watchpoint {
+                        address: watches[watch].address,
+                    });
+                }
                 EngineStop::Interrupted => {
                     self.position = self.current_moment(None)?;
                     return Ok(TimelineStop::Interrupted);
@@ -868,6 +980,7 @@ impl<E: ReplayEngine> Timeline<E> {
         interrupted: &mut dyn FnMut() -> bool,
     ) -> Result<TimelineStop, ReplayError> {
         let target = self.resolve_steps()?;
+        self.watches_trapped = self.install_watches(stops)?;
         let mut upper = target;
         loop {
             if interrupted() {
@@ -921,7 +1034,7 @@ impl<E: ReplayEngine> Timeline<E> {
     ) -> Result<Option<Vec<Hit>>, ReplayError> {
         let mut hits = Vec::new();
         let upper_steps = upper.steps.unwrap_or(0);
-        if stops.watches.is_empty() && self.engine.exits() < upper.exit {
+        if (stops.watches.is_empty() || self.watches_trapped) && self.engine.exits() < upper.exit {
             // Free runs with hardware breakpoints up to the upper moment's interval.
             // They pass a breakpoint where they start, and end at the upper
             // interval's start without looking at it: both points are checked by
@@ -941,6 +1054,11 @@ impl<E: ReplayEngine> Timeline<E> {
                         let moment = self.current_moment(None)?;
                         hits.push((moment, None));
                     }
+                    EngineStop::Watchpoint { watch } => {
+                        let moment = self.current_moment(None)?;
+                        self.engine.take_watch_hit();
+                        hits.push((moment, Some(stops.watches[watch].address)));
+                    }
                     EngineStop::Boundary => {
                         self.position = self.current_moment(Some(0))?;
                     }
@@ -952,7 +1070,7 @@ impl<E: ReplayEngine> Timeline<E> {
                         self.position = self.current_moment(None)?;
                         return Ok(None);
                     }
-                    EngineStop::Stepped | EngineStop::Watchpoint { .. } => return Ok(Some(hits)),
+                    EngineStop::Stepped => return Ok(Some(hits)),
                 }
             }
         }
@@ -1032,6 +1150,221 @@ impl<E: ReplayEngine> Timeline<E> {
                 }
             }
         }
+    }
+
+    /// From the point right after an instruction that hit a watch (the current
+    /// position), moves to the point right before it. Where the writer is one of
+    /// the instructions that end at RIP ([`ReplayEngine::writer_candidates`]),
+    /// it is found with breakpoints on them and returned as `(pc, occurrence)`:
+    /// the position is then the `occurrence`-th time `pc` runs in the interval
+    /// (see [`Timeline::goto_occurrence`]), reached without single-stepping the
+    /// interval. Otherwise (a jump's target, a writer the decoder does not see)
+    /// the interval is single-stepped and `None` returned.
+    pub fn back_over_write(&mut self) -> Result<Option<(u64, u64)>, ReplayError> {
+        let after = self.position;
+        if after.steps.is_none() {
+            let candidates: Vec<u64> = self
+                .engine
+                .writer_candidates()?
+                .into_iter()
+                .take(USER_HW_SLOTS)
+                .collect();
+            tracing::debug!(?candidates, %after, "looking for the writer");
+            if !candidates.is_empty() {
+                if let Some((pc, occurrence)) = self.find_writer(&after, &candidates)? {
+                    self.find_occurrence(after.exit, pc, occurrence)?;
+                    return Ok(Some((pc, occurrence)));
+                }
+                self.seek(&after)?;
+            }
+        }
+        self.step_backward()?;
+        Ok(None)
+    }
+
+    /// Runs the interval of `after` from its start with breakpoints on
+    /// `candidates`, single-stepping each hit, until the step that ends in
+    /// `after`'s state: that candidate and how many times it ran, or `None` when
+    /// the state is reached otherwise.
+    fn find_writer(
+        &mut self,
+        after: &ExecutionPoint,
+        candidates: &[u64],
+    ) -> Result<Option<(u64, u64)>, ReplayError> {
+        let exit = after.exit;
+        self.seek_steps(exit, 0)?;
+        let hardware: Vec<HwBreakpoint> = candidates
+            .iter()
+            .map(|&address| HwBreakpoint {
+                address,
+                condition: HwCondition::Execute,
+                len: 1,
+            })
+            .collect();
+        let mut counts = vec![0u64; candidates.len()];
+        let rip = self.engine.registers()?[16];
+        let mut at = candidates.iter().position(|&candidate| candidate == rip);
+        loop {
+            if let Some(index) = at {
+                counts[index] += 1;
+                self.position.steps = None;
+                let hit = self.over_one_instruction()?;
+                if self.engine.exits() != exit {
+                    self.position = self.current_moment(Some(0))?;
+                    return Ok(None);
+                }
+                if hit.is_some() && self.matches_state(&after.state)? {
+                    self.position = ExecutionPoint {
+                        steps: None,
+                        ..*after
+                    };
+                    return Ok(Some((candidates[index], counts[index])));
+                }
+            }
+            let stop = self
+                .engine
+                .resume(false, &hardware, Some(exit + 1), &mut || false)?;
+            self.position.steps = None;
+            match stop {
+                EngineStop::Breakpoint { address } => {
+                    at = candidates
+                        .iter()
+                        .position(|&candidate| candidate == address);
+                }
+                EngineStop::Watchpoint { .. } => {
+                    self.engine.take_watch_hit();
+                    if self.matches_state(&after.state)? {
+                        self.position = ExecutionPoint {
+                            steps: None,
+                            ..*after
+                        };
+                        return Ok(None);
+                    }
+                    // The next run would pass a breakpoint where it starts.
+                    let rip = self.engine.registers()?[16];
+                    at = candidates.iter().position(|&candidate| candidate == rip);
+                }
+                EngineStop::Boundary
+                | EngineStop::Ended { .. }
+                | EngineStop::Stepped
+                | EngineStop::Interrupted => {
+                    self.position = self.current_moment(None)?;
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    /// One whole instruction forward: a single step and, for a `rep` string
+    /// instruction the step left between iterations (run natively, each
+    /// iteration is a step), the run to its end. Returns the watch hit it made.
+    pub fn over_one_instruction(&mut self) -> Result<Option<WatchHit>, ReplayError> {
+        let exit = self.engine.exits();
+        let rip = self.engine.registers()?[16];
+        self.step_once(&[])?;
+        let mut hit = self.engine.take_watch_hit();
+        if self.engine.exits() != exit || self.engine.registers()?[16] != rip {
+            return Ok(hit);
+        }
+        let Some(next) = self.engine.next_instruction()? else {
+            return Ok(hit);
+        };
+        let end = [HwBreakpoint {
+            address: next,
+            condition: HwCondition::Execute,
+            len: 1,
+        }];
+        loop {
+            let stop = self
+                .engine
+                .resume(false, &end, Some(exit + 1), &mut || false)?;
+            hit = hit.or(self.engine.take_watch_hit());
+            // A hit inside the instruction stops at its end too.
+            if !matches!(stop, EngineStop::Watchpoint { .. })
+                || self.engine.registers()?[16] == next
+            {
+                break;
+            }
+        }
+        self.position = self.current_moment(None)?;
+        Ok(hit)
+    }
+
+    /// `monitor goto EXIT@PC#N`: the `occurrence`-th time (from 1) the
+    /// instruction at `pc` is about to run in the interval after exit `exit`. A
+    /// position named without counting single steps: `writes` lists positions
+    /// so, and breakpoints reach them at full speed.
+    pub fn goto_occurrence(
+        &mut self,
+        exit: u64,
+        pc: u64,
+        occurrence: u64,
+    ) -> Result<(), ReplayError> {
+        if exit > self.last_exit() {
+            return Err(TimelineError::PastTheEnd {
+                exit,
+                last: self.last_exit(),
+            }
+            .into());
+        }
+        let from = self.position;
+        let moved = self.find_occurrence(exit, pc, occurrence);
+        if moved.is_err() {
+            if let Err(error) = self.seek(&from) {
+                tracing::warn!(%error, "cannot return to {from} after a failed goto");
+            }
+        }
+        moved
+    }
+
+    fn find_occurrence(&mut self, exit: u64, pc: u64, occurrence: u64) -> Result<(), ReplayError> {
+        self.seek_steps(exit, 0)?;
+        let hardware = [HwBreakpoint {
+            address: pc,
+            condition: HwCondition::Execute,
+            len: 1,
+        }];
+        let mut seen = u64::from(self.engine.registers()?[16] == pc);
+        while seen < occurrence {
+            let stop = self
+                .engine
+                .resume(false, &hardware, Some(exit + 1), &mut || false)?;
+            self.position.steps = None;
+            match stop {
+                EngineStop::Breakpoint { .. } => seen += 1,
+                EngineStop::Watchpoint { .. } => {
+                    self.engine.take_watch_hit();
+                    // The next run would pass a breakpoint where it starts.
+                    if self.engine.registers()?[16] == pc {
+                        seen += 1;
+                    }
+                }
+                EngineStop::Boundary
+                | EngineStop::Ended { .. }
+                | EngineStop::Stepped
+                | EngineStop::Interrupted => {
+                    self.position = self.current_moment(None)?;
+                    return Err(TimelineError::NoSuchOccurrence {
+                        exit,
+                        pc,
+                        occurrence,
+                        seen,
+                    }
+                    .into());
+                }
+            }
+        }
+        self.position = self.current_moment(None)?;
+        self.named_occurrence = Some((self.position, pc, occurrence));
+        Ok(())
+    }
+
+    /// The current position as `(pc, occurrence)` in its interval (see
+    /// [`Timeline::goto_occurrence`]), if it was reached so.
+    pub fn position_as_occurrence(&self) -> Option<(u64, u64)> {
+        self.named_occurrence
+            .filter(|(point, ..)| same_point(point, &self.position))
+            .map(|(_, pc, occurrence)| (pc, occurrence))
     }
 
     /// `monitor goto`: a position as `EXIT` or `EXIT:STEPS`.

@@ -350,7 +350,7 @@ impl Runner {
     fn position(&mut self) -> Result<Position, RunError> {
         match &mut self.recorder {
             Some(recorder) if self.last_stop != LastStop::Exit => {
-                recorder.async_position(&self.machine, self.exits)
+                recorder.async_position(&mut self.machine, self.exits)
             }
             _ => Ok(Position::Exit(self.exits)),
         }
@@ -956,6 +956,9 @@ impl Runner {
                 tracing::trace!(exits = self.exits, "delivery breakpoint hit");
                 return Ok(RunState::Running);
             }
+            Entry::Trap(access) => ExitOutcome::Failed(GuestFailure::Unexpected(format!(
+                "an access to a trapped page in a live run, which traps none ({access:?})"
+            ))),
             Entry::Debug { pc, .. } => ExitOutcome::Failed(GuestFailure::Unexpected(format!(
                 "unexpected debug exit at {pc:#x}"
             ))),

@@ -132,7 +132,7 @@ impl Recorder {
     /// (not at an exit) after exit `exits`.
     pub(super) fn async_position(
         &mut self,
-        machine: &Machine,
+        machine: &mut Machine,
         exits: u64,
     ) -> Result<Position, RunError> {
         let regs = machine.registers()?;
@@ -155,8 +155,8 @@ impl Recorder {
     }
 
     /// Folds KVM's dirty log into the recorder's accumulations.
-    fn collect_dirty(&mut self, machine: &Machine) -> Result<(), RunError> {
-        let log = machine.vm().take_dirty_log()?;
+    fn collect_dirty(&mut self, machine: &mut Machine) -> Result<(), RunError> {
+        let log = machine.vm_mut().take_dirty_log()?;
         for (word, new) in self.dirty_since_boot.iter_mut().zip(&log) {
             *word |= new;
         }

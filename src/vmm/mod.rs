@@ -16,17 +16,21 @@ pub mod msr;
 pub mod paging;
 pub mod regs;
 pub mod state;
+pub mod traps;
 
 use cpuid::CpuidTable;
 use kvm_bindings::{
-    kvm_enable_cap, kvm_userspace_memory_region, KVM_CAP_X86_USER_SPACE_MSR, KVM_MAX_CPUID_ENTRIES,
-    KVM_MEM_LOG_DIRTY_PAGES, KVM_MSR_EXIT_REASON_FILTER, KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS,
+    kvm_enable_cap, KVM_CAP_X86_USER_SPACE_MSR, KVM_MAX_CPUID_ENTRIES, KVM_MSR_EXIT_REASON_FILTER,
+    KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS,
 };
 use kvm_ioctls::{
     Cap, Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VcpuFd, VmFd,
 };
 use memory::{GuestMemory, MemoryError};
 use thiserror::Error;
+use traps::{MemoryMap, TrapSet};
+
+use crate::PAGE_SIZE;
 
 /// Where KVM may place the TSS it needs for real-mode emulation on Intel: the top of
 /// the 32-bit space, far from guest RAM.
@@ -106,6 +110,8 @@ pub struct Vm {
     vm: VmFd,
     _kvm: Kvm,
     memory: GuestMemory,
+    /// The memslots over `memory` and the pages trapped out of them.
+    map: MemoryMap,
     cpuid: CpuidTable,
     features: HostFeatures,
 }
@@ -128,13 +134,7 @@ impl Vm {
         vm.set_tss_address(TSS_ADDRESS)
             .map_err(kvm_op("KVM_SET_TSS_ADDR"))?;
         let memory = GuestMemory::new(memory_size)?;
-        let region = kvm_userspace_memory_region {
-            slot: 0,
-            flags: KVM_MEM_LOG_DIRTY_PAGES,
-            guest_phys_addr: 0,
-            memory_size,
-            userspace_addr: memory.host_address(),
-        };
+        let region = MemoryMap::initial_region(&memory);
         // SAFETY: the region describes exactly the live anonymous mapping owned by
         // `memory`, which is stored in the same `Vm` and (by field order) outlives
         // the VM file descriptor that references it.
@@ -161,6 +161,7 @@ impl Vm {
             vcpu,
             vm,
             _kvm: kvm,
+            map: MemoryMap::new(memory.size() / PAGE_SIZE),
             memory,
             cpuid,
             features,
@@ -202,11 +203,25 @@ impl Vm {
         self.features
     }
 
-    /// Bitmap of pages written since the last call (bit i = page i).
-    pub fn take_dirty_log(&self) -> Result<Vec<u64>, VmmError> {
-        self.vm
-            .get_dirty_log(0, self.memory.size() as usize)
-            .map_err(kvm_op("KVM_GET_DIRTY_LOG"))
+    /// Bitmap of pages written since the last call (bit i = page i): logged by
+    /// KVM, or written by the VMM for the guest to a trapped page.
+    pub fn take_dirty_log(&mut self) -> Result<Vec<u64>, VmmError> {
+        self.map.take_dirty_log(&self.vm)
+    }
+
+    /// The memslot layout and its trapped pages.
+    pub fn memory_map(&self) -> &MemoryMap {
+        &self.map
+    }
+
+    /// Traps exactly the pages of `traps` (see [`traps`]).
+    pub fn set_traps(&mut self, traps: &TrapSet) -> Result<(), VmmError> {
+        self.map.set_traps(&self.vm, &self.memory, traps)
+    }
+
+    /// The vCPU to run, with what serving a trapped access needs beside it.
+    pub fn run_parts(&mut self) -> (&mut VcpuFd, &mut GuestMemory, &mut MemoryMap) {
+        (&mut self.vcpu, &mut self.memory, &mut self.map)
     }
 }
 

@@ -66,6 +66,70 @@ pub fn translate(memory: &GuestMemory, sregs: &kvm_sregs, virtual_address: u64) 
     Some((pte & 0xffff_f000) | (virtual_address & 0xfff))
 }
 
+/// Most page-table pages [`table_pages`] collects: a walk stops there (a guest
+/// with more has a map no watch is cheap on anyway).
+const MAX_TABLE_PAGES: usize = 1 << 16;
+
+/// The page numbers of the guest's page-table pages reachable from CR3 now
+/// (the pages whose accessed and dirty bits the CPU may set): empty before
+/// paging is on.
+pub fn table_pages(memory: &GuestMemory, sregs: &kvm_sregs) -> std::collections::BTreeSet<u64> {
+    let mut pages = std::collections::BTreeSet::new();
+    if sregs.cr0 & CR0_PG == 0 {
+        return pages;
+    }
+    let read_entry = |address: u64, wide: bool| -> Option<u64> {
+        if wide {
+            memory.read_u64(address).ok()
+        } else {
+            let mut bytes = [0u8; 4];
+            memory.read(address, &mut bytes).ok()?;
+            Some(u64::from(u32::from_le_bytes(bytes)))
+        }
+    };
+    // (table address, levels below it, entries, entry width in bytes)
+    let (root, levels, root_entries, wide) = if sregs.efer & EFER_LMA != 0 {
+        (sregs.cr3 & ADDRESS_MASK, 3u32, 512u64, true)
+    } else if sregs.cr4 & CR4_PAE != 0 {
+        (sregs.cr3 & 0xffff_ffe0, 2, 4, true)
+    } else {
+        (sregs.cr3 & 0xffff_f000, 1, 1024, false)
+    };
+    let mut pending = vec![(root, levels, root_entries)];
+    while let Some((table, levels, entries)) = pending.pop() {
+        if !pages.insert(table / crate::PAGE_SIZE) || pages.len() >= MAX_TABLE_PAGES {
+            continue;
+        }
+        if levels == 0 {
+            continue;
+        }
+        let width = if wide { 8 } else { 4 };
+        for index in 0..entries {
+            let Some(entry) = read_entry(table + index * width, wide) else {
+                break;
+            };
+            // Which levels may map a large page: PDPT and PD entries in long
+            // mode, PD entries with PAE, and with 32-bit paging where CR4.PSE.
+            let large_here = match (sregs.efer & EFER_LMA != 0, wide) {
+                (true, _) => levels <= 2,
+                (false, true) => levels == 1,
+                (false, false) => levels == 1 && sregs.cr4 & CR4_PSE != 0,
+            };
+            if entry & PAGE_PRESENT == 0 || (large_here && entry & PAGE_LARGE != 0) {
+                continue;
+            }
+            let next = if wide {
+                entry & ADDRESS_MASK
+            } else {
+                entry & 0xffff_f000
+            };
+            let next_entries = if wide { 512 } else { 1024 };
+            pending.push((next, levels - 1, next_entries));
+        }
+    }
+    pages
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,5 +158,12 @@ mod tests {
         assert_eq!(translate(&memory, &sregs, 0x40_0000), None);
         let flat = kvm_sregs::default();
         assert_eq!(translate(&memory, &flat, 0x1234), Some(0x1234));
+        let tables: Vec<u64> = table_pages(&memory, &sregs).into_iter().collect();
+        assert_eq!(
+            tables,
+            [1, 2, 3],
+            "PML4, PDPT and PD; the 2 MiB page is data"
+        );
+        assert!(table_pages(&memory, &flat).is_empty());
     }
 }

@@ -331,6 +331,15 @@ pub trait Debuggee {
 
     /// `monitor info trace`: describe the trace (length, clock, guest, …).
     fn info_trace(&mut self) -> Result<String, DebuggeeError>;
+
+    /// `monitor writes RANGE`: every write to a range of guest memory over the
+    /// whole history, each with a position [`Debuggee::goto`] takes. The range
+    /// is in the debuggee's own syntax (a symbol, an address, a length). The
+    /// current position is left as it was.
+    fn writes(&mut self, range: &str) -> Result<String, DebuggeeError> {
+        let _ = range;
+        Err(DebuggeeError::Unsupported("monitor writes"))
+    }
 }
 
 impl fmt::Display for ResumeRequest {

@@ -20,6 +20,9 @@ lore-dbg monitor commands:
   monitor info checkpoints     list checkpoints
   monitor info trace           describe the trace being replayed
   monitor phys ADDR [LEN]      dump LEN (default 64, at most 4096) bytes of guest-physical memory
+  monitor writes SYMBOL|ADDR[:LEN]
+                               every write to that memory over the whole recording, with
+                               the position of each (before the write) for `monitor goto`
 After `goto` or `restart`, run `maintenance flush register-cache` so that gdb
 re-reads registers and memory. The replayed machine is read-only: writes to
 registers or memory are refused.
@@ -46,6 +49,8 @@ pub enum MonitorCommand {
     InfoCheckpoints,
     /// `info trace`.
     InfoTrace,
+    /// `writes RANGE`; the range text is passed on verbatim.
+    Writes(String),
     /// `phys ADDR [LEN]`.
     Phys {
         /// Guest-physical address.
@@ -98,6 +103,8 @@ impl MonitorCommand {
                     Ok(Self::Goto(position.to_string()))
                 }
             }
+            ["writes", range] => Ok(Self::Writes(range.to_string())),
+            ["writes", ..] => usage("writes SYMBOL|ADDR[:LEN]"),
             ["checkpoint"] => Ok(Self::Checkpoint),
             ["restart", number] => match parse_number(number) {
                 Some(checkpoint) => Ok(Self::Restart(checkpoint)),
@@ -164,6 +171,7 @@ pub fn run_monitor_command<D: Debuggee + ?Sized>(debuggee: &mut D, raw: &[u8]) -
         MonitorCommand::Restart(checkpoint) => debuggee.restart(checkpoint),
         MonitorCommand::InfoCheckpoints => debuggee.info_checkpoints(),
         MonitorCommand::InfoTrace => debuggee.info_trace(),
+        MonitorCommand::Writes(range) => debuggee.writes(&range),
         MonitorCommand::Phys { addr, len } => {
             // `len` is at most PHYS_DUMP_MAX, so this allocation is bounded.
             let mut buf = vec![0u8; len as usize];
@@ -197,6 +205,8 @@ mod tests {
             ("restart 0x10", MonitorCommand::Restart(16)),
             ("info checkpoints", MonitorCommand::InfoCheckpoints),
             ("info   trace", MonitorCommand::InfoTrace),
+            ("writes canary", MonitorCommand::Writes("canary".into())),
+            ("writes 0x1000:4", MonitorCommand::Writes("0x1000:4".into())),
             (
                 "phys 0x1000",
                 MonitorCommand::Phys {
@@ -234,6 +244,8 @@ mod tests {
         assert!(message("restart x").starts_with("usage: monitor restart"));
         assert!(message("restart").starts_with("usage: monitor restart"));
         assert!(message("info").starts_with("usage: monitor info"));
+        assert!(message("writes").starts_with("usage: monitor writes"));
+        assert!(message("writes a b").starts_with("usage: monitor writes"));
         assert!(message("phys").starts_with("usage: monitor phys"));
         assert!(message("phys 0 0").starts_with("usage: monitor phys"));
         assert!(message("phys 0 99999").starts_with("usage: monitor phys"));

@@ -23,8 +23,10 @@ use crate::digest::{self, RegisterArray};
 use crate::replay::access::Access;
 use crate::replay::engine::ReplayEngine;
 use crate::replay::timeline::TimelineError;
+use crate::replay::watch::{merge_hit, trap_set, PhysicalWatch, WatchHit, WatchValues};
 use crate::replay::{EngineStop, ReplayError, USER_HW_SLOTS};
 use crate::vmm::debug::{HwBreakpoint, HwCondition};
+use crate::vmm::traps::{TrapAccess, TrapMode, TrapSet};
 
 const PAGE_SIZE: usize = 4096;
 /// Bytes of guest memory.
@@ -278,6 +280,13 @@ pub(crate) struct FakeEngine {
     state: FakeState,
     memory: Vec<u8>,
     written_since_mark: Vec<u64>,
+    /// Trapped watches, as the KVM replayer keeps them.
+    watches: WatchValues,
+    traps: TrapSet,
+    watch_hit: Option<WatchHit>,
+    /// Whether guest-virtual addresses can be translated (else watches cannot
+    /// be trapped, as on a page the guest has not mapped).
+    pub(crate) translates: bool,
     /// What was asked of it.
     pub(crate) log: FakeLog,
 }
@@ -296,6 +305,10 @@ impl FakeEngine {
             },
             memory: Script::boot_memory(),
             written_since_mark: vec![0; words],
+            watches: WatchValues::default(),
+            traps: TrapSet::new(),
+            watch_hit: None,
+            translates: true,
             log: FakeLog::default(),
         }
     }
@@ -337,6 +350,27 @@ impl FakeEngine {
             .copied()
     }
 
+    /// Notes an access that a trapped page would have made exit, as the KVM
+    /// replayer does.
+    fn trap(&mut self, address: u64, write: bool) {
+        let trapped = [address, address + ACCESS_LEN - 1].iter().any(|byte| {
+            match self.traps.get(&(byte / PAGE_SIZE as u64)) {
+                Some(TrapMode::Accesses) => true,
+                Some(TrapMode::Writes) => write,
+                None => false,
+            }
+        });
+        if trapped {
+            let access = TrapAccess {
+                address,
+                len: ACCESS_LEN as u8,
+                write,
+            };
+            let hit = self.watches.after_access(&access, &self.memory);
+            merge_hit(&mut self.watch_hit, hit);
+        }
+    }
+
     /// Executes one instruction; returns whether it caused an exit (served here).
     fn execute(&mut self) -> Result<bool, ReplayError> {
         let Some(instruction) = self.current() else {
@@ -347,11 +381,16 @@ impl FakeEngine {
         self.state.retired += 1;
         self.log.executed += 1;
         match instruction.op {
-            Op::Compute | Op::Load { .. } => Ok(false),
+            Op::Compute => Ok(false),
+            Op::Load { address } => {
+                self.trap(address, false);
+                Ok(false)
+            }
             Op::Store { address, value } => {
                 store(&mut self.memory, address, value);
                 mark_written(&mut self.state.written_since_boot, address);
                 mark_written(&mut self.written_since_mark, address);
+                self.trap(address, true);
                 Ok(false)
             }
             Op::Exit => {
@@ -390,6 +429,8 @@ impl ReplayEngine for FakeEngine {
             return Ok(EngineStop::Boundary);
         }
         let mut at_start = true;
+        self.watch_hit = None;
+        self.watches.refresh(&self.memory);
         loop {
             // Where the KVM replayer enters the vCPU, it asks first.
             self.log.interrupt_polls += 1;
@@ -407,6 +448,9 @@ impl ReplayEngine for FakeEngine {
                 }
                 if single_step {
                     return Ok(EngineStop::Stepped);
+                }
+                if let Some(hit) = &self.watch_hit {
+                    return Ok(EngineStop::Watchpoint { watch: hit.index });
                 }
             }
             if let Some(status) = self.state.ended {
@@ -498,6 +542,39 @@ impl ReplayEngine for FakeEngine {
         }
         buffer.copy_from_slice(&self.memory[address as usize..end as usize]);
         true
+    }
+
+    fn writer_candidates(&self) -> Result<Vec<u64>, ReplayError> {
+        let previous = self
+            .state
+            .retired
+            .checked_sub(1)
+            .and_then(|index| self.script.instructions.get(index as usize));
+        Ok(match previous {
+            Some(Instruction {
+                rip,
+                op: Op::Store { .. },
+            }) => vec![*rip],
+            _ => Vec::new(),
+        })
+    }
+
+    fn next_instruction(&self) -> Result<Option<u64>, ReplayError> {
+        Ok(Some(self.script.rip_at(self.state.retired) + 4))
+    }
+
+    fn translate(&self, address: u64) -> Option<u64> {
+        (self.translates && address < MEMORY_LEN as u64).then_some(address)
+    }
+
+    fn set_watches(&mut self, watches: &[PhysicalWatch]) -> Result<bool, ReplayError> {
+        self.watches.set(watches, &self.memory);
+        self.traps = trap_set(watches);
+        Ok(true)
+    }
+
+    fn take_watch_hit(&mut self) -> Option<WatchHit> {
+        self.watch_hit.take()
     }
 
     fn accesses_at_rip(&self) -> Result<Vec<Access>, ReplayError> {

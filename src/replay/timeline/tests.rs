@@ -23,6 +23,13 @@ fn timeline(script: &Script) -> FakeTimeline {
     Timeline::new(FakeEngine::new(script.clone())).expect("a timeline over the fake engine")
 }
 
+/// A timeline whose watches cannot be trapped: it single-steps for them.
+fn stepping_timeline(script: &Script) -> FakeTimeline {
+    let mut engine = FakeEngine::new(script.clone());
+    engine.translates = false;
+    Timeline::new(engine).expect("a timeline over the fake engine")
+}
+
 fn never() -> impl FnMut() -> bool {
     || false
 }
@@ -595,15 +602,21 @@ fn interrupt_at(count: u64, calls: &std::cell::Cell<u64>) -> impl FnMut() -> boo
 fn an_interrupt_during_a_reverse_search_stops_it_where_it_is() {
     // From the end, the search runs from checkpoint 96 to the end, then from
     // checkpoint 64 on. The 9th check falls in that second run: with breakpoints
-    // the engine asks at each entry (the run's start and each exit), so after
-    // exit 66; with a watch the timeline single-steps and asks at each interval's
-    // start, so at the start of interval 68.
-    for (stops, stopped_at) in [
-        (breakpoints(&[NOWHERE]), 66),
-        (watch(WatchKind::Write, OTHER_DATA), 68),
+    // or a trapped watch the engine asks at each entry (the run's start and each
+    // exit), so after exit 66; with a watch that cannot be trapped the timeline
+    // single-steps and asks at each interval's start, so at the start of interval
+    // 68.
+    for (stops, trapped, stopped_at) in [
+        (breakpoints(&[NOWHERE]), true, 66),
+        (watch(WatchKind::Write, OTHER_DATA), true, 66),
+        (watch(WatchKind::Write, OTHER_DATA), false, 68),
     ] {
         let script = Script::uniform(100, 10, STATUS);
-        let mut timeline = timeline(&script);
+        let mut timeline = if trapped {
+            timeline(&script)
+        } else {
+            stepping_timeline(&script)
+        };
         run_to_end(&mut timeline);
         let calls = std::cell::Cell::new(0);
         assert_eq!(
@@ -639,7 +652,7 @@ fn continuing_over_known_history_again_adds_no_duplicate_checkpoints() {
 fn stepping_over_known_history_again_adds_no_duplicate_checkpoints() {
     let script =
         Script::with_intervals(&[10, 600, 10], STATUS).with(1, 400, rip(400), store(DATA, 1));
-    let mut timeline = timeline(&script);
+    let mut timeline = stepping_timeline(&script);
     timeline.goto(1, 300).unwrap();
     assert!(checkpoint_points(&timeline).contains(&(1, Some(256))));
     timeline.goto(1, 100).unwrap();
