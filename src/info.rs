@@ -720,6 +720,8 @@ mod tests {
                 rtc_base_unix_secs: 0,
                 recorded_at_unix_secs: 0,
                 host: HostFacts::default(),
+                boot_protocol: 0,
+                modules: Vec::new(),
             },
             events_by_kind: [("end", u64::from(end)), ("pio-in", 7)]
                 .into_iter()

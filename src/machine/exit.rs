@@ -85,6 +85,8 @@ pub enum GuestFailure {
     },
     /// Any other exit this VMM never asks for, named.
     Unexpected(String),
+    /// An access outside RAM or to a port no device answers, under `--strict`.
+    Astray(String),
 }
 
 impl fmt::Display for GuestFailure {
@@ -100,7 +102,7 @@ impl fmt::Display for GuestFailure {
                     "VM entry failed (hardware reason {reason:#x} on cpu {cpu})"
                 )
             }
-            Self::Unexpected(what) => write!(f, "{what}"),
+            Self::Unexpected(what) | Self::Astray(what) => write!(f, "{what}"),
         }
     }
 }

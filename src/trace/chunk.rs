@@ -27,7 +27,7 @@ use thiserror::Error;
 /// 5: the end record keeps what the interrupt delivery policy cost.
 /// 6: every file's preamble carries the recording id and a CRC of its own; the
 /// end record says whether the user stopped the recording.
-pub const TRACE_VERSION: u32 = 6;
+pub const TRACE_VERSION: u32 = 7;
 const FILE_MAGIC: [u8; 8] = *b"LOREDBG\0";
 const CHUNK_MAGIC: [u8; 4] = *b"CHNK";
 /// Bytes of a file's preamble: magic, version, kind, three reserved bytes, the
