@@ -263,8 +263,10 @@ impl ScreenWatch {
             VgaMode::Off => Ok(()),
             VgaMode::Text => {
                 self.show_if_changed(screen)?;
-                if let (Some(rows), Some(_)) = (self.terminal, &self.last) {
-                    write!(self.out, "\x1b[r\x1b[{rows};1H\n")?;
+                if self.terminal.is_some() && self.last.is_some() {
+                    // Give the whole terminal back, the cursor where the serial
+                    // output left it (resetting the region homes the cursor).
+                    write!(self.out, "\x1b7\x1b[r\x1b8")?;
                 }
                 self.out.flush()
             }

@@ -331,6 +331,11 @@ pub trait Debuggee {
 
     /// `monitor info trace`: describe the trace (length, clock, guest, …).
     fn info_trace(&mut self) -> Result<String, DebuggeeError>;
+
+    /// `monitor screen`: the text screen at the current position.
+    fn screen(&mut self) -> Result<String, DebuggeeError> {
+        Err(DebuggeeError::Unsupported("monitor screen"))
+    }
 }
 
 impl fmt::Display for ResumeRequest {

@@ -20,6 +20,7 @@ lore-dbg monitor commands:
   monitor info checkpoints     list checkpoints
   monitor info trace           describe the trace being replayed
   monitor phys ADDR [LEN]      dump LEN (default 64, at most 4096) bytes of guest-physical memory
+  monitor screen               show the VGA text screen at the current position
 After `goto` or `restart`, run `maintenance flush register-cache` so that gdb
 re-reads registers and memory. The replayed machine is read-only: writes to
 registers or memory are refused.
@@ -46,6 +47,8 @@ pub enum MonitorCommand {
     InfoCheckpoints,
     /// `info trace`.
     InfoTrace,
+    /// `screen`.
+    Screen,
     /// `phys ADDR [LEN]`.
     Phys {
         /// Guest-physical address.
@@ -107,6 +110,8 @@ impl MonitorCommand {
             ["info", "checkpoints"] => Ok(Self::InfoCheckpoints),
             ["info", "trace"] => Ok(Self::InfoTrace),
             ["info", ..] => usage("info checkpoints | info trace"),
+            ["screen"] => Ok(Self::Screen),
+            ["screen", ..] => usage("screen"),
             ["phys", rest @ ..] => {
                 let parsed = match rest {
                     [addr] => parse_number(addr).map(|addr| (addr, PHYS_DUMP_DEFAULT)),
@@ -164,6 +169,7 @@ pub fn run_monitor_command<D: Debuggee + ?Sized>(debuggee: &mut D, raw: &[u8]) -
         MonitorCommand::Restart(checkpoint) => debuggee.restart(checkpoint),
         MonitorCommand::InfoCheckpoints => debuggee.info_checkpoints(),
         MonitorCommand::InfoTrace => debuggee.info_trace(),
+        MonitorCommand::Screen => debuggee.screen(),
         MonitorCommand::Phys { addr, len } => {
             // `len` is at most PHYS_DUMP_MAX, so this allocation is bounded.
             let mut buf = vec![0u8; len as usize];
@@ -197,6 +203,7 @@ mod tests {
             ("restart 0x10", MonitorCommand::Restart(16)),
             ("info checkpoints", MonitorCommand::InfoCheckpoints),
             ("info   trace", MonitorCommand::InfoTrace),
+            (" screen", MonitorCommand::Screen),
             (
                 "phys 0x1000",
                 MonitorCommand::Phys {
@@ -235,6 +242,7 @@ mod tests {
         assert!(message("restart").starts_with("usage: monitor restart"));
         assert!(message("info").starts_with("usage: monitor info"));
         assert!(message("phys").starts_with("usage: monitor phys"));
+        assert!(message("screen 2").starts_with("usage: monitor screen"));
         assert!(message("phys 0 0").starts_with("usage: monitor phys"));
         assert!(message("phys 0 99999").starts_with("usage: monitor phys"));
         assert_eq!(
