@@ -298,7 +298,7 @@ fn grub_invaders_shows_its_screen_when_stopped_and_in_replay() {
     let invaders = invaders.to_str().expect("utf-8 path");
 
     // Ctrl-C ends a run; the last screen is printed all the same.
-    let mut run = Running::start(&["run", invaders, "--vga", "dump"]);
+    let run = Running::start(&["run", invaders, "--vga", "dump"]);
     std::thread::sleep(Duration::from_secs(2));
     let (code, stdout, stderr) = run.stop("INT");
     assert_eq!(code, 130, "{stderr}");

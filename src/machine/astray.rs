@@ -172,7 +172,7 @@ impl Astray {
                         "lore-dbg: the guest {access} {}, which no device of lore-dbg answers: reads return all ones, writes are dropped (--strict stops here)",
                         describe()
                     );
-                } else if total >= 1000 && total.is_power_of_ten() {
+                } else if total >= 1000 && is_power_of_ten(total) {
                     eprintln!(
                         "lore-dbg: the guest keeps going astray: {} accessed {total} times",
                         describe()
@@ -215,19 +215,13 @@ impl Astray {
     }
 }
 
-/// `u64::is_power_of_ten`, which std lacks.
-trait PowerOfTen {
-    fn is_power_of_ten(self) -> bool;
-}
-
-impl PowerOfTen for u64 {
-    fn is_power_of_ten(self) -> bool {
-        let mut value = self;
-        while value >= 10 && value % 10 == 0 {
-            value /= 10;
-        }
-        value == 1
+/// Whether `value` is 1, 10, 100, …
+fn is_power_of_ten(value: u64) -> bool {
+    let mut value = value;
+    while value >= 10 && value % 10 == 0 {
+        value /= 10;
     }
+    value == 1
 }
 
 #[cfg(test)]
@@ -283,8 +277,8 @@ mod tests {
 
     #[test]
     fn powers_of_ten() {
-        assert!(1000u64.is_power_of_ten());
-        assert!(!1001u64.is_power_of_ten());
-        assert!(!2000u64.is_power_of_ten());
+        assert!(is_power_of_ten(1000));
+        assert!(!is_power_of_ten(1001));
+        assert!(!is_power_of_ten(2000));
     }
 }
