@@ -238,6 +238,16 @@ impl TraceInfo {
             header.command_line,
             header.memory_size >> 20
         )?;
+        if header.boot_protocol != 0 {
+            writeln!(out, "boot:         multiboot2")?;
+        }
+        for (index, module) in header.modules.iter().enumerate() {
+            writeln!(
+                out,
+                "module {index}:     {} bytes (command line {:?})",
+                module.size, module.command_line
+            )?;
+        }
         writeln!(
             out,
             "recorded:     {} by lore-dbg {} on {} ({})",

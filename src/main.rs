@@ -513,6 +513,9 @@ fn debug(args: DebugArgs) -> Result<ExitCode> {
 fn replay(args: ReplayArgs) -> Result<ExitCode> {
     let dir = resolve_trace(&args.trace)?;
     if let Some(address) = &args.gdb {
+        if args.vga.vga != VgaArg::Off {
+            anyhow::bail!("--vga shows a replay that runs to its end; under gdb, `monitor screen` shows the screen at any point");
+        }
         return serve_gdb(&dir, address);
     }
     let mut screen = args.vga.watch()?;
