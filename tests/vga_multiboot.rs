@@ -339,3 +339,31 @@ fn going_astray_is_reported_and_strict_stops_there() {
     assert!(strict.stderr.contains("registers:") && strict.stderr.contains("RIP="));
     assert!(strict.stderr.contains("last exits:"), "{strict:#?}");
 }
+
+/// Xen executes `rdssp` (a NOP without shadow stacks) in ring 0, which KVM's
+/// instruction emulator on nested hosts refuses; lore-dbg executes it as the
+/// CPU would, recorded and replayed alike.
+#[test]
+fn reserved_nops_run_as_nops() {
+    require_kvm();
+    let dir = scratch_dir("vga-nops");
+    let code = [
+        0xb8, 0x2a, 0, 0, 0, // mov eax, 42
+        0xf3, 0x0f, 0x1e, 0xc8, // rdsspd eax (a NOP here: eax stays 42)
+        0xf3, 0x0f, 0x1e, 0xfb, // endbr32
+        0xe6, 0x80, // out 0x80, al (an exit, so the trace has one)
+        0x83, 0xe8, 0x2a, // sub eax, 42
+        0xe6, 0xf4, // out 0xf4, al: status (0 << 1) | 1 if eax was kept
+        0xf4, // hlt
+    ];
+    let image = dir.join("nops.bin");
+    std::fs::write(&image, common::flat_multiboot_image(&code)).expect("image");
+    let image = image.to_str().expect("utf-8");
+    let trace = dir.join("trace");
+    let trace = trace.to_str().expect("utf-8");
+    let recorded = run(&["record", image, "-o", trace]);
+    assert_eq!(recorded.code(), 1, "{recorded:#?}");
+    let replayed = run(&["replay", trace]);
+    assert_eq!(replayed.code(), 1, "{replayed:#?}");
+    assert!(replayed.stderr.contains("replay matched the recording"));
+}
