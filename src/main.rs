@@ -161,7 +161,9 @@ struct RunArgs {
     /// Guest RAM, e.g. 64M, 1G, or bytes.
     #[arg(long, default_value = "128M", value_parser = parse_size)]
     mem: u64,
-    /// Multiboot command line passed to the guest.
+    /// The guest's command line, as QEMU's -append: a multiboot v1 kernel sees
+    /// its image path first, as QEMU and GRUB legacy pass it (Xen, for one,
+    /// skips that word); a multiboot2 kernel gets only this, as from GRUB 2.
     #[arg(long, default_value = "")]
     cmdline: String,
     /// Feed the UART's receiver from this file instead of stdin.
@@ -320,6 +322,17 @@ fn run_config(args: RunArgs) -> Result<(RunConfig, String)> {
     let (image, name) = read_guest(&args.guest, args.mem)?;
     let modules = read_modules(&args)?;
     let screen = args.vga.watch()?;
+    let protocol = if args.multiboot2 {
+        lore_dbg::boot::Protocol::Multiboot2
+    } else {
+        lore_dbg::boot::Protocol::Auto
+    };
+    let command_line = match &args.guest {
+        Some(path) if lore_dbg::boot::boots_by_multiboot1(&image, protocol) => {
+            format!("{} {}", path.display(), args.cmdline)
+        }
+        _ => args.cmdline,
+    };
     let serial_input = match &args.serial_in {
         Some(path) => SerialInput::Bytes(
             std::fs::read(path)
@@ -330,13 +343,9 @@ fn run_config(args: RunArgs) -> Result<(RunConfig, String)> {
     let config = RunConfig {
         image,
         memory_size: args.mem,
-        command_line: args.cmdline,
+        command_line,
         modules,
-        protocol: if args.multiboot2 {
-            lore_dbg::boot::Protocol::Multiboot2
-        } else {
-            lore_dbg::boot::Protocol::Auto
-        },
+        protocol,
         serial_input,
         serial_output: Box::new(std::io::stdout()),
         rtc_base_unix_secs: runner::host_unix_secs(),

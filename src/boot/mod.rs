@@ -552,6 +552,14 @@ fn place_modules(
     Ok(ranges)
 }
 
+/// Whether [`load_boot`] boots `kernel` by multiboot v1 under `protocol`. Boot
+/// loaders differ on the command line there: QEMU (and GRUB legacy) pass a v1
+/// kernel its own path as the first word, and kernels such as Xen skip it,
+/// while GRUB 2's `multiboot2` passes only the arguments.
+pub fn boots_by_multiboot1(kernel: &[u8], protocol: Protocol) -> bool {
+    protocol == Protocol::Auto && find_header(kernel).is_ok()
+}
+
 /// Loads a multiboot v1 image and its information structure into `memory`,
 /// without modules (what `qemu -kernel IMAGE -append COMMAND_LINE` does).
 pub fn load(
