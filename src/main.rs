@@ -26,7 +26,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Boot a multiboot v1 ELF (as `qemu-system-x86_64 -kernel` does) and run it.
+    /// Boot a multiboot kernel (v1 as `qemu-system-x86_64 -kernel` does, multiboot2
+    /// as GRUB does) and run it.
     ///
     /// Serial output (COM1) goes to stdout; serial input comes from --serial-in or
     /// stdin. The exit status is the guest's isa-debug-exit status ((v << 1) | 1 for a
@@ -156,7 +157,8 @@ struct InfoArgs {
 
 #[derive(Debug, clap::Args)]
 struct RunArgs {
-    /// The guest: a multiboot v1 ELF image. Default: the built-in demo guest.
+    /// The guest: a multiboot v1 or multiboot2 kernel image (ELF, or flat with the
+    /// header's address fields). Default: the built-in demo guest.
     guest: Option<PathBuf>,
     /// Guest RAM, e.g. 64M, 1G, or bytes.
     #[arg(long, default_value = "128M", value_parser = parse_size)]
