@@ -14,6 +14,11 @@
 //!
 //! A region is one port, or a 64 KiB block of guest-physical addresses. The
 //! notes depend only on the exits the guest causes, so a replay counts the same.
+//!
+//! A guest that asks for a reset (0xFE to the keyboard controller, the reset bit
+//! of port 0xCF9 or of port 0x92) has given up, typically after a panic; there
+//! is no firmware to reboot into, so the run ends there, with that said, as
+//! `qemu -no-reboot` ends — whatever the policy.
 
 use super::exit::GuestFailure;
 use kvm_ioctls::VcpuExit;
@@ -120,8 +125,16 @@ impl Astray {
     }
 
     /// Notes `exit` if it goes astray; returns the failure that ends the run when
-    /// strict. Called before the exit is handled.
+    /// strict, or when the guest asks for a reset. Called before the exit is
+    /// handled.
     pub fn note(&mut self, exit: &VcpuExit<'_>, board: &Board) -> Option<GuestFailure> {
+        if let VcpuExit::IoOut(port, data) = exit {
+            if let Some(how) = reset_request(*port, data) {
+                return Some(GuestFailure::Reset(format!(
+                    "the guest asked to reset the machine ({how}); lore-dbg has no firmware to reboot into and ends the run here"
+                )));
+            }
+        }
         let (region, address, write) = match exit {
             VcpuExit::IoIn(port, _) if !board.claims_port(*port) => {
                 (Region::Port(*port), u64::from(*port), false)
@@ -215,6 +228,17 @@ impl Astray {
     }
 }
 
+/// How a write of `data` to `port` asks a PC to reset, if it does.
+fn reset_request(port: u16, data: &[u8]) -> Option<String> {
+    let value = *data.first()?;
+    match port {
+        0x64 if value == 0xfe => Some("0xfe to the keyboard controller at port 0x64".into()),
+        0xcf9 if value & 0x04 != 0 => Some(format!("{value:#x} to the reset control port 0xcf9")),
+        0x92 if value & 0x01 != 0 => Some(format!("{value:#x} to system control port 0x92")),
+        _ => None,
+    }
+}
+
 /// Whether `value` is 1, 10, 100, …
 fn is_power_of_ten(value: u64) -> bool {
     let mut value = value;
@@ -273,6 +297,25 @@ mod tests {
             panic!("{failure:?}");
         };
         assert!(text.contains("writes to port 0x60"), "{text}");
+    }
+
+    #[test]
+    fn a_reset_request_ends_the_run_whatever_the_policy() {
+        let board = board();
+        let mut astray = Astray::new(AstrayPolicy::Count, 16 << 20);
+        assert!(astray
+            .note(&VcpuExit::IoOut(0x64, &[0xd1]), &board)
+            .is_none());
+        assert!(astray
+            .note(&VcpuExit::IoOut(0x92, &[0x02]), &board)
+            .is_none());
+        for (port, value) in [(0x64, 0xfe), (0xcf9, 0x06), (0x92, 0x03)] {
+            let failure = astray.note(&VcpuExit::IoOut(port, &[value]), &board);
+            assert!(
+                matches!(failure, Some(GuestFailure::Reset(ref text)) if text.contains("reset the machine")),
+                "{port:#x}: {failure:?}"
+            );
+        }
     }
 
     #[test]

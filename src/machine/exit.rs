@@ -87,6 +87,8 @@ pub enum GuestFailure {
     Unexpected(String),
     /// An access outside RAM or to a port no device answers, under `--strict`.
     Astray(String),
+    /// The guest asked to reset the machine, which lore-dbg does not do.
+    Reset(String),
 }
 
 impl fmt::Display for GuestFailure {
@@ -102,7 +104,9 @@ impl fmt::Display for GuestFailure {
                     "VM entry failed (hardware reason {reason:#x} on cpu {cpu})"
                 )
             }
-            Self::Unexpected(what) | Self::Astray(what) => write!(f, "{what}"),
+            Self::Unexpected(what) | Self::Astray(what) | Self::Reset(what) => {
+                write!(f, "{what}")
+            }
         }
     }
 }

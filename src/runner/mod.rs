@@ -1016,6 +1016,10 @@ impl Runner {
                 what,
                 stop: self.guest_stop(),
             }),
+            ExitOutcome::Failed(GuestFailure::Reset(what)) => Err(RunError::Reset {
+                what,
+                stop: self.guest_stop(),
+            }),
             ExitOutcome::Failed(failure) => Err(RunError::GuestFailure {
                 reason: failure.to_string(),
                 stop: self.guest_stop(),
