@@ -153,11 +153,22 @@ fn a_recording_keeps_its_module_and_replays_the_same_screen() {
     let (screen, _) = split_dump(&replayed.stdout);
     assert_eq!(screen[0], "lore-dbg VGA guest, booted by multiboot2");
 
-    // A damaged module copy is refused, by name.
+    let info = run(&["info", dir.to_str().expect("utf-8"), "--verify"]);
+    assert_eq!(info.code(), 0, "{info:#?}");
+    assert!(
+        info.stdout.contains("boot:         multiboot2"),
+        "{info:#?}"
+    );
+    assert!(info.stdout.contains("module 0:     38 bytes"), "{info:#?}");
+
+    // A damaged module copy is refused, by name, by replay and by --verify.
     std::fs::write(dir.join("module-0"), "something else").expect("damage");
     let damaged = run(&["replay", dir.to_str().expect("utf-8")]);
     assert_eq!(damaged.code(), 2, "{damaged:#?}");
     assert!(damaged.stderr.contains("module-0"), "{damaged:#?}");
+    let info = run(&["info", dir.to_str().expect("utf-8"), "--verify"]);
+    assert_eq!(info.code(), 2, "{info:#?}");
+    assert!(info.stdout.contains("module-0"), "{info:#?}");
 }
 
 #[test]
