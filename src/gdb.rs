@@ -379,6 +379,21 @@ impl Debuggee for GdbSession {
         Ok(self.timeline.describe_checkpoints())
     }
 
+    fn screen(&mut self) -> Result<String, DebuggeeError> {
+        let replayer = self.timeline.replayer();
+        let screen = crate::vga::Screen::capture(replayer.vm().memory(), replayer.board().vga());
+        let position = self.timeline.position();
+        Ok(format!(
+            "VGA text screen at exit {}{}:\n{}",
+            position.exit,
+            position
+                .steps
+                .map(|steps| format!(":{steps}"))
+                .unwrap_or_default(),
+            screen.text()
+        ))
+    }
+
     fn info_trace(&mut self) -> Result<String, DebuggeeError> {
         let stats = self.timeline.replayer().stats();
         Ok(format!(

@@ -238,6 +238,16 @@ impl TraceInfo {
             header.command_line,
             header.memory_size >> 20
         )?;
+        if header.boot_protocol != 0 {
+            writeln!(out, "boot:         multiboot2")?;
+        }
+        for (index, module) in header.modules.iter().enumerate() {
+            writeln!(
+                out,
+                "module {index}:     {} bytes (command line {:?})",
+                module.size, module.command_line
+            )?;
+        }
         writeln!(
             out,
             "recorded:     {} by lore-dbg {} on {} ({})",
@@ -392,8 +402,9 @@ fn describe(error: &dyn Error) -> String {
 }
 
 /// What `lore-dbg info --verify` found: every file of a trace read and checked as
-/// replay checks it — the header, the image against its digest, every event chunk,
-/// the recording id of every file — and every snapshot restored into scratch memory
+/// replay checks it — the header, the image and the modules against their
+/// digests, every event chunk, the recording id of every file — and every
+/// snapshot restored into scratch memory
 /// with its state blobs decoded, which replay does only for the snapshot it starts
 /// from. Each problem names its file and where in it.
 #[derive(Debug, Default)]
@@ -425,6 +436,11 @@ impl Verification {
         match trace.read_image(&header) {
             Ok(image) => verification.image_bytes = Some(image.len() as u64),
             Err(error) => verification.problem(&error),
+        }
+        for index in 0..header.modules.len() {
+            if let Err(error) = trace.read_module(&header, index) {
+                verification.problem(&error);
+            }
         }
         let marks = verification.check_events(&trace);
         verification.check_snapshots(&trace, &header, &marks);
@@ -720,6 +736,8 @@ mod tests {
                 rtc_base_unix_secs: 0,
                 recorded_at_unix_secs: 0,
                 host: HostFacts::default(),
+                boot_protocol: 0,
+                modules: Vec::new(),
             },
             events_by_kind: [("end", u64::from(end)), ("pio-in", 7)]
                 .into_iter()

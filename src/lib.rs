@@ -5,8 +5,8 @@
 //! [`runner`] (the live vCPU loop) and [`replay`] (the replayer and its timeline);
 //! [`machine`] (the one VM, devices and exit handler both drive) and [`clock`];
 //! at the bottom [`vmm`] (the KVM objects), [`boot`] (the multiboot loader),
-//! [`trace`] (the files of a recording, importing no other module) and
-//! [`digest`]. Devices live in the `lore-devices` crate, snapshots in
+//! [`trace`] (the files of a recording, importing no other module),
+//! [`digest`] and [`vga`] (the text screen, read from guest memory). Devices live in the `lore-devices` crate, snapshots in
 //! `snapshots`, the gdb stub in `lore-stub`, the little-endian codec in
 //! `lore-codec`.
 
@@ -21,6 +21,7 @@ pub mod record;
 pub mod replay;
 pub mod runner;
 pub mod trace;
+pub mod vga;
 pub mod vmm;
 pub mod writes;
 

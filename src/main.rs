@@ -26,7 +26,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Boot a multiboot v1 ELF (as `qemu-system-x86_64 -kernel` does) and run it.
+    /// Boot a multiboot kernel (v1 as `qemu-system-x86_64 -kernel` does, multiboot2
+    /// as GRUB does) and run it.
     ///
     /// Serial output (COM1) goes to stdout; serial input comes from --serial-in or
     /// stdin. The exit status is the guest's isa-debug-exit status ((v << 1) | 1 for a
@@ -134,6 +135,8 @@ struct ReplayArgs {
     /// Start from snapshot N of the trace instead of from boot (see `lore-dbg info`).
     #[arg(long, value_name = "N", conflicts_with = "gdb")]
     from_snapshot: Option<u32>,
+    #[command(flatten)]
+    vga: VgaArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -180,17 +183,84 @@ struct InfoArgs {
 
 #[derive(Debug, clap::Args)]
 struct RunArgs {
-    /// The guest: a multiboot v1 ELF image. Default: the built-in demo guest.
+    /// The guest: a multiboot v1 or multiboot2 kernel image (ELF, or flat with the
+    /// header's address fields). Default: the built-in demo guest.
     guest: Option<PathBuf>,
     /// Guest RAM, e.g. 64M, 1G, or bytes.
     #[arg(long, default_value = "128M", value_parser = parse_size)]
     mem: u64,
-    /// Multiboot command line passed to the guest.
+    /// The guest's command line, as QEMU's -append: a multiboot v1 kernel sees
+    /// its image path first, as QEMU and GRUB legacy pass it (Xen, for one,
+    /// skips that word); a multiboot2 kernel gets only this, as from GRUB 2.
     #[arg(long, default_value = "")]
     cmdline: String,
     /// Feed the UART's receiver from this file instead of stdin.
     #[arg(long, value_name = "FILE")]
     serial_in: Option<PathBuf>,
+    /// A multiboot module: FILE, and after a comma its command line (default: the
+    /// file name), as GRUB's `module` line. Repeat for more modules; they are
+    /// loaded in order, page aligned after the kernel.
+    #[arg(long = "module", value_name = "FILE[,CMDLINE]")]
+    modules: Vec<String>,
+    /// QEMU's convention for multiboot modules: "FILE1 ARGS,FILE2 ARGS" (a comma
+    /// separates modules, `,,` is a literal comma; the first word is the file).
+    /// Given after any --module.
+    #[arg(long, value_name = "\"FILE ARGS,...\"")]
+    initrd: Option<String>,
+    /// Boot by multiboot2 even when the image also has a multiboot v1 header
+    /// (without it, v1 is preferred, as QEMU does; an image with only a multiboot2
+    /// header boots by multiboot2 either way).
+    #[arg(long)]
+    multiboot2: bool,
+    #[command(flatten)]
+    vga: VgaArgs,
+    /// Stop with an error (registers and the last exits) at the first access to
+    /// memory outside RAM or to a port no device answers, instead of reporting
+    /// such accesses and going on.
+    #[arg(long)]
+    strict: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum VgaArg {
+    /// Do not show the VGA text screen.
+    Off,
+    /// Show the screen as it changes: on a terminal redrawn in place above the
+    /// serial output, otherwise appended as plain text at every change.
+    Text,
+    /// Print the last screen as plain text when the run ends (also when it is
+    /// ended by Ctrl-C or SIGTERM, or fails).
+    Dump,
+}
+
+#[derive(Debug, clap::Args)]
+struct VgaArgs {
+    /// Show the guest's VGA text screen (80x25 at 0xB8000, where most hobby
+    /// kernels write): `text` as it changes, `dump` at the end.
+    #[arg(long, value_enum, default_value = "off")]
+    vga: VgaArg,
+    /// Write the screen to FILE instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    vga_out: Option<PathBuf>,
+}
+
+impl VgaArgs {
+    fn watch(&self) -> Result<Option<lore_dbg::vga::ScreenWatch>> {
+        use lore_dbg::vga::{stdout_terminal_rows, ScreenWatch, VgaMode};
+        let mode = match self.vga {
+            VgaArg::Off => return Ok(None),
+            VgaArg::Text => VgaMode::Text,
+            VgaArg::Dump => VgaMode::Dump,
+        };
+        Ok(Some(match &self.vga_out {
+            Some(path) => {
+                let file = std::fs::File::create(path)
+                    .with_context(|| format!("cannot create {}", path.display()))?;
+                ScreenWatch::new(mode, Box::new(file), None)
+            }
+            None => ScreenWatch::new(mode, Box::new(std::io::stdout()), stdout_terminal_rows()),
+        }))
+    }
 }
 
 /// Parses `64M`, `1G`, `512K` or a plain byte count.
@@ -223,8 +293,74 @@ fn read_guest(guest: &Option<PathBuf>, memory_size: u64) -> Result<(Vec<u8>, Str
     }
 }
 
+/// A module given as `FILE[,CMDLINE]` (`--module`): without a command line, the
+/// module's command line is the file name, as GRUB and QEMU pass it.
+fn module_spec(text: &str) -> (PathBuf, String) {
+    match text.split_once(',') {
+        Some((file, command_line)) => (PathBuf::from(file), command_line.to_string()),
+        None => (PathBuf::from(text), text.to_string()),
+    }
+}
+
+/// QEMU's `-initrd` for multiboot: modules separated by commas (`,,` stands for
+/// a comma), each "FILE ARGS" whose whole text is the command line.
+fn initrd_specs(text: &str) -> Vec<(PathBuf, String)> {
+    let mut modules = Vec::new();
+    let mut current = String::new();
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == ',' {
+            if chars.peek() == Some(&',') {
+                chars.next();
+                current.push(',');
+                continue;
+            }
+            modules.push(std::mem::take(&mut current));
+        } else {
+            current.push(c);
+        }
+    }
+    modules.push(current);
+    modules
+        .into_iter()
+        .filter(|module| !module.trim().is_empty())
+        .map(|module| {
+            let file = module.split_whitespace().next().unwrap_or_default();
+            (PathBuf::from(file), module.clone())
+        })
+        .collect()
+}
+
+fn read_modules(args: &RunArgs) -> Result<Vec<lore_dbg::boot::Module>> {
+    let specs = args
+        .modules
+        .iter()
+        .map(|text| module_spec(text))
+        .chain(args.initrd.as_deref().map(initrd_specs).unwrap_or_default());
+    specs
+        .map(|(path, command_line)| {
+            let data = lore_dbg::boot::read_image(&path, args.mem)
+                .with_context(|| format!("reading the module {}", path.display()))?;
+            Ok(lore_dbg::boot::Module { data, command_line })
+        })
+        .collect()
+}
+
 fn run_config(args: RunArgs) -> Result<(RunConfig, String)> {
     let (image, name) = read_guest(&args.guest, args.mem)?;
+    let modules = read_modules(&args)?;
+    let screen = args.vga.watch()?;
+    let protocol = if args.multiboot2 {
+        lore_dbg::boot::Protocol::Multiboot2
+    } else {
+        lore_dbg::boot::Protocol::Auto
+    };
+    let command_line = match &args.guest {
+        Some(path) if lore_dbg::boot::boots_by_multiboot1(&image, protocol) => {
+            format!("{} {}", path.display(), args.cmdline)
+        }
+        _ => args.cmdline,
+    };
     let serial_input = match &args.serial_in {
         Some(path) => SerialInput::Bytes(
             std::fs::read(path)
@@ -235,18 +371,39 @@ fn run_config(args: RunArgs) -> Result<(RunConfig, String)> {
     let config = RunConfig {
         image,
         memory_size: args.mem,
-        command_line: args.cmdline,
+        command_line,
+        modules,
+        protocol,
         serial_input,
         serial_output: Box::new(std::io::stdout()),
         rtc_base_unix_secs: runner::host_unix_secs(),
+        screen,
+        astray: if args.strict {
+            lore_dbg::machine::astray::AstrayPolicy::Strict
+        } else {
+            lore_dbg::machine::astray::AstrayPolicy::Report
+        },
     };
     Ok((config, name))
 }
 
 fn run(args: RunArgs) -> Result<ExitCode> {
+    // With a screen to show at the end, Ctrl-C and SIGTERM end the run at its
+    // next exit instead of killing it. Before any thread exists (see `record`).
+    let stop = (args.vga.vga != VgaArg::Off)
+        .then(lore_dbg::runner::stop::StopRequest::install)
+        .transpose()
+        .context("cannot prepare for Ctrl-C")?;
     let (config, name) = run_config(args)?;
     tracing::info!(guest = %name, mem = config.memory_size, "booting");
-    let outcome = runner::run(config).with_context(|| format!("running {name}"))?;
+    let outcome = (|| {
+        let mut runner = runner::Runner::new(config)?;
+        if let Some(stop) = stop {
+            runner.stop_on(stop);
+        }
+        Ok::<_, runner::RunError>(runner.run()?.0)
+    })()
+    .with_context(|| format!("running {name}"))?;
     std::io::stdout()
         .flush()
         .context("cannot flush the guest's serial output")?;
@@ -401,10 +558,19 @@ fn debug(args: DebugArgs) -> Result<ExitCode> {
 fn replay(args: ReplayArgs) -> Result<ExitCode> {
     let dir = resolve_trace(&args.trace)?;
     if let Some(address) = &args.gdb {
+        if args.vga.vga != VgaArg::Off {
+            anyhow::bail!("--vga shows a replay that runs to its end; under gdb, `monitor screen` shows the screen at any point");
+        }
         return serve_gdb(&dir, address);
     }
-    let outcome = record::replay(&dir, args.from_snapshot, Box::new(std::io::stdout()))
-        .with_context(|| format!("replaying {}", dir.display()))?;
+    let mut screen = args.vga.watch()?;
+    let outcome = record::replay_showing(
+        &dir,
+        args.from_snapshot,
+        Box::new(std::io::stdout()),
+        screen.as_mut(),
+    )
+    .with_context(|| format!("replaying {}", dir.display()))?;
     std::io::stdout()
         .flush()
         .context("cannot flush the guest's serial output")?;
@@ -588,5 +754,26 @@ mod tests {
         assert_eq!(parse_size("4096"), Ok(4096));
         assert!(parse_size("lots").is_err());
         assert!(parse_size("99999999999G").is_err());
+    }
+
+    #[test]
+    fn module_arguments() {
+        use super::{initrd_specs, module_spec};
+        use std::path::PathBuf;
+        assert_eq!(
+            module_spec("dom0.img,root=/dev/ram0 ro"),
+            (PathBuf::from("dom0.img"), "root=/dev/ram0 ro".to_string())
+        );
+        assert_eq!(
+            module_spec("a.bin"),
+            (PathBuf::from("a.bin"), "a.bin".to_string())
+        );
+        assert_eq!(
+            initrd_specs("k1 x=1,,2,m2"),
+            vec![
+                (PathBuf::from("k1"), "k1 x=1,2".to_string()),
+                (PathBuf::from("m2"), "m2".to_string())
+            ]
+        );
     }
 }

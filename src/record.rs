@@ -8,7 +8,7 @@
 
 use crate::replay::{ReplayError, ReplayInput, ReplayOutcome, Replayer};
 use crate::runner::{RecordStats, RunConfig, RunError, RunOutcome, Runner, SnapshotSchedule};
-use crate::trace::header::image_digest;
+use crate::trace::header::{image_digest, ModuleRecord};
 use crate::trace::{
     ClockBackend, CpuidRecord, HostFacts, TraceDir, TraceError, TraceHeader, WriterStats,
 };
@@ -41,6 +41,12 @@ pub enum RecordError {
         index: u32,
         /// Snapshots present.
         count: usize,
+    },
+    /// The header names a boot protocol this lore-dbg does not know.
+    #[error("the trace header names boot protocol {code}, which this lore-dbg does not know")]
+    UnknownProtocol {
+        /// The code found.
+        code: u8,
     },
     /// The clock backend cannot be used on this host.
     #[error("clock backend '{backend}' cannot be used here")]
@@ -164,6 +170,19 @@ pub fn record(
         path: trace.image_path(),
         source,
     })?;
+    for (index, module) in config.modules.iter().enumerate() {
+        trace.write_module(index, &module.data)?;
+    }
+    let modules = config
+        .modules
+        .iter()
+        .map(|module| ModuleRecord {
+            command_line: module.command_line.clone(),
+            size: module.data.len() as u64,
+            digest: image_digest(&module.data),
+        })
+        .collect();
+    let boot_protocol = config.protocol.code();
     let header_base = (
         image_digest(&config.image),
         config.command_line.clone(),
@@ -182,6 +201,8 @@ pub fn record(
         rtc_base_unix_secs: header_base.3,
         recorded_at_unix_secs: crate::runner::host_unix_secs(),
         host: HostFacts::current(),
+        boot_protocol,
+        modules,
     };
     trace.write_header(&header)?;
     let schedule = match snapshot_every {
@@ -221,9 +242,24 @@ pub fn load(dir: &std::path::Path) -> Result<(TraceHeader, ReplayInput), RecordE
     let log = trace.read_events(MAX_EVENTS)?;
     // Only the snapshots file's header: `replay --from-snapshot` reads the rest.
     trace.check_snapshots_tie()?;
+    let modules = (0..header.modules.len())
+        .map(|index| {
+            Ok(crate::boot::Module {
+                data: trace.read_module(&header, index)?,
+                command_line: header.modules[index].command_line.clone(),
+            })
+        })
+        .collect::<Result<Vec<_>, TraceError>>()?;
+    let protocol = crate::boot::Protocol::from_code(header.boot_protocol).ok_or(
+        RecordError::UnknownProtocol {
+            code: header.boot_protocol,
+        },
+    )?;
     let input = ReplayInput {
         image,
         command_line: header.command_line.clone(),
+        modules,
+        protocol,
         memory_size: header.memory_size,
         cpuid: cpuid_table(&header.cpuid),
         rtc_base_unix_secs: header.rtc_base_unix_secs,
@@ -241,8 +277,19 @@ pub fn replay(
     from_snapshot: Option<u32>,
     output: Box<dyn Write + Send>,
 ) -> Result<ReplayOutcome, RecordError> {
+    replay_showing(dir, from_snapshot, output, None)
+}
+
+/// [`replay`], showing the VGA text screen through `screen` (`replay --vga`).
+pub fn replay_showing(
+    dir: &std::path::Path,
+    from_snapshot: Option<u32>,
+    output: Box<dyn Write + Send>,
+    screen: Option<&mut crate::vga::ScreenWatch>,
+) -> Result<ReplayOutcome, RecordError> {
     let (_, input) = load(dir)?;
     let mut replayer = Replayer::new(input, output)?;
+    replayer.report_astray();
     if let Some(index) = from_snapshot {
         let path = dir.join(crate::trace::layout::SNAPSHOTS_FILE);
         let reader = snapshots::DiskReader::open(&path).map_err(RecordError::Snapshots)?;
@@ -255,5 +302,5 @@ pub fn replay(
         }
         replayer.start_from_snapshot(&reader, index)?;
     }
-    Ok(replayer.run_to_end()?)
+    Ok(replayer.run_to_end_showing(screen)?)
 }

@@ -19,13 +19,13 @@ fn not_an_elf() {
     let path = dir.join("junk.bin");
     std::fs::write(&path, b"this is not a kernel").expect("write");
     let finished = lore(&["run", path.to_str().expect("utf-8")]);
-    assert_clean_error(&finished, "no multiboot v1 header");
+    assert_clean_error(&finished, "no multiboot header");
 }
 
 #[test]
 fn elf_without_multiboot_header() {
     let finished = lore(&["run", env!("CARGO_BIN_EXE_lore-dbg")]);
-    assert_clean_error(&finished, "no multiboot v1 header");
+    assert_clean_error(&finished, "no multiboot header");
 }
 
 #[test]

@@ -135,6 +135,8 @@ fn base() -> &'static Base {
             rtc_base_unix_secs: 1,
             recorded_at_unix_secs: 2,
             host: HostFacts::default(),
+            boot_protocol: 0,
+            modules: Vec::new(),
         };
         trace.write_header(&header).expect("header");
         std::fs::write(trace.image_path(), b"image").expect("image");

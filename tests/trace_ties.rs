@@ -254,6 +254,8 @@ fn header() -> TraceHeader {
         rtc_base_unix_secs: 0,
         recorded_at_unix_secs: 0,
         host: HostFacts::default(),
+        boot_protocol: 0,
+        modules: Vec::new(),
     }
 }
 

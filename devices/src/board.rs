@@ -3,8 +3,9 @@
 //!
 //! Port map: PIC 0x20–0x21 and 0xa0–0xa1, PIT 0x40–0x43, system control port B
 //! 0x61, RTC 0x70–0x71, POST 0x80 (writes kept as the last POST code, reads 0xff),
-//! isa-debug-exit 0xf4–0xf7, COM1 0x3f8–0x3ff. Any other port reads all-ones and
-//! ignores writes; both are traced with `tracing::debug!`, never fatal.
+//! isa-debug-exit 0xf4–0xf7, VGA registers 0x3c0–0x3df, COM1 0x3f8–0x3ff. Any
+//! other port reads all-ones and ignores writes; both are traced with
+//! `tracing::debug!`, never fatal ([`Board::claims_port`] tells them apart).
 //!
 //! Accesses wider than a byte are split into byte accesses at consecutive ports,
 //! as the ISA bus does (so `inw 0x40` reads channel 0 twice); only isa-debug-exit
@@ -34,6 +35,7 @@ use crate::serial::{
     SerialDeviceState, SerialOutput, SerialPort, COM1_BASE, COM1_IRQ, COM1_PORT_COUNT,
     RX_FIFO_CAPACITY,
 };
+use crate::vga::{self, Vga, VgaState, VGA_PORT_BASE, VGA_PORT_COUNT};
 use crate::StateError;
 
 /// POST diagnostic port.
@@ -44,7 +46,7 @@ pub const PIT_IRQ: u8 = 0;
 /// Magic at the start of an encoded [`BoardState`].
 const STATE_MAGIC: &[u8; 4] = b"LDEV";
 /// Encoding version of [`BoardState::to_bytes`]; bump on any layout change.
-pub const STATE_VERSION: u8 = 1;
+pub const STATE_VERSION: u8 = 2;
 
 /// What a board needs at construction.
 pub struct BoardConfig {
@@ -93,6 +95,8 @@ pub enum PortDevice {
     DebugExit,
     /// POST code port.
     Post,
+    /// VGA registers.
+    Vga,
 }
 
 /// The state of every device of the board.
@@ -108,6 +112,8 @@ pub struct BoardState {
     pub serial: SerialDeviceState,
     /// Last byte written to port 0x80.
     pub post_code: u8,
+    /// VGA registers.
+    pub vga: VgaState,
 }
 
 /// All devices of the machine behind one port I/O bus.
@@ -118,6 +124,7 @@ pub struct Board {
     rtc: Rtc,
     serial: SerialPort,
     post_code: u8,
+    vga: Vga,
 }
 
 impl fmt::Debug for Board {
@@ -128,6 +135,7 @@ impl fmt::Debug for Board {
             .field("rtc", &self.rtc)
             .field("serial", &self.serial)
             .field("post_code", &self.post_code)
+            .field("vga", &self.vga)
             .finish()
     }
 }
@@ -142,6 +150,10 @@ fn board_bus() -> PioBus<PortDevice> {
         (PortRange::new(0x61, 1), PortDevice::SystemControlB),
         (PortRange::new(0x70, 2), PortDevice::Rtc),
         (PortRange::new(POST_PORT, 1), PortDevice::Post),
+        (
+            PortRange::new(VGA_PORT_BASE, VGA_PORT_COUNT),
+            PortDevice::Vga,
+        ),
         (
             PortRange::new(DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_COUNT),
             PortDevice::DebugExit,
@@ -170,6 +182,7 @@ impl Board {
             rtc: Rtc::new(config.rtc_base_unix_secs, config.mem_size_bytes),
             serial: SerialPort::new(config.serial_out),
             post_code: 0,
+            vga: Vga::new(),
         }
     }
 
@@ -182,6 +195,7 @@ impl Board {
             rtc: Rtc::from_state(&state.rtc),
             serial: SerialPort::from_state(&state.serial, serial_out)?,
             post_code: state.post_code,
+            vga: Vga::from_state(&state.vga),
         })
     }
 
@@ -193,6 +207,7 @@ impl Board {
             rtc: self.rtc.state(),
             serial: self.serial.state(),
             post_code: self.post_code,
+            vga: self.vga.state(),
         }
     }
 
@@ -238,6 +253,7 @@ impl Board {
             Some((PortDevice::Rtc, _)) => self.rtc.read(port, now_ns),
             Some((PortDevice::Serial, offset)) => self.serial.read(offset),
             Some((PortDevice::DebugExit | PortDevice::Post, _)) => 0xff,
+            Some((PortDevice::Vga, offset)) => self.vga.read(offset),
             None => {
                 tracing::debug!(port, "read of unassigned port");
                 0xff
@@ -259,6 +275,7 @@ impl Board {
             // Only reachable for the second byte of a write that started below
             // 0xf4; the device takes whole writes at its own ports.
             Some((PortDevice::DebugExit, _)) => {}
+            Some((PortDevice::Vga, offset)) => self.vga.write(offset, value),
             None => tracing::debug!(port, value, "write to unassigned port ignored"),
         }
     }
@@ -339,6 +356,16 @@ impl Board {
     /// The port map.
     pub fn bus(&self) -> &PioBus<PortDevice> {
         &self.bus
+    }
+
+    /// The VGA registers, for showing the text screen.
+    pub fn vga(&self) -> &Vga {
+        &self.vga
+    }
+
+    /// Whether a device answers at `port` (other ports read all ones).
+    pub fn claims_port(&self, port: u16) -> bool {
+        self.bus.lookup(port).is_some()
     }
 }
 
@@ -599,6 +626,7 @@ impl BoardState {
         encode_rtc(&mut w, &self.rtc);
         encode_serial(&mut w, &self.serial);
         w.put_u8(self.post_code);
+        vga::encode(&mut w, &self.vga);
         w
     }
 
@@ -639,6 +667,7 @@ impl BoardState {
             rtc: decode_rtc(&mut r)?,
             serial: decode_serial(&mut r)?,
             post_code: r.u8()?,
+            vga: vga::decode(&mut r)?,
         };
         if r.remaining() != 0 {
             return Err(StateError::TrailingBytes {
@@ -713,8 +742,10 @@ mod tests {
     #[test]
     fn port_map_is_disjoint_and_complete() {
         let (board, _) = new_board();
-        assert_eq!(board.bus().ranges().count(), 8);
+        assert_eq!(board.bus().ranges().count(), 9);
         assert_eq!(board.bus().lookup(0x3fd), Some((PortDevice::Serial, 5)));
+        assert_eq!(board.bus().lookup(0x3d5), Some((PortDevice::Vga, 0x15)));
+        assert!(board.claims_port(0x3d4) && !board.claims_port(0x64));
         assert_eq!(board.bus().lookup(0xf7), Some((PortDevice::DebugExit, 3)));
         let mut bus = board_bus();
         assert!(matches!(

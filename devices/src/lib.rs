@@ -1,5 +1,6 @@
 //! User-space PC devices for lore-dbg: 8259A PIC pair, 8254 PIT (with port 0x61),
-//! MC146818 CMOS RTC, 16550A UART (through `vm-superio`), isa-debug-exit, a port
+//! MC146818 CMOS RTC, 16550A UART (through `vm-superio`), isa-debug-exit, the VGA
+//! registers of a text console, a port
 //! I/O bus, and the [`board::Board`] that wires them together.
 //!
 //! Invariants shared by every model here:
@@ -21,6 +22,7 @@ pub mod pic;
 pub mod pit;
 pub mod rtc;
 pub mod serial;
+pub mod vga;
 
 pub use board::{Board, BoardConfig, BoardState, PioOutcome};
 pub use bus::{BusError, PioBus, PortRange};

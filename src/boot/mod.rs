@@ -1,10 +1,15 @@
-//! Multiboot (v1) boot, exactly as `qemu-system-x86_64 -kernel` does it.
+//! Multiboot boot: v1 exactly as `qemu-system-x86_64 -kernel` does it, and
+//! multiboot2 as GRUB does it on a PC with a text console.
 //!
-//! [`load`] places an ELF image in guest memory — through the multiboot header's
-//! address fields when flag bit 16 is set, otherwise through the ELF program headers —
-//! builds the multiboot information structure (memory sizes, memory map, command line,
-//! boot loader name) in low memory, and returns the entry state: 32-bit protected
-//! mode, paging off, `EAX = 0x2BADB002`, `EBX` = the information structure.
+//! [`load_boot`] places a kernel image in guest memory — through the multiboot
+//! header's address fields (v1 flag bit 16, or the v2 address tag), otherwise
+//! through the ELF program headers — then the modules, page aligned after the
+//! kernel as QEMU puts them, builds the boot information (v1: the information
+//! structure; v2: the tag list, see [`multiboot2`]) in low memory, fills in a PC's
+//! BIOS data area and blank text screen ([`pc`]), and returns the entry state:
+//! 32-bit protected mode, paging off, `EAX` = the protocol's magic, `EBX` = the
+//! information. When an image has both headers, v1 is used (as QEMU does) unless
+//! [`Protocol::Multiboot2`] is asked for.
 //!
 //! Invariant: every offset and length taken from the image is checked against the
 //! file and against guest memory before use, so a malformed image yields a
@@ -15,6 +20,8 @@
 //! boot, so a device or a huge file cannot exhaust host memory.
 
 mod elf;
+pub mod multiboot2;
+pub mod pc;
 
 use crate::vmm::memory::{GuestMemory, MemoryError, MAX_MEMORY};
 use std::io::Read as _;
@@ -31,7 +38,8 @@ const HEADER_MAGIC: u32 = 0x1BAD_B002;
 const HEADER_SEARCH_LIMIT: usize = 8192;
 /// Header flag: the load address fields are valid (and take precedence over ELF).
 const HEADER_FLAG_ADDRESSES: u32 = 1 << 16;
-/// Header flag: the kernel wants video mode information (we have no video; ignored).
+/// Header flag: the kernel wants video mode information: it gets the EGA text
+/// console (information flag bit 12), as GRUB gives it on a text terminal.
 const HEADER_FLAG_VIDEO: u32 = 1 << 2;
 /// Header flags a loader must understand or refuse (bits 0–15 are mandatory).
 const HEADER_FLAGS_KNOWN_REQUIRED: u32 = 0b111;
@@ -41,10 +49,12 @@ const HEADER_FLAGS_KNOWN_REQUIRED: u32 = 0b111;
 const INFO_ADDRESS: u64 = 0x9000;
 const INFO_REGION_END: u64 = 0x9_0000;
 /// Conventional memory ends at 639 KiB (the EBDA follows).
-const LOWER_MEMORY_END: u64 = 0x9_fc00;
-/// The BIOS area from 0xf0000 is reserved in the memory map.
-const BIOS_AREA: u64 = 0xf_0000;
+const LOWER_MEMORY_END: u64 = pc::EBDA_ADDRESS;
 const HIGH_MEMORY_START: u64 = 0x10_0000;
+/// Modules start on page boundaries.
+const MODULE_ALIGN: u64 = 0x1000;
+/// Most modules one boot takes.
+pub const MAX_MODULES: usize = 64;
 const BOOT_LOADER_NAME: &str = concat!("lore-dbg ", env!("CARGO_PKG_VERSION"));
 
 /// Errors a user can act on when an image cannot be booted.
@@ -53,9 +63,34 @@ pub enum BootError {
     /// The image is not a valid ELF file.
     #[error("not a bootable ELF image")]
     Elf(#[from] ElfError),
-    /// No multiboot v1 header in the first 8 KiB.
-    #[error("no multiboot v1 header (magic 0x1BADB002) in the first 8 KiB: lore-dbg boots multiboot v1 kernels, as qemu -kernel does")]
+    /// No multiboot v1 header in the first 8 KiB, nor a multiboot2 header in the
+    /// first 32 KiB.
+    #[error("no multiboot header (v1 magic 0x1BADB002 in the first 8 KiB, or multiboot2 magic 0xE85250D6 in the first 32 KiB): lore-dbg boots multiboot kernels, as qemu -kernel and GRUB do")]
     NotMultiboot,
+    /// Multiboot2 was asked for but the image has no multiboot2 header.
+    #[error("no multiboot2 header (magic 0xE85250D6, 8-byte aligned) in the first 32 KiB")]
+    NotMultiboot2,
+    /// The multiboot2 header is malformed or asks for what this loader lacks.
+    #[error("multiboot2 header: {0}")]
+    Multiboot2(String),
+    /// A module does not fit in guest memory after the kernel.
+    #[error("module {index} ({len} bytes) does not fit in guest memory: it would end at {end:#x} but the guest has {memory_size:#x} bytes (use --mem)")]
+    ModuleDoesNotFit {
+        /// Module index, from 0.
+        index: usize,
+        /// Its size.
+        len: usize,
+        /// Where it would end.
+        end: u64,
+        /// Guest memory size.
+        memory_size: u64,
+    },
+    /// More modules than the information area holds.
+    #[error("{count} modules given; at most {MAX_MODULES} are supported")]
+    TooManyModules {
+        /// How many were given.
+        count: usize,
+    },
     /// The header's checksum does not add up.
     #[error("multiboot header at file offset {offset:#x} has a bad checksum")]
     BadChecksum {
@@ -104,8 +139,8 @@ pub enum BootError {
         /// Its end (exclusive).
         second_end: u64,
     },
-    /// The command line or memory map does not fit in the information area.
-    #[error("the command line is too long ({len} bytes)")]
+    /// The command lines or memory map do not fit in the information area.
+    #[error("the command lines are too long ({len} bytes)")]
     CommandLineTooLong {
         /// Its length.
         len: usize,
@@ -120,13 +155,68 @@ pub enum BootError {
 pub struct EntryState {
     /// Entry point (EIP).
     pub entry: u32,
-    /// Address of the multiboot information structure (EBX).
+    /// The boot loader's magic (EAX): [`BOOTLOADER_MAGIC`] or
+    /// [`multiboot2::BOOTLOADER_MAGIC`].
+    pub magic: u32,
+    /// Address of the multiboot information (EBX).
     pub info_address: u32,
-    /// End of the loaded image, bss included.
+    /// End of what the loader wrote: the kernel with its bss and the modules.
     pub image_end: u64,
 }
 
-/// Parsed multiboot header.
+/// A multiboot module: a file loaded next to the kernel, with its command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Module {
+    /// The file's bytes.
+    pub data: Vec<u8>,
+    /// Its command line (GRUB's and QEMU's convention: the file name first).
+    pub command_line: String,
+}
+
+/// Which multiboot protocol boots an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// Multiboot v1 when the image has its header (as QEMU), otherwise multiboot2.
+    #[default]
+    Auto,
+    /// Multiboot2 (as GRUB's `multiboot2` command), even if a v1 header is present.
+    Multiboot2,
+}
+
+impl Protocol {
+    /// The code stored in a trace header.
+    pub fn code(self) -> u8 {
+        match self {
+            Self::Auto => 0,
+            Self::Multiboot2 => 2,
+        }
+    }
+
+    /// The protocol stored as `code`.
+    pub fn from_code(code: u8) -> Option<Self> {
+        match code {
+            0 => Some(Self::Auto),
+            2 => Some(Self::Multiboot2),
+            _ => None,
+        }
+    }
+}
+
+/// Everything a boot loader is given: what GRUB's `multiboot`/`multiboot2` and
+/// `module` lines, or QEMU's `-kernel`, `-append` and `-initrd`, name.
+#[derive(Debug, Clone, Copy)]
+pub struct BootImage<'a> {
+    /// The kernel image.
+    pub kernel: &'a [u8],
+    /// The kernel's command line.
+    pub command_line: &'a str,
+    /// The modules, in order.
+    pub modules: &'a [Module],
+    /// Which protocol.
+    pub protocol: Protocol,
+}
+
+/// Parsed multiboot header (v1; multiboot2's address tag fills the same fields).
 #[derive(Debug, Clone, Copy)]
 struct MultibootHeader {
     file_offset: usize,
@@ -158,7 +248,7 @@ fn find_header(image: &[u8]) -> Result<MultibootHeader, BootError> {
         return Err(BootError::BadChecksum { offset });
     }
     let unknown_required = flags & 0xffff & !HEADER_FLAGS_KNOWN_REQUIRED;
-    if unknown_required != 0 || flags & HEADER_FLAG_VIDEO != 0 {
+    if unknown_required != 0 {
         return Err(BootError::UnsupportedFlags { flags });
     }
     let mut header = MultibootHeader {
@@ -335,23 +425,8 @@ impl InfoWriter {
 }
 
 fn memory_map(memory_size: u64) -> Vec<u8> {
-    const AVAILABLE: u32 = 1;
-    const RESERVED: u32 = 2;
-    let regions = [
-        (0, LOWER_MEMORY_END, AVAILABLE),
-        (LOWER_MEMORY_END, 0xa_0000 - LOWER_MEMORY_END, RESERVED),
-        (BIOS_AREA, HIGH_MEMORY_START - BIOS_AREA, RESERVED),
-        (
-            HIGH_MEMORY_START,
-            memory_size.saturating_sub(HIGH_MEMORY_START),
-            AVAILABLE,
-        ),
-    ];
     let mut map = Vec::new();
-    for (base, length, kind) in regions {
-        if length == 0 {
-            continue;
-        }
+    for (base, length, kind) in pc::memory_regions(memory_size) {
         // Each entry: size (of the rest, 20), base_addr, length, type.
         map.extend_from_slice(&20u32.to_le_bytes());
         map.extend_from_slice(&base.to_le_bytes());
@@ -361,18 +436,56 @@ fn memory_map(memory_size: u64) -> Vec<u8> {
     map
 }
 
-fn build_info(memory: &mut GuestMemory, command_line: &str) -> Result<u32, BootError> {
+/// Where the modules were placed: guest-physical `start..end` of each.
+type ModuleRanges = Vec<(u64, u64)>;
+
+fn build_info(
+    memory: &mut GuestMemory,
+    boot: &BootImage<'_>,
+    modules: &ModuleRanges,
+    video: bool,
+) -> Result<u32, BootError> {
     const FLAG_MEMORY: u32 = 1 << 0;
     const FLAG_CMDLINE: u32 = 1 << 2;
+    const FLAG_MODULES: u32 = 1 << 3;
     const FLAG_MMAP: u32 = 1 << 6;
     const FLAG_LOADER_NAME: u32 = 1 << 9;
+    const FLAG_FRAMEBUFFER: u32 = 1 << 12;
     const INFO_SIZE: usize = 120;
 
+    let command_line = boot.command_line;
     let memory_size = memory.size();
     let mut info = InfoWriter {
         bytes: vec![0; INFO_SIZE],
     };
-    info.put_u32(0, FLAG_MEMORY | FLAG_CMDLINE | FLAG_MMAP | FLAG_LOADER_NAME);
+    let mut flags = FLAG_MEMORY | FLAG_CMDLINE | FLAG_MMAP | FLAG_LOADER_NAME;
+    if !modules.is_empty() {
+        flags |= FLAG_MODULES;
+        let mut list = Vec::with_capacity(16 * modules.len());
+        for (module, &(start, end)) in boot.modules.iter().zip(modules) {
+            let mut name = module.command_line.as_bytes().to_vec();
+            name.push(0);
+            let name_address = info.append(&name);
+            for word in [start as u32, end as u32, name_address as u32, 0] {
+                list.extend_from_slice(&word.to_le_bytes());
+            }
+        }
+        let list_address = info.append(&list);
+        info.put_u32(20, modules.len() as u32);
+        info.put_u32(24, list_address as u32);
+    }
+    if video {
+        // The EGA text console, as GRUB describes a text terminal.
+        flags |= FLAG_FRAMEBUFFER;
+        let text = pc::TEXT_SCREEN;
+        info.bytes[88..96].copy_from_slice(&text.address.to_le_bytes());
+        info.put_u32(96, text.pitch);
+        info.put_u32(100, text.columns);
+        info.put_u32(104, text.rows);
+        info.bytes[108] = 16;
+        info.bytes[109] = pc::FRAMEBUFFER_TYPE_EGA_TEXT;
+    }
+    info.put_u32(0, flags);
     info.put_u32(4, (LOWER_MEMORY_END.min(memory_size) / 1024) as u32);
     let upper_kib = memory_size.saturating_sub(HIGH_MEMORY_START) / 1024;
     info.put_u32(8, u32::try_from(upper_kib).unwrap_or(u32::MAX));
@@ -394,32 +507,144 @@ fn build_info(memory: &mut GuestMemory, command_line: &str) -> Result<u32, BootE
 
     if INFO_ADDRESS + info.bytes.len() as u64 > INFO_REGION_END {
         return Err(BootError::CommandLineTooLong {
-            len: command_line.len(),
+            len: command_lines_len(boot),
         });
     }
     memory.write(INFO_ADDRESS, &info.bytes)?;
     Ok(INFO_ADDRESS as u32)
 }
 
-/// Loads a multiboot v1 image and its information structure into `memory`.
+/// The bytes of every command line of a boot, for error messages.
+fn command_lines_len(boot: &BootImage<'_>) -> usize {
+    boot.command_line.len()
+        + boot
+            .modules
+            .iter()
+            .map(|module| module.command_line.len())
+            .sum::<usize>()
+}
+
+/// Copies the modules into guest memory, each on a page boundary after
+/// `after` (the end of the kernel), and returns where each lies.
+fn place_modules(
+    memory: &mut GuestMemory,
+    modules: &[Module],
+    after: u64,
+) -> Result<ModuleRanges, BootError> {
+    let memory_size = memory.size();
+    let mut next = after.next_multiple_of(MODULE_ALIGN);
+    let mut ranges = Vec::with_capacity(modules.len());
+    for (index, module) in modules.iter().enumerate() {
+        let end = next.saturating_add(module.data.len() as u64);
+        // Multiboot passes 32-bit addresses; guest memory ends below 4 GiB.
+        if end > memory_size {
+            return Err(BootError::ModuleDoesNotFit {
+                index,
+                len: module.data.len(),
+                end,
+                memory_size,
+            });
+        }
+        memory.write(next, &module.data)?;
+        ranges.push((next, end));
+        next = end.next_multiple_of(MODULE_ALIGN);
+    }
+    Ok(ranges)
+}
+
+/// Whether [`load_boot`] boots `kernel` by multiboot v1 under `protocol`. Boot
+/// loaders differ on the command line there: QEMU (and GRUB legacy) pass a v1
+/// kernel its own path as the first word, and kernels such as Xen skip it,
+/// while GRUB 2's `multiboot2` passes only the arguments.
+pub fn boots_by_multiboot1(kernel: &[u8], protocol: Protocol) -> bool {
+    protocol == Protocol::Auto && find_header(kernel).is_ok()
+}
+
+/// Loads a multiboot v1 image and its information structure into `memory`,
+/// without modules (what `qemu -kernel IMAGE -append COMMAND_LINE` does).
 pub fn load(
     memory: &mut GuestMemory,
     image: &[u8],
     command_line: &str,
 ) -> Result<EntryState, BootError> {
-    let header = find_header(image)?;
-    let (segments, entry) = if header.flags & HEADER_FLAG_ADDRESSES != 0 {
-        segments_from_addresses(image, &header)?
-    } else {
-        segments_from_elf(image)?
+    load_boot(
+        memory,
+        &BootImage {
+            kernel: image,
+            command_line,
+            modules: &[],
+            protocol: Protocol::Auto,
+        },
+    )
+}
+
+/// Loads a kernel, its modules and the boot information into `memory`, by the
+/// protocol `boot.protocol` chooses, and prepares the PC's low memory.
+pub fn load_boot(memory: &mut GuestMemory, boot: &BootImage<'_>) -> Result<EntryState, BootError> {
+    if boot.modules.len() > MAX_MODULES {
+        return Err(BootError::TooManyModules {
+            count: boot.modules.len(),
+        });
+    }
+    let v1 = match boot.protocol {
+        Protocol::Auto => match find_header(boot.kernel) {
+            Ok(header) => Some(header),
+            Err(BootError::NotMultiboot) => None,
+            Err(error) => return Err(error),
+        },
+        Protocol::Multiboot2 => None,
     };
-    let image_end = place_segments(memory, image, &segments)?;
-    let info_address = build_info(memory, command_line)?;
-    Ok(EntryState {
-        entry,
-        info_address,
-        image_end,
-    })
+    let state = match v1 {
+        Some(header) => {
+            let (segments, entry) = if header.flags & HEADER_FLAG_ADDRESSES != 0 {
+                segments_from_addresses(boot.kernel, &header)?
+            } else {
+                segments_from_elf(boot.kernel)?
+            };
+            let kernel_end = place_segments(memory, boot.kernel, &segments)?;
+            let modules = place_modules(memory, boot.modules, kernel_end)?;
+            let info_address = build_info(
+                memory,
+                boot,
+                &modules,
+                header.flags & HEADER_FLAG_VIDEO != 0,
+            )?;
+            EntryState {
+                entry,
+                magic: BOOTLOADER_MAGIC,
+                info_address,
+                image_end: modules.last().map_or(kernel_end, |&(_, end)| end),
+            }
+        }
+        None => {
+            let header = multiboot2::find_header(boot.kernel)?.ok_or(match boot.protocol {
+                Protocol::Auto => BootError::NotMultiboot,
+                Protocol::Multiboot2 => BootError::NotMultiboot2,
+            })?;
+            let (segments, elf_entry) = match header.addresses {
+                Some(addresses) => segments_from_addresses(boot.kernel, &addresses)?,
+                None => segments_from_elf(boot.kernel)?,
+            };
+            let entry = header.entry.unwrap_or(elf_entry);
+            let kernel_end = place_segments(memory, boot.kernel, &segments)?;
+            let modules = place_modules(memory, boot.modules, kernel_end)?;
+            let info = multiboot2::build_info(boot, &modules, memory.size())?;
+            if INFO_ADDRESS + info.len() as u64 > INFO_REGION_END {
+                return Err(BootError::CommandLineTooLong {
+                    len: command_lines_len(boot),
+                });
+            }
+            memory.write(INFO_ADDRESS, &info)?;
+            EntryState {
+                entry,
+                magic: multiboot2::BOOTLOADER_MAGIC,
+                info_address: INFO_ADDRESS as u32,
+                image_end: modules.last().map_or(kernel_end, |&(_, end)| end),
+            }
+        }
+    };
+    pc::prepare_low_memory(memory)?;
+    Ok(state)
 }
 
 /// Why a guest image file could not be read.

@@ -10,6 +10,7 @@
 //! recorded point, report a divergence) is the caller's business: the live runner
 //! and the replayer decide differently, but from the same facts.
 
+use super::astray::Astray;
 use super::history::{ExitHistory, ExitRecord};
 use super::inputs::{le_value, InputError, Inputs};
 use crate::digest::RegisterArray;
@@ -91,6 +92,10 @@ pub enum GuestFailure {
     },
     /// Any other exit this VMM never asks for, named.
     Unexpected(String),
+    /// An access outside RAM or to a port no device answers, under `--strict`.
+    Astray(String),
+    /// The guest asked to reset the machine, which lore-dbg does not do.
+    Reset(String),
 }
 
 impl fmt::Display for GuestFailure {
@@ -106,7 +111,9 @@ impl fmt::Display for GuestFailure {
                     "VM entry failed (hardware reason {reason:#x} on cpu {cpu})"
                 )
             }
-            Self::Unexpected(what) => write!(f, "{what}"),
+            Self::Unexpected(what) | Self::Astray(what) | Self::Reset(what) => {
+                write!(f, "{what}")
+            }
         }
     }
 }
@@ -120,6 +127,8 @@ pub struct Peripherals {
     pub msrs: TimeMsrs,
     /// The last exits, for reports.
     pub history: ExitHistory,
+    /// Accesses that nothing answers.
+    pub astray: Astray,
 }
 
 /// Guest RAM as the exit handler needs it: to serve accesses to trapped pages.
@@ -187,9 +196,13 @@ pub fn handle_exit(
         board,
         msrs,
         history,
+        astray,
     } = peripherals;
     let outcome = match exit {
         VcpuExit::IoIn(port, data) => {
+            if let Some(failure) = astray.note_port_read(port, board) {
+                return Entry::Exit(ExitOutcome::Failed(failure));
+            }
             let now_ns = inputs.guest_ns();
             match inputs.pio_in(ordinal, port, data, board, now_ns) {
                 Ok(()) => {
@@ -201,6 +214,9 @@ pub fn handle_exit(
             }
         }
         VcpuExit::IoOut(port, data) => {
+            if let Some(failure) = astray.note_port_write(port, data, board) {
+                return Entry::Exit(ExitOutcome::Failed(failure));
+            }
             let now_ns = inputs.guest_ns();
             history.push(
                 ordinal,
@@ -217,6 +233,9 @@ pub fn handle_exit(
         VcpuExit::MmioRead(address, data) => {
             if let Some(served) = ram.read(address, data) {
                 return trap_entry(served);
+            }
+            if let Some(failure) = astray.note_memory(address, false) {
+                return Entry::Exit(ExitOutcome::Failed(failure));
             }
             match inputs.mmio_read(ordinal, address, data) {
                 Ok(()) => {
@@ -235,6 +254,9 @@ pub fn handle_exit(
         VcpuExit::MmioWrite(address, data) => {
             if let Some(served) = ram.write(address, data) {
                 return trap_entry(served);
+            }
+            if let Some(failure) = astray.note_memory(address, true) {
+                return Entry::Exit(ExitOutcome::Failed(failure));
             }
             tracing::debug!(
                 address,

@@ -17,6 +17,7 @@
 //! Invariant: the machine is created and entered on one thread (KVM's vCPU and the
 //! kick signal mask are per thread).
 
+pub mod astray;
 pub mod exit;
 pub mod history;
 pub mod inputs;
@@ -97,10 +98,8 @@ pub mod blob {
 
 /// What to boot.
 pub struct BootSpec<'a> {
-    /// The multiboot ELF image.
-    pub image: &'a [u8],
-    /// Its command line.
-    pub command_line: &'a str,
+    /// The kernel, its command line, its modules and the boot protocol.
+    pub boot: boot::BootImage<'a>,
     /// Guest RAM in bytes.
     pub memory_size: u64,
     /// The CPUID table the guest sees; `None` derives the fixed table from the host.
@@ -114,8 +113,9 @@ pub struct BootSpec<'a> {
 impl fmt::Debug for BootSpec<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BootSpec")
-            .field("image_len", &self.image.len())
-            .field("command_line", &self.command_line)
+            .field("image_len", &self.boot.kernel.len())
+            .field("command_line", &self.boot.command_line)
+            .field("modules", &self.boot.modules.len())
             .field("memory_size", &self.memory_size)
             .finish_non_exhaustive()
     }
@@ -159,12 +159,12 @@ impl Machine {
     /// creates the devices.
     pub fn boot(spec: BootSpec<'_>) -> Result<Self, StartError> {
         let mut vm = Vm::new(spec.memory_size, spec.cpuid)?;
-        let entry = boot::load(vm.memory_mut(), spec.image, spec.command_line)?;
+        let entry = boot::load_boot(vm.memory_mut(), &spec.boot)?;
         regs::set_protected_mode_entry(
             vm.vcpu(),
             regs::EntryRegisters {
                 eip: entry.entry,
-                eax: boot::BOOTLOADER_MAGIC,
+                eax: entry.magic,
                 ebx: entry.info_address,
             },
         )?;
@@ -186,6 +186,7 @@ impl Machine {
                 board,
                 msrs: TimeMsrs::default(),
                 history: ExitHistory::default(),
+                astray: astray::Astray::new(astray::AstrayPolicy::Count, spec.memory_size),
             },
             image_end: entry.image_end,
             sync_regs,
@@ -205,6 +206,13 @@ impl Machine {
                     exit::handle_exit(exit, ordinal, &mut self.peripherals, &mut ram, inputs);
                 if let Entry::Debug { state, .. } = &mut entry {
                     *state = self.synced_state()?;
+                }
+                if matches!(
+                    entry,
+                    Entry::Exit(ExitOutcome::Failed(GuestFailure::InternalError))
+                ) && self.skip_reserved_nop()?
+                {
+                    return Ok(Entry::Exit(ExitOutcome::Continue));
                 }
                 Ok(entry)
             }
@@ -267,6 +275,75 @@ impl Machine {
                 }
             }
         }
+    }
+
+    /// Where KVM's instruction emulator (which runs guest ring 0 on nested hosts
+    /// like ours) gives up on an instruction of the reserved-NOP space that a CPU
+    /// without the feature executes as a NOP — `rdssp` (shadow stacks, absent from
+    /// the guest's CPUID), `endbr`, the hint NOPs — the VMM does what the CPU
+    /// would: moves `rip` past it. Returns whether it did. The skip is a function
+    /// of guest state, so a replay on the same kind of host does the same at the
+    /// same exit.
+    fn skip_reserved_nop(&mut self) -> Result<bool, VmmError> {
+        use iced_x86::{Code, Decoder, DecoderOptions};
+        let sregs = self
+            .vm
+            .vcpu()
+            .get_sregs()
+            .map_err(kvm_op("KVM_GET_SREGS"))?;
+        let mut regs = self.vm.vcpu().get_regs().map_err(kvm_op("KVM_GET_REGS"))?;
+        let linear = sregs.cs.base.wrapping_add(regs.rip);
+        let mut bytes = [0u8; 15];
+        let Some(physical) = crate::vmm::paging::translate(self.vm.memory(), &sregs, linear) else {
+            return Ok(false);
+        };
+        // An instruction that crosses a page is left alone (rare; reported as is).
+        let in_page = (crate::PAGE_SIZE - physical % crate::PAGE_SIZE).min(15) as usize;
+        if self
+            .vm
+            .memory()
+            .read(physical, &mut bytes[..in_page])
+            .is_err()
+        {
+            return Ok(false);
+        }
+        let bitness = if sregs.cs.l != 0 {
+            64
+        } else if sregs.cs.db != 0 {
+            32
+        } else {
+            16
+        };
+        let mut decoder =
+            Decoder::with_ip(bitness, &bytes[..in_page], regs.rip, DecoderOptions::NONE);
+        let instruction = decoder.decode();
+        let reserved_nop = matches!(
+            instruction.code(),
+            Code::Rdsspd_r32
+                | Code::Rdsspq_r64
+                | Code::Endbr32
+                | Code::Endbr64
+                | Code::Nopw
+                | Code::Nopd
+                | Code::Nopq
+                | Code::Nop_rm16
+                | Code::Nop_rm32
+                | Code::Nop_rm64
+        ) || format!("{:?}", instruction.code()).starts_with("Reservednop");
+        if instruction.is_invalid() || !reserved_nop {
+            return Ok(false);
+        }
+        tracing::debug!(
+            rip = format!("{:#x}", regs.rip),
+            code = ?instruction.code(),
+            "KVM could not emulate a reserved NOP: skipped"
+        );
+        regs.rip = instruction.next_ip();
+        self.vm
+            .vcpu()
+            .set_regs(&regs)
+            .map_err(kvm_op("KVM_SET_REGS"))?;
+        Ok(true)
     }
 
     /// The registers `KVM_RUN` just left in `kvm_run`, if the host syncs them and
@@ -333,6 +410,16 @@ impl Machine {
     /// Replaces the device board (restoring a checkpoint).
     pub fn set_board(&mut self, board: Board) {
         self.peripherals.board = board;
+    }
+
+    /// What the machine does about accesses that go astray (default: count).
+    pub fn set_astray_policy(&mut self, policy: astray::AstrayPolicy) {
+        self.peripherals.astray.set_policy(policy);
+    }
+
+    /// The accesses that went astray so far.
+    pub fn astray(&self) -> &astray::Astray {
+        &self.peripherals.astray
     }
 
     /// The last exits.

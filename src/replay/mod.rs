@@ -161,6 +161,10 @@ pub struct ReplayInput {
     pub image: Vec<u8>,
     /// The guest's command line.
     pub command_line: String,
+    /// The recorded multiboot modules.
+    pub modules: Vec<crate::boot::Module>,
+    /// The recorded boot protocol.
+    pub protocol: crate::boot::Protocol,
     /// Guest memory size.
     pub memory_size: u64,
     /// The CPUID table of the recording.
@@ -389,8 +393,12 @@ impl Replayer {
             enabled: Arc::new(AtomicBool::new(true)),
         };
         let machine = Machine::boot(BootSpec {
-            image: &input.image,
-            command_line: &input.command_line,
+            boot: crate::boot::BootImage {
+                kernel: &input.image,
+                command_line: &input.command_line,
+                modules: &input.modules,
+                protocol: input.protocol,
+            },
             memory_size: input.memory_size,
             cpuid: Some(input.cpuid),
             serial_output: Box::new(output.clone()),
@@ -791,24 +799,70 @@ impl Replayer {
         Ok(())
     }
 
+    /// The device board.
+    pub fn board(&self) -> &lore_devices::Board {
+        self.machine.board()
+    }
+
+    /// Reports accesses that go astray as a live run does (`replay`), instead of
+    /// only counting them.
+    pub fn report_astray(&mut self) {
+        self.machine
+            .set_astray_policy(crate::machine::astray::AstrayPolicy::Report);
+    }
+
     /// Replays to the recorded end and checks the end state.
-    pub fn run_to_end(mut self) -> Result<ReplayOutcome, ReplayError> {
-        loop {
-            match self.resume(false, &[], None, &mut || false)? {
-                EngineStop::Ended { status } => {
-                    return Ok(ReplayOutcome {
-                        exit_status: status,
-                        exits: self.cursor.exits,
-                        stats: self.stats,
-                    })
-                }
+    pub fn run_to_end(self) -> Result<ReplayOutcome, ReplayError> {
+        self.run_to_end_showing(None)
+    }
+
+    /// Replays to the recorded end like [`Replayer::run_to_end`], showing the VGA
+    /// text screen on the way and at the end (`replay --vga`).
+    pub fn run_to_end_showing(
+        mut self,
+        mut screen: Option<&mut crate::vga::ScreenWatch>,
+    ) -> Result<ReplayOutcome, ReplayError> {
+        // With a screen to show, stop now and then (every this many exits) to
+        // look at it.
+        const LOOK_EVERY_EXITS: u64 = 64;
+        let result = loop {
+            let stop_at = screen
+                .as_ref()
+                .map(|_| self.cursor.exits + LOOK_EVERY_EXITS);
+            let stop = match self.resume(false, &[], stop_at, &mut || false) {
+                Ok(stop) => stop,
+                Err(error) => break Err(error),
+            };
+            if let Some(screen) = screen.as_deref_mut() {
+                let _ = screen.observe(self.machine.vm().memory(), self.machine.board().vga());
+            }
+            match stop {
+                EngineStop::Ended { status } => break Ok(status),
                 EngineStop::Breakpoint { .. }
                 | EngineStop::Watchpoint { .. }
                 | EngineStop::Stepped
                 | EngineStop::Boundary
                 | EngineStop::Interrupted => {}
             }
+        };
+        let astray = self.machine.astray();
+        if astray.policy() == crate::machine::astray::AstrayPolicy::Report && !astray.is_empty() {
+            eprintln!(
+                "lore-dbg: the guest went astray; accesses nothing answered:\n{}",
+                astray.summary().trim_end()
+            );
         }
+        if let Some(screen) = screen {
+            // However the replay ended (a divergence included), show the screen.
+            screen
+                .finish(self.machine.vm().memory(), self.machine.board().vga())
+                .map_err(ReplayError::SerialOutput)?;
+        }
+        Ok(ReplayOutcome {
+            exit_status: result?,
+            exits: self.cursor.exits,
+            stats: self.stats,
+        })
     }
 
     fn peek(&self) -> Option<&Event> {

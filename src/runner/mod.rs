@@ -79,12 +79,21 @@ pub struct RunConfig {
     pub memory_size: u64,
     /// Multiboot command line.
     pub command_line: String,
+    /// Multiboot modules, in order.
+    pub modules: Vec<crate::boot::Module>,
+    /// Which multiboot protocol boots the image.
+    pub protocol: crate::boot::Protocol,
     /// Serial input source.
     pub serial_input: SerialInput,
     /// Where serial output goes.
     pub serial_output: Box<dyn Write + Send>,
     /// The RTC's date and time at boot, in Unix seconds.
     pub rtc_base_unix_secs: i64,
+    /// Shows the VGA text screen as the run goes and when it ends (`--vga`).
+    pub screen: Option<crate::vga::ScreenWatch>,
+    /// Report accesses that go astray (see [`crate::machine::astray`]), or stop
+    /// at the first one.
+    pub astray: crate::machine::astray::AstrayPolicy,
 }
 
 impl fmt::Debug for RunConfig {
@@ -163,6 +172,8 @@ pub struct Runner {
     stop: Option<stop::StopRequest>,
     /// When the stop was first seen away from an exit.
     stop_seen_at: Option<Instant>,
+    /// Shows the VGA text screen (`--vga`).
+    screen: Option<crate::vga::ScreenWatch>,
 }
 
 /// How long a requested stop waits for the guest to reach an exit.
@@ -235,13 +246,18 @@ impl Runner {
     /// thread that will call [`Runner::run`].
     pub fn new(config: RunConfig) -> Result<Self, RunError> {
         let mut machine = Machine::boot(BootSpec {
-            image: &config.image,
-            command_line: &config.command_line,
+            boot: crate::boot::BootImage {
+                kernel: &config.image,
+                command_line: &config.command_line,
+                modules: &config.modules,
+                protocol: config.protocol,
+            },
             memory_size: config.memory_size,
             cpuid: None,
             serial_output: config.serial_output,
             rtc_base_unix_secs: config.rtc_base_unix_secs,
         })?;
+        machine.set_astray_policy(config.astray);
         let kick_guard = VcpuKickGuard::install(machine.vm().vcpu())?;
         let stdin = match config.serial_input {
             SerialInput::None => None,
@@ -276,6 +292,7 @@ impl Runner {
             moved: false,
             stop: None,
             stop_seen_at: None,
+            screen: config.screen,
         })
     }
 
@@ -704,7 +721,22 @@ impl Runner {
     /// Runs the guest until it exits through isa-debug-exit or fails. When recording,
     /// returns the finished writer's statistics too.
     pub fn run(mut self) -> Result<(RunOutcome, Option<(EventWriter, RecordStats)>), RunError> {
-        let ending = self.run_until_the_end()?;
+        let ending = self.run_until_the_end();
+        let astray = self.machine.astray();
+        if !astray.is_empty() && !matches!(ending, Err(RunError::Astray { .. })) {
+            eprintln!(
+                "lore-dbg: the guest went astray; accesses nothing answered:\n{}",
+                astray.summary().trim_end()
+            );
+        }
+        if let Some(screen) = &mut self.screen {
+            // However the run ended (a failure included), show the last screen.
+            let board = self.machine.board();
+            screen
+                .finish(self.machine.vm().memory(), board.vga())
+                .map_err(RunError::SerialOutput)?;
+        }
+        let ending = ending?;
         if let Some(stop) = &self.stop {
             stop.forget_vcpu();
         }
@@ -749,6 +781,11 @@ impl Runner {
                 RunState::Running => {
                     if let Some(ending) = self.ending_requested() {
                         return Ok(ending);
+                    }
+                    if let Some(screen) = &mut self.screen {
+                        screen
+                            .observe(self.machine.vm().memory(), self.machine.board().vga())
+                            .map_err(RunError::SerialOutput)?;
                     }
                     self.drain_stdin();
                     let now_ns = self.now_ns();
@@ -978,6 +1015,14 @@ impl Runner {
             ExitOutcome::Failed(GuestFailure::TripleFault) => {
                 Err(RunError::TripleFault(self.guest_stop()))
             }
+            ExitOutcome::Failed(GuestFailure::Astray(what)) => Err(RunError::Astray {
+                what,
+                stop: self.guest_stop(),
+            }),
+            ExitOutcome::Failed(GuestFailure::Reset(what)) => Err(RunError::Reset {
+                what,
+                stop: self.guest_stop(),
+            }),
             ExitOutcome::Failed(failure) => Err(RunError::GuestFailure {
                 reason: failure.to_string(),
                 stop: self.guest_stop(),

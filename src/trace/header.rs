@@ -20,6 +20,20 @@ use thiserror::Error;
 pub const MAX_STRING_LEN: usize = 64 << 10;
 /// Most CPUID entries a header may hold.
 pub const MAX_CPUID_ENTRIES: usize = 256;
+/// Most multiboot modules a header may list.
+pub const MAX_MODULES: usize = 64;
+
+/// A multiboot module of the recording: its bytes are the trace's file
+/// [`super::layout::module_file`]`(index)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleRecord {
+    /// The module's command line.
+    pub command_line: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// [`image_digest`] of its bytes.
+    pub digest: u64,
+}
 
 /// How asynchronous points are located.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -138,6 +152,11 @@ pub struct TraceHeader {
     pub recorded_at_unix_secs: i64,
     /// The recording host.
     pub host: HostFacts,
+    /// The boot protocol code (`boot::Protocol::code`: 0 multiboot v1 where the
+    /// image has its header, 2 multiboot2).
+    pub boot_protocol: u8,
+    /// The multiboot modules, in order.
+    pub modules: Vec<ModuleRecord>,
 }
 
 /// The digest of a guest image stored in [`TraceHeader::image_digest`].
@@ -297,6 +316,20 @@ impl TraceHeader {
         out.put_i64(self.recorded_at_unix_secs);
         put_string(&mut out, "kernel_release", &self.host.kernel_release)?;
         put_string(&mut out, "cpu_model", &self.host.cpu_model)?;
+        out.put_u8(self.boot_protocol);
+        if self.modules.len() > MAX_MODULES {
+            return Err(HeaderError::TooLong {
+                field: "modules",
+                len: self.modules.len() as u64,
+                cap: MAX_MODULES,
+            });
+        }
+        put_varint(&mut out, self.modules.len() as u64);
+        for module in &self.modules {
+            put_string(&mut out, "module_command_line", &module.command_line)?;
+            out.put_u64(module.size);
+            out.put_u64(module.digest);
+        }
         Ok(out)
     }
 
@@ -329,6 +362,16 @@ impl TraceHeader {
         let recorded_at_unix_secs = fields.i64("recorded_at_unix_secs")?;
         let kernel_release = fields.string("kernel_release")?;
         let cpu_model = fields.string("cpu_model")?;
+        let boot_protocol = fields.u8("boot_protocol")?;
+        let count = fields.length("modules", MAX_MODULES)?;
+        let mut modules = Vec::with_capacity(count);
+        for _ in 0..count {
+            modules.push(ModuleRecord {
+                command_line: fields.string("module_command_line")?,
+                size: fields.u64("module_size")?,
+                digest: fields.u64("module_digest")?,
+            });
+        }
         if !fields.input.is_empty() {
             return Err(HeaderError::TrailingBytes {
                 count: fields.input.remaining(),
@@ -348,6 +391,8 @@ impl TraceHeader {
                 kernel_release,
                 cpu_model,
             },
+            boot_protocol,
+            modules,
         })
     }
 }
@@ -381,6 +426,12 @@ pub(crate) mod tests {
                 kernel_release: "6.1.0-test".to_owned(),
                 cpu_model: "Some CPU @ 2.0GHz".to_owned(),
             },
+            boot_protocol: 2,
+            modules: vec![ModuleRecord {
+                command_line: "initrd.img root=/dev/ram0".to_owned(),
+                size: 4096,
+                digest: 0x1234,
+            }],
         }
     }
 
@@ -426,6 +477,12 @@ pub(crate) mod tests {
                 kernel_release: "k".to_owned(),
                 cpu_model: "c".to_owned(),
             },
+            boot_protocol: 0,
+            modules: vec![ModuleRecord {
+                command_line: "m".to_owned(),
+                size: 2,
+                digest: 3,
+            }],
         };
         let expected = crate::trace::chunk::tests::hex(concat!(
             "03302e31",         // lore_version
@@ -440,6 +497,11 @@ pub(crate) mod tests {
             "0300000000000000", // recorded_at_unix_secs
             "016b",             // kernel_release
             "0163",             // cpu_model
+            "00",               // boot_protocol
+            "01",               // one module: command line, size, digest
+            "016d",
+            "0200000000000000",
+            "0300000000000000",
         ));
         assert_eq!(header.encode(), Ok(expected.clone()));
         assert_eq!(TraceHeader::decode(&expected), Ok(header));

@@ -6,6 +6,7 @@
 //! * `header` — one header chunk ([`super::TraceHeader`]);
 //! * `events` — event chunks ([`super::EventWriter`], [`super::EventReader`]);
 //! * `guest.elf` — a copy of the guest image;
+//! * `module-0`, `module-1`, … — copies of the multiboot modules, if any;
 //! * `snapshots` — written by the snapshot store.
 //!
 //! These values are part of the on-disk format: changing one means bumping
@@ -29,6 +30,10 @@ pub const HEADER_FILE: &str = "header";
 pub const EVENTS_FILE: &str = "events";
 /// Name of the copy of the guest image.
 pub const IMAGE_FILE: &str = "guest.elf";
+/// Name of the copy of multiboot module `index`.
+pub fn module_file(index: usize) -> String {
+    format!("module-{index}")
+}
 /// Name reserved for the snapshots.
 pub const SNAPSHOTS_FILE: &str = "snapshots";
 /// Name of the symlink to the newest trace in the default directory.

@@ -242,6 +242,37 @@ impl TraceDir {
         Ok(image)
     }
 
+    /// Where the copy of multiboot module `index` lives.
+    pub fn module_path(&self, index: usize) -> PathBuf {
+        self.path.join(super::layout::module_file(index))
+    }
+
+    /// Writes the copy of multiboot module `index`.
+    pub fn write_module(&self, index: usize, data: &[u8]) -> Result<(), TraceError> {
+        let path = self.module_path(index);
+        fs::write(&path, data).map_err(io_error("write", &path))
+    }
+
+    /// Reads multiboot module `index` (at most the guest memory size, as every
+    /// module fits there) and checks it against the header's record of it.
+    pub fn read_module(&self, header: &TraceHeader, index: usize) -> Result<Vec<u8>, TraceError> {
+        let path = self.module_path(index);
+        let record = header.modules.get(index);
+        let file = File::open(&path).map_err(io_error("open", &path))?;
+        let mut data = Vec::new();
+        file.take(header.memory_size.saturating_add(1))
+            .read_to_end(&mut data)
+            .map_err(io_error("read", &path))?;
+        match record {
+            Some(record)
+                if data.len() as u64 == record.size && image_digest(&data) == record.digest =>
+            {
+                Ok(data)
+            }
+            _ => Err(TraceError::ImageMismatch { path }),
+        }
+    }
+
     /// Starts the event log.
     pub fn event_writer(&self) -> Result<EventWriter, TraceError> {
         EventWriter::create(&self.events_path(), self.recording)

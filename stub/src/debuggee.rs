@@ -340,6 +340,11 @@ pub trait Debuggee {
         let _ = range;
         Err(DebuggeeError::Unsupported("monitor writes"))
     }
+
+    /// `monitor screen`: the text screen at the current position.
+    fn screen(&mut self) -> Result<String, DebuggeeError> {
+        Err(DebuggeeError::Unsupported("monitor screen"))
+    }
 }
 
 impl fmt::Display for ResumeRequest {

@@ -23,6 +23,7 @@ lore-dbg monitor commands:
   monitor writes SYMBOL|ADDR[:LEN]
                                every write to that memory over the whole recording, with
                                the position of each (before the write) for `monitor goto`
+  monitor screen               show the VGA text screen at the current position
 After `goto` or `restart`, run `maintenance flush register-cache` so that gdb
 re-reads registers and memory. The replayed machine is read-only: writes to
 registers or memory are refused.
@@ -51,6 +52,8 @@ pub enum MonitorCommand {
     InfoTrace,
     /// `writes RANGE`; the range text is passed on verbatim.
     Writes(String),
+    /// `screen`.
+    Screen,
     /// `phys ADDR [LEN]`.
     Phys {
         /// Guest-physical address.
@@ -114,6 +117,8 @@ impl MonitorCommand {
             ["info", "checkpoints"] => Ok(Self::InfoCheckpoints),
             ["info", "trace"] => Ok(Self::InfoTrace),
             ["info", ..] => usage("info checkpoints | info trace"),
+            ["screen"] => Ok(Self::Screen),
+            ["screen", ..] => usage("screen"),
             ["phys", rest @ ..] => {
                 let parsed = match rest {
                     [addr] => parse_number(addr).map(|addr| (addr, PHYS_DUMP_DEFAULT)),
@@ -172,6 +177,7 @@ pub fn run_monitor_command<D: Debuggee + ?Sized>(debuggee: &mut D, raw: &[u8]) -
         MonitorCommand::InfoCheckpoints => debuggee.info_checkpoints(),
         MonitorCommand::InfoTrace => debuggee.info_trace(),
         MonitorCommand::Writes(range) => debuggee.writes(&range),
+        MonitorCommand::Screen => debuggee.screen(),
         MonitorCommand::Phys { addr, len } => {
             // `len` is at most PHYS_DUMP_MAX, so this allocation is bounded.
             let mut buf = vec![0u8; len as usize];
@@ -207,6 +213,7 @@ mod tests {
             ("info   trace", MonitorCommand::InfoTrace),
             ("writes canary", MonitorCommand::Writes("canary".into())),
             ("writes 0x1000:4", MonitorCommand::Writes("0x1000:4".into())),
+            (" screen", MonitorCommand::Screen),
             (
                 "phys 0x1000",
                 MonitorCommand::Phys {
@@ -247,6 +254,7 @@ mod tests {
         assert!(message("writes").starts_with("usage: monitor writes"));
         assert!(message("writes a b").starts_with("usage: monitor writes"));
         assert!(message("phys").starts_with("usage: monitor phys"));
+        assert!(message("screen 2").starts_with("usage: monitor screen"));
         assert!(message("phys 0 0").starts_with("usage: monitor phys"));
         assert!(message("phys 0 99999").starts_with("usage: monitor phys"));
         assert_eq!(

@@ -4,6 +4,8 @@
  * Boot contract (exactly what `qemu-system-x86_64 -kernel guest.elf` does):
  *   32-bit protected mode, flat segments, paging off, interrupts off,
  *   EAX = 0x2BADB002, EBX = physical address of the multiboot info.
+ * A guest that also carries a multiboot2 header (vga.c) may be booted by
+ * multiboot2 instead: EAX = 0x36D76289, EBX = the multiboot2 tags.
  *
  * This code checks the magic, zeroes .bss, identity-maps the first 1 GiB
  * with 2 MiB pages, enables PAE + EFER.LME + paging, loads a 64-bit GDT,
@@ -13,6 +15,7 @@
 
 #define MB_HEADER_MAGIC  0x1BADB002
 #define MB_BOOT_MAGIC    0x2BADB002
+#define MB2_BOOT_MAGIC   0x36D76289
 /* bit 1: memory info wanted; bit 16: address fields below are valid */
 #define MB_FLAGS         0x00010002
 
@@ -41,7 +44,10 @@ _start:
     cli
     cld
     cmpl $MB_BOOT_MAGIC, %eax
+    je 0f
+    cmpl $MB2_BOOT_MAGIC, %eax
     jne bad_magic
+0:
     movl %eax, boot_magic
     movl %ebx, boot_info
 

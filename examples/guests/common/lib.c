@@ -448,6 +448,7 @@ void guest_start(uint32_t magic, uint32_t info)
 {
     serial_init();
     idt_init();
-    boot_mbi = (const struct mb_info *)(uintptr_t)info;
-    exit(main(magic, boot_mbi));
+    /* Only a multiboot v1 information structure has the command line field. */
+    boot_mbi = magic == MB_BOOT_MAGIC ? (const struct mb_info *)(uintptr_t)info : NULL;
+    exit(main(magic, (const struct mb_info *)(uintptr_t)info));
 }

@@ -25,6 +25,7 @@
 
 /* ---- multiboot v1 info ---- */
 #define MB_BOOT_MAGIC      0x2BADB002u
+#define MB2_BOOT_MAGIC     0x36D76289u     /* booted by multiboot2 (vga.c) */
 #define MB_INFO_MEMORY     (1u << 0)
 #define MB_INFO_CMDLINE    (1u << 2)
 #define MB_INFO_MEM_MAP    (1u << 6)
@@ -42,6 +43,7 @@ struct mb_info {
     uint32_t mmap_addr;
 } __attribute__((packed));
 
+/* `mbi` points to multiboot2 tags instead when mb_magic is MB2_BOOT_MAGIC. */
 /* Entry point every guest defines; its return value is the exit status. */
 int main(uint32_t mb_magic, const struct mb_info *mbi);
 
