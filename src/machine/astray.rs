@@ -274,16 +274,14 @@ mod tests {
     fn counts_unanswered_ports_and_memory_by_region() {
         let board = board();
         let mut astray = Astray::new(AstrayPolicy::Count, 16 << 20);
-        let mut data = [0u8; 1];
+        let data = [0u8; 1];
         for _ in 0..3 {
-            assert!(astray
-                .note_port_read(0x64, &board)
-                .is_none());
+            assert!(astray.note_port_read(0x64, &board).is_none());
         }
         // A port a device answers is not astray.
         astray.note_port_read(0x3f8, &board);
         astray.note_port_write(0x3d4, &data, &board);
-        let mut word = [0u8; 4];
+
         astray.note_memory(0xfee0_0020, false);
         astray.note_memory(0xfee0_00b0, true);
         let summary = astray.summary();
@@ -297,10 +295,8 @@ mod tests {
     fn strict_fails_at_the_first_access() {
         let board = board();
         let mut astray = Astray::new(AstrayPolicy::Strict, 16 << 20);
-        let mut data = [0u8; 1];
-        assert!(astray
-            .note_port_read(0x40, &board)
-            .is_none());
+        let data = [0u8; 1];
+        assert!(astray.note_port_read(0x40, &board).is_none());
         let failure = astray.note_port_write(0x60, &data, &board);
         let Some(GuestFailure::Astray(text)) = failure else {
             panic!("{failure:?}");
@@ -312,12 +308,8 @@ mod tests {
     fn a_reset_request_ends_the_run_whatever_the_policy() {
         let board = board();
         let mut astray = Astray::new(AstrayPolicy::Count, 16 << 20);
-        assert!(astray
-            .note_port_write(0x64, &[0xd1], &board)
-            .is_none());
-        assert!(astray
-            .note_port_write(0x92, &[0x02], &board)
-            .is_none());
+        assert!(astray.note_port_write(0x64, &[0xd1], &board).is_none());
+        assert!(astray.note_port_write(0x92, &[0x02], &board).is_none());
         for (port, value) in [(0x64, 0xfe), (0xcf9, 0x06), (0x92, 0x03)] {
             let failure = astray.note_port_write(port, &[value], &board);
             assert!(
