@@ -278,6 +278,10 @@ fn record(args: RecordArgs) -> Result<ExitCode> {
         .flush()
         .context("cannot flush the guest's serial output")?;
     eprintln!(
+        "lore-dbg: tsc reads {}",
+        lore_dbg::info::tsc_reads(recorded.tsc_exits)
+    );
+    eprintln!(
         "lore-dbg: recorded {} exits, {} events ({} bytes stored) into {}",
         recorded.outcome.exits,
         recorded.writer.events,

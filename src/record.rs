@@ -125,6 +125,8 @@ pub struct Recorded {
     pub writer: WriterStats,
     /// Recorder statistics.
     pub stats: RecordStats,
+    /// Whether the guest's `rdtsc`/`rdtscp` exited and were recorded.
+    pub tsc_exits: bool,
 }
 
 /// How to record.
@@ -179,6 +181,7 @@ pub fn record(
         memory_size: header_base.2,
         cpuid: cpuid_records(runner.cpuid()),
         clock,
+        tsc_exits: runner.tsc_exits(),
         rtc_base_unix_secs: header_base.3,
         recorded_at_unix_secs: crate::runner::host_unix_secs(),
         host: HostFacts::current(),
@@ -208,6 +211,7 @@ pub fn record(
         outcome,
         writer,
         stats,
+        tsc_exits: header.tsc_exits,
     })
 }
 
@@ -228,6 +232,7 @@ pub fn load(dir: &std::path::Path) -> Result<(TraceHeader, ReplayInput), RecordE
         cpuid: cpuid_table(&header.cpuid),
         rtc_base_unix_secs: header.rtc_base_unix_secs,
         clock: header.clock,
+        tsc_exits: header.tsc_exits,
         events: log.events,
         truncated: log.truncation.map(|error| error.to_string()),
     };

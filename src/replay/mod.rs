@@ -46,6 +46,7 @@ use crate::vmm::cpuid::CpuidTable;
 use crate::vmm::debug::{self, DebugSetup, HwBreakpoint, HwCondition};
 use crate::vmm::kick::VcpuKickGuard;
 use crate::vmm::msr::TimeMsrs;
+use crate::vmm::nondet::NondetPolicy;
 use crate::vmm::state::VcpuState;
 use crate::vmm::{kvm_op, Vm, VmmError};
 use lore_devices::board::{Board, BoardState};
@@ -165,6 +166,8 @@ pub struct ReplayInput {
     pub rtc_base_unix_secs: i64,
     /// How the recording positioned asynchronous points.
     pub clock: ClockBackend,
+    /// Whether the recording's `rdtsc`/`rdtscp` exited (and are in the log).
+    pub tsc_exits: bool,
     /// Every event of the log, in order.
     pub events: Vec<Event>,
     /// Set when the log is incomplete: why (the reader's message).
@@ -378,6 +381,11 @@ impl Replayer {
             cpuid: Some(input.cpuid),
             serial_output: Box::new(output.clone()),
             rtc_base_unix_secs: input.rtc_base_unix_secs,
+            nondet: if input.tsc_exits {
+                NondetPolicy::Required
+            } else {
+                NondetPolicy::Off
+            },
         })?;
         let counter =
             clock::counter_for(input.clock, true).map_err(|source| ReplayError::Clock {
@@ -1590,6 +1598,25 @@ impl Inputs for LoggedInputs<'_> {
             }
             other => Err(InputError::NotRecorded(format!(
                 "the guest read MSR {index:#x}; the recording has {}",
+                describe(other)
+            ))),
+        }
+    }
+
+    fn tsc_read(
+        &mut self,
+        ordinal: u64,
+        _msrs: &TimeMsrs,
+        _now_ns: u64,
+    ) -> Result<u64, InputError> {
+        match self.recorded(ordinal) {
+            Some(Event::TscRead { value, .. }) => {
+                let value = *value;
+                self.consumed = true;
+                Ok(value)
+            }
+            other => Err(InputError::NotRecorded(format!(
+                "the guest read the TSC; the recording has {}",
                 describe(other)
             ))),
         }

@@ -27,7 +27,7 @@ use thiserror::Error;
 /// 5: the end record keeps what the interrupt delivery policy cost.
 /// 6: every file's preamble carries the recording id and a CRC of its own; the
 /// end record says whether the user stopped the recording.
-pub const TRACE_VERSION: u32 = 6;
+pub const TRACE_VERSION: u32 = 7;
 const FILE_MAGIC: [u8; 8] = *b"LOREDBG\0";
 const CHUNK_MAGIC: [u8; 4] = *b"CHNK";
 /// Bytes of a file's preamble: magic, version, kind, three reserved bytes, the
@@ -668,10 +668,10 @@ pub(crate) mod tests {
         writer.write_chunk(5, b"abc").unwrap();
         let expected = hex(concat!(
             "4c4f524544424700",                 // magic
-            "06000000",                         // version
+            "07000000",                         // version
             "02000000",                         // file kind, reserved
             "101112131415161718191a1b1c1d1e1f", // recording id
-            "3b0db096",                         // CRC-32 of the preamble
+            "1c689517",                         // CRC-32 of the preamble
             "43484e4b",                         // chunk magic
             "05000000",                         // kind, no compression, reserved
             "00000000",                         // sequence
