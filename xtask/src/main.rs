@@ -19,6 +19,7 @@
 mod bench;
 mod exec;
 mod host;
+mod lab;
 mod report;
 mod revbench;
 mod revdbg;
@@ -51,16 +52,23 @@ enum Task {
     /// `reverse-stepi` from the middle and from the end (median and p95), and for
     /// canary `watch canary` + `reverse-continue`; writes `revbench.md`.
     Revbench(revbench::Options),
+    /// Run a command in the lab: Debian's kernel under QEMU (TCG, SVM) with the
+    /// patched KVM (or `--stock`), lore-dbg and the corpus guests inside.
+    ///
+    /// Example: `xtask lab -- lore-dbg record /guests/tsc.elf`. Exits with the
+    /// command's status. See `kmod-patch/README.md`.
+    Lab(lab::Options),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
-        Task::Bench(options) => bench::run(options),
-        Task::Revbench(options) => revbench::run(options),
+        Task::Bench(options) => bench::run(options).map(|()| ExitCode::SUCCESS),
+        Task::Revbench(options) => revbench::run(options).map(|()| ExitCode::SUCCESS),
+        Task::Lab(options) => lab::run(options),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             eprintln!("xtask: error: {error}");
             for cause in error.chain().skip(1) {
