@@ -9,6 +9,9 @@
 # 2. Stock KVM (`--stock`): replaying that trace must stop before the guest starts
 #    with an error naming the capability; and a recording of `tsc` made on stock
 #    KVM must diverge in replay, which replay must report.
+# 3. Hardware breakpoints never fire in the lab: a replay of `timer` (whose
+#    interrupts land between exits) must stop before it starts and say why,
+#    instead of waiting forever at its first asynchronous point.
 # Prints "lab-check: PASS" and exits 0, or says what failed and exits 1.
 set -eu
 cd "$(dirname "$0")/.."
@@ -47,6 +50,8 @@ lab --stock --share "$work" -- sh -c '
     lore-dbg replay tsc >stock-replay.out 2>stock-replay.err; echo $? >stock-replay.status
     lore-dbg record -o tsc-stock /guests/tsc.elf >stock-record.out 2>stock-record.err
     lore-dbg replay tsc-stock >stock-diverge.out 2>stock-diverge.err; echo $? >stock-diverge.status
+    lore-dbg record -o timer /guests/timer.elf >timer-record.out 2>timer-record.err
+    lore-dbg replay timer >timer-replay.out 2>timer-replay.err; echo $? >timer-replay.status
 '
 [ "$(cat "$work/stock-replay.status")" = 2 ] ||
     fail "replaying the patched trace on stock KVM ended with status $(cat "$work/stock-replay.status"), not 2"
@@ -59,6 +64,10 @@ grep -q "tsc reads not recorded" "$work/stock-record.err" ||
     fail "the stock recording replayed with status $(cat "$work/stock-diverge.status"), not 2 (a divergence)"
 grep -qi "diverge" "$work/stock-diverge.err" ||
     fail "the stock replay did not report a divergence: $(cat "$work/stock-diverge.err")"
+[ "$(cat "$work/timer-replay.status")" = 2 ] ||
+    fail "the replay of timer ended with status $(cat "$work/timer-replay.status"), not 2"
+grep -q "hardware breakpoints never fire" "$work/timer-replay.err" ||
+    fail "the replay of timer did not say that breakpoints do not fire: $(cat "$work/timer-replay.err")"
 
 if [ "$failed" = 0 ]; then
     echo "lab-check: PASS (files in $work)"

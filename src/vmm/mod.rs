@@ -15,6 +15,7 @@ pub mod memory;
 pub mod msr;
 pub mod nondet;
 pub mod paging;
+pub mod probe;
 pub mod regs;
 pub mod state;
 
