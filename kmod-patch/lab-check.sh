@@ -12,6 +12,8 @@
 # 3. Hardware breakpoints never fire in the lab: a replay of `timer` (whose
 #    interrupts land between exits) must stop before it starts and say why,
 #    instead of waiting forever at its first asynchronous point.
+# 4. gdb, outside, on the replay inside (kmod-patch/lab-gdb.sh): stepping over an
+#    `rdtsc`, reverse-stepping back over it and stepping again reads the same value.
 # Prints "lab-check: PASS" and exits 0, or says what failed and exits 1.
 set -eu
 cd "$(dirname "$0")/.."
@@ -68,6 +70,9 @@ grep -qi "diverge" "$work/stock-diverge.err" ||
     fail "the replay of timer ended with status $(cat "$work/timer-replay.status"), not 2"
 grep -q "hardware breakpoints never fire" "$work/timer-replay.err" ||
     fail "the replay of timer did not say that breakpoints do not fire: $(cat "$work/timer-replay.err")"
+
+kmod-patch/lab-gdb.sh "$work/gdb" >"$work/gdb.log" 2>&1 || fail "$(tail -n 1 "$work/gdb.log")"
+tail -n 1 "$work/gdb.log"
 
 if [ "$failed" = 0 ]; then
     echo "lab-check: PASS (files in $work)"

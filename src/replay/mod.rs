@@ -777,12 +777,19 @@ impl Replayer {
             let dr6 = match debug_status {
                 Ok(dr6) => dr6,
                 Err(served) => {
+                    let exits_before = self.cursor.exits;
                     if let Progress::Ended(status) = self.finish_exit(served)? {
                         return Ok(EngineStop::Ended { status });
                     }
                     if stop_at_exit == Some(self.cursor.exits) {
                         self.settle()?;
                         return Ok(EngineStop::Boundary);
+                    }
+                    // The stepped instruction exited (`in`, `rdtsc`, ...): completing
+                    // it is the step; stepping on would run one more instruction.
+                    if single_step && self.cursor.exits != exits_before {
+                        self.settle()?;
+                        return Ok(EngineStop::Stepped);
                     }
                     continue;
                 }

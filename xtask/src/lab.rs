@@ -39,6 +39,11 @@ pub struct Options {
     /// A host directory to mount at `/share` inside the lab (read-write).
     #[arg(long, value_name = "DIR")]
     share: Option<PathBuf>,
+    /// Forward this TCP port of the host's loopback to the same port inside (QEMU
+    /// user networking; inside, eth0 is 10.0.2.15): for `lore-dbg replay --gdb
+    /// 0.0.0.0:PORT` inside and gdb outside.
+    #[arg(long, value_name = "PORT")]
+    forward: Option<u16>,
     /// Debian kernel release to boot, e.g. `6.1.0-57-amd64`. Default: the newest
     /// `linux-headers-6.1.0-*-amd64` in the package index.
     #[arg(long, value_name = "RELEASE")]
@@ -60,6 +65,8 @@ pub struct Options {
 /// `.modinfo` and loaded first.
 const KVM_MODULES: &[&str] = &["kvm_amd"];
 const SHARE_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p"];
+/// With `--forward`.
+const NET_MODULES: &[&str] = &["virtio_pci", "virtio_net"];
 
 /// QEMU's isa-debug-exit port, through which `/init` reports the status.
 const DEBUG_EXIT_PORT: u16 = 0xf4;
@@ -106,6 +113,9 @@ pub fn run(options: Options) -> Result<ExitCode> {
     if options.share.is_some() {
         wanted.extend_from_slice(SHARE_MODULES);
     }
+    if options.forward.is_some() {
+        wanted.extend_from_slice(NET_MODULES);
+    }
     let modules = kernel.load_order(&wanted, &replace)?;
 
     let initrd = lab_dir.join("initrd.cpio");
@@ -114,7 +124,7 @@ pub fn run(options: Options) -> Result<ExitCode> {
     archive.file("bin/busybox", &fs::read(&busybox)?, 0o755);
     archive.file(
         "init",
-        init_script(options.share.is_some()).as_bytes(),
+        init_script(options.share.is_some(), options.forward.is_some()).as_bytes(),
         0o755,
     );
     archive.file(
@@ -153,15 +163,7 @@ pub fn run(options: Options) -> Result<ExitCode> {
     let mut qemu = Command::new("qemu-system-x86_64");
     qemu.args(["-accel", "tcg,thread=single"])
         .args(["-cpu", "qemu64,+svm,+rdtscp", "-smp", "1", "-m", "2048"])
-        .args([
-            "-display",
-            "none",
-            "-no-reboot",
-            "-monitor",
-            "none",
-            "-net",
-            "none",
-        ])
+        .args(["-display", "none", "-no-reboot", "-monitor", "none"])
         .arg("-kernel")
         .arg(&kernel.vmlinuz)
         .arg("-initrd")
@@ -176,6 +178,13 @@ pub fn run(options: Options) -> Result<ExitCode> {
         ))
         .stdin(Stdio::null())
         .stdout(Stdio::piped());
+    match options.forward {
+        Some(port) => qemu.args([
+            "-nic",
+            &format!("user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:{port}-:{port}"),
+        ]),
+        None => qemu.args(["-nic", "none"]),
+    };
     if let Some(share) = &options.share {
         fs::create_dir_all(share)?;
         let share = share.canonicalize()?;
@@ -267,7 +276,12 @@ fn shell_line(words: &[String]) -> String {
 
 /// `/init`: mounts, loads the modules, runs the command with its output on the
 /// second serial port, reports the status through isa-debug-exit.
-fn init_script(share: bool) -> String {
+fn init_script(share: bool, network: bool) -> String {
+    let network = if network {
+        "ip link set lo up\nip link set eth0 up\nip addr add 10.0.2.15/24 dev eth0\n"
+    } else {
+        ""
+    };
     let share = if share {
         "mkdir -p /share\nmount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 share /share \
          || echo 'lab: cannot mount /share' >/dev/ttyS1\n"
@@ -287,7 +301,7 @@ stty -F /dev/ttyS1 raw -echo
 for module in $(cat /lab/modules.order); do
     insmod /lab/modules/$module || echo "lab: insmod $module failed" >/dev/ttyS1
 done
-{share}cd /root
+{share}{network}cd /root
 sh /lab/command </dev/null >/dev/ttyS1 2>&1
 status=$?
 printf "\\$(printf %03o $status)" | dd of=/dev/port bs=1 seek={port} count=1 2>/dev/null
