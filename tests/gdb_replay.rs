@@ -964,7 +964,7 @@ fn stepi_over_an_exiting_instruction_runs_that_instruction_only() {
     let stop = |index: usize| -> (u64, u64) {
         let text = s.out(index);
         let mut words = text.split("at ").nth(1).unwrap_or("").split_whitespace();
-        let mut hex = |word: Option<&str>| {
+        let hex = |word: Option<&str>| {
             word.and_then(|word| u64::from_str_radix(word.trim_start_matches("0x"), 16).ok())
                 .unwrap_or_else(|| panic!("command {index}: no address\n{}", s.transcript))
         };
