@@ -42,23 +42,25 @@ done
 cargo run -q --release -p xtask -- lab --share "$work/patched" -- sh -c "$inside"
 cargo run -q --release -p xtask -- lab --stock --share "$work/stock" -- sh -c "$inside"
 
-median() { # kind name op
+median() { # kind name op: "median [min-max]"
     awk -v name="$2" -v op="$3" '$1 == name && $2 == op { print $3 }' "$work/$1/times" |
-        sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+        sort -n | awk '{ v[NR] = $1 } END {
+            m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+            printf "%d [%d-%d]", m, v[1], v[NR] }'
 }
 field() { # kind name key
     sed -n "s/^ *\"$3\": \\([0-9.]*\\),*$/\\1/p" "$work/$1/$2.json" | head -n 1
 }
-echo "| guest | KVM | run (ms) | record (ms) | record / run | exits | tsc-read events | event log bytes |"
+echo "| guest | KVM | run (ms) | record (ms) | record / run (medians) | exits | tsc-read events | event log bytes |"
 echo "|---|---|---|---|---|---|---|---|"
 for name in tsc tsc20k compute; do
     for kind in patched stock; do
         run=$(median $kind $name run)
         record=$(median $kind $name record)
-        ratio=$(awk -v a="$record" -v b="$run" 'BEGIN { printf "%.2f", a / b }')
+        ratio=$(awk -v a="${record%% *}" -v b="${run%% *}" 'BEGIN { printf "%.2f", a / b }')
         tsc=$(sed -n 's/.*"tsc-read": \([0-9]*\).*/\1/p' "$work/$kind/$name.json")
         echo "| $name | $kind | $run | $record | $ratio | $(field $kind $name exits) | ${tsc:-0} | $(field $kind $name event_log_bytes) |"
     done
 done
 echo
-echo "($reps repetitions each, medians; wall time of the lore-dbg process inside the lab VM)"
+echo "($reps repetitions each: median [min-max] of the wall time of the lore-dbg process inside the lab VM)"
