@@ -1,4 +1,4 @@
-//! `cargo xtask`-style automation for lore-dbg. Two tasks:
+//! `cargo xtask`-style automation for lore-dbg. Three tasks:
 //!
 //! `cargo run --release -p xtask -- bench [--quick] [--reps N] [--out DIR]`
 //! measures lore-dbg against QEMU's record/replay on the same guest images, in one
@@ -10,6 +10,10 @@
 //! measures reverse-stepi and reverse-continue latency over long recorded histories
 //! of compute and canary next to a forward continue over the same span
 //! ([`revbench`]; `revbench.md` in `--out`).
+//!
+//! `cargo run --release -p xtask -- lab [--stock] [--share DIR] [--forward PORT] --
+//! COMMAND…` runs COMMAND in the lab, a QEMU VM with Debian's kernel and our own
+//! (patched, or stock) KVM ([`lab`]; `kmod-patch/README.md`).
 //!
 //! Modules: [`exec`] times whole processes, [`tools`] holds the corpus and the
 //! exact command lines, [`revdbg`] drives gdb for the reverse-debugging figures,
