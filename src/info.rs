@@ -166,6 +166,7 @@ impl TraceInfo {
             command_line: &self.header.command_line,
             memory_size: self.header.memory_size,
             clock: self.header.clock.name(),
+            tsc_reads_recorded: self.header.tsc_exits,
             recorded_at: format_utc(self.header.recorded_at_unix_secs),
             lore_version: &self.header.lore_version,
             complete: self.truncation.is_none(),
@@ -257,6 +258,7 @@ impl TraceInfo {
             header.host.kernel_release
         )?;
         writeln!(out, "clock:        {}", header.clock.name())?;
+        writeln!(out, "tsc reads:    {}", tsc_reads(header.tsc_exits))?;
         match (self.end, &self.truncation) {
             (Some(end), _) => writeln!(
                 out,
@@ -347,6 +349,15 @@ impl TraceInfo {
     }
 }
 
+/// What `record` and `info` say about the guest's `rdtsc`/`rdtscp`.
+pub fn tsc_reads(recorded: bool) -> &'static str {
+    if recorded {
+        "recorded (rdtsc and rdtscp exit to lore-dbg: KVM_CAP_X86_USER_NONDET)"
+    } else {
+        "not recorded (this KVM runs rdtsc without an exit: a guest that reads the TSC may diverge in replay)"
+    }
+}
+
 /// The JSON shape of `lore-dbg info --json`, field for field in output order.
 #[derive(Debug, Serialize)]
 struct JsonReport<'a> {
@@ -355,6 +366,7 @@ struct JsonReport<'a> {
     command_line: &'a str,
     memory_size: u64,
     clock: &'static str,
+    tsc_reads_recorded: bool,
     recorded_at: String,
     lore_version: &'a str,
     complete: bool,
@@ -733,6 +745,7 @@ mod tests {
                 memory_size: 128 << 20,
                 cpuid: Vec::new(),
                 clock: ClockBackend::Landmark,
+                tsc_exits: false,
                 rtc_base_unix_secs: 0,
                 recorded_at_unix_secs: 0,
                 host: HostFacts::default(),
@@ -779,6 +792,7 @@ mod tests {
   "command_line": "say \"hi\"",
   "memory_size": 134217728,
   "clock": "landmark",
+  "tsc_reads_recorded": false,
   "recorded_at": "1970-01-01 00:00:00",
   "lore_version": "0.1.0",
   "complete": true,

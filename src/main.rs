@@ -461,12 +461,30 @@ fn record(args: RecordArgs) -> Result<ExitCode> {
         .flush()
         .context("cannot flush the guest's serial output")?;
     eprintln!(
+        "lore-dbg: tsc reads {}",
+        lore_dbg::info::tsc_reads(recorded.tsc_exits)
+    );
+    eprintln!(
         "lore-dbg: recorded {} exits, {} events ({} bytes stored) into {}",
         recorded.outcome.exits,
         recorded.writer.events,
         recorded.writer.stored_bytes,
         trace.path().display()
     );
+    let async_points = recorded
+        .writer
+        .events_by_kind
+        .get("interrupt-async")
+        .copied()
+        .unwrap_or(0);
+    if clock == ClockBackend::Landmark
+        && async_points > 0
+        && !lore_dbg::vmm::probe::breakpoints_fire().unwrap_or(true)
+    {
+        eprintln!(
+            "lore-dbg: note: {async_points} interrupts were recorded between exits, but hardware breakpoints never fire for guests on this host: replay here will refuse this trace (record with --clock soft to replay here)"
+        );
+    }
     if recorded.stats.deferred_injections > 0 {
         eprintln!(
             "lore-dbg: {} interrupts arrived where replay could not find the point on this host (guest ring 3, or code the software counter did not count) and were delivered at the next exit instead",
@@ -499,6 +517,7 @@ fn resolve_trace(given: &Option<PathBuf>) -> Result<PathBuf> {
 
 fn gdb_session(dir: &std::path::Path) -> Result<lore_dbg::gdb::GdbSession> {
     let (header, input) = record::load(dir)?;
+    record::check_host_can_replay(&input)?;
     let replayer = lore_dbg::replay::Replayer::new(input, Box::new(std::io::stdout()))
         .with_context(|| format!("starting the replay of {}", dir.display()))?;
     let timeline = lore_dbg::replay::timeline::Timeline::new(replayer)

@@ -8,6 +8,7 @@
 
 use crate::replay::{ReplayError, ReplayInput, ReplayOutcome, Replayer};
 use crate::runner::{RecordStats, RunConfig, RunError, RunOutcome, Runner, SnapshotSchedule};
+use crate::trace::event::{Event, Position};
 use crate::trace::header::{image_digest, ModuleRecord};
 use crate::trace::{
     ClockBackend, CpuidRecord, HostFacts, TraceDir, TraceError, TraceHeader, WriterStats,
@@ -48,6 +49,15 @@ pub enum RecordError {
         /// The code found.
         code: u8,
     },
+    /// Replay would wait forever at the first asynchronous point.
+    #[error("this trace has {points} interrupts recorded between exits with the landmark clock, which replay finds with hardware breakpoints, but hardware breakpoints never fire for guests on this host (probed with a test VM): the replay would wait forever at the first one; replay it on a host where they fire, or record on this host with --clock soft")]
+    BreakpointsDoNotFire {
+        /// Asynchronous points found by landmark.
+        points: u64,
+    },
+    /// Probing the host failed.
+    #[error("cannot probe whether hardware breakpoints fire on this host")]
+    Probe(#[source] crate::vmm::VmmError),
     /// The clock backend cannot be used on this host.
     #[error("clock backend '{backend}' cannot be used here")]
     Clock {
@@ -131,6 +141,8 @@ pub struct Recorded {
     pub writer: WriterStats,
     /// Recorder statistics.
     pub stats: RecordStats,
+    /// Whether the guest's `rdtsc`/`rdtscp` exited and were recorded.
+    pub tsc_exits: bool,
 }
 
 /// How to record.
@@ -198,6 +210,7 @@ pub fn record(
         memory_size: header_base.2,
         cpuid: cpuid_records(runner.cpuid()),
         clock,
+        tsc_exits: runner.tsc_exits(),
         rtc_base_unix_secs: header_base.3,
         recorded_at_unix_secs: crate::runner::host_unix_secs(),
         host: HostFacts::current(),
@@ -229,6 +242,7 @@ pub fn record(
         outcome,
         writer,
         stats,
+        tsc_exits: header.tsc_exits,
     })
 }
 
@@ -264,10 +278,39 @@ pub fn load(dir: &std::path::Path) -> Result<(TraceHeader, ReplayInput), RecordE
         cpuid: cpuid_table(&header.cpuid),
         rtc_base_unix_secs: header.rtc_base_unix_secs,
         clock: header.clock,
+        tsc_exits: header.tsc_exits,
         events: log.events,
         truncated: log.truncation.map(|error| error.to_string()),
     };
     Ok((header, input))
+}
+
+/// Asynchronous points of `events` that replay finds by landmark, with a hardware
+/// breakpoint (those with ticks are found by counting).
+pub fn landmark_points(events: &[Event]) -> u64 {
+    events
+        .iter()
+        .filter(|event| {
+            matches!(
+                event,
+                Event::Interrupt {
+                    at: Position::Async { landmark, .. },
+                    ..
+                } if landmark.ticks.is_none()
+            )
+        })
+        .count() as u64
+}
+
+/// Refuses, before the guest starts, a replay this host could not finish: one
+/// that must find asynchronous points with hardware breakpoints where they never
+/// fire (`crate::vmm::probe`), which would otherwise spin at the first point.
+pub fn check_host_can_replay(input: &ReplayInput) -> Result<(), RecordError> {
+    let points = landmark_points(&input.events);
+    if points > 0 && !crate::vmm::probe::breakpoints_fire().map_err(RecordError::Probe)? {
+        return Err(RecordError::BreakpointsDoNotFire { points });
+    }
+    Ok(())
 }
 
 /// Replays the trace in `dir` to its end, serial output to `output`; from trace
@@ -288,6 +331,7 @@ pub fn replay_showing(
     screen: Option<&mut crate::vga::ScreenWatch>,
 ) -> Result<ReplayOutcome, RecordError> {
     let (_, input) = load(dir)?;
+    check_host_can_replay(&input)?;
     let mut replayer = Replayer::new(input, output)?;
     replayer.report_astray();
     if let Some(index) = from_snapshot {

@@ -930,3 +930,58 @@ fn soft_clock_monitor_info_trace_names_the_clock() {
     s.expect_not(6, "(0 by ticks");
     s.no_replay_error();
 }
+
+#[test]
+fn stepi_over_an_exiting_instruction_runs_that_instruction_only() {
+    require_tools();
+    // `in` and `out` exit to the VMM, which completes them at the next entry; one
+    // `stepi` must end right after them (and `reverse-stepi` come back), not one
+    // instruction further. The same holds for `rdtsc` with the patched KVM
+    // (`kmod-patch/lab-gdb.sh`). serial_putc: `mov edx, 0x3fd; in al, dx; test;
+    // je; mov edx, 0x3f8; mov eax, edi; out dx, al; ret` (the UART is ready at once).
+    let dir = record_trace("hello", "gdb-stepi-exit");
+    let server = serve(&dir);
+    let at = "printf \"at %#lx byte %#x\\n\", $pc, *(unsigned char *) $pc";
+    let s = gdb(
+        &dir,
+        &server,
+        &[
+            "break serial_putc", // 0
+            "continue",          // 1
+            "delete",            // 2
+            "stepi",             // 3: to the `in`
+            at,                  // 4
+            "stepi",             // 5: over it
+            at,                  // 6
+            "reverse-stepi",     // 7: back
+            at,                  // 8
+            "stepi 5",           // 9: to the `out`
+            at,                  // 10
+            "stepi",             // 11: over it
+            at,                  // 12
+        ],
+    );
+    let stop = |index: usize| -> (u64, u64) {
+        let text = s.out(index);
+        let mut words = text.split("at ").nth(1).unwrap_or("").split_whitespace();
+        let hex = |word: Option<&str>| {
+            word.and_then(|word| u64::from_str_radix(word.trim_start_matches("0x"), 16).ok())
+                .unwrap_or_else(|| panic!("command {index}: no address\n{}", s.transcript))
+        };
+        let pc = hex(words.next());
+        let byte = hex(words.nth(1));
+        (pc, byte)
+    };
+    let (in_at, in_byte) = stop(4);
+    assert_eq!(in_byte, 0xec, "not at `in al, dx`\n{}", s.transcript);
+    assert_eq!(stop(6).0, in_at + 1, "stepi over `in`\n{}", s.transcript);
+    assert_eq!(
+        stop(8).0,
+        in_at,
+        "reverse-stepi over `in`\n{}",
+        s.transcript
+    );
+    let (out_at, out_byte) = stop(10);
+    assert_eq!(out_byte, 0xee, "not at `out dx, al`\n{}", s.transcript);
+    assert_eq!(stop(12).0, out_at + 1, "stepi over `out`\n{}", s.transcript);
+}

@@ -1208,3 +1208,57 @@ fn ctrl_c_finishes_the_trace_of_a_guest_waiting_for_input() {
     // echo halts until a byte arrives on its serial port; stdin stays open.
     stopped_recording_replays("echo", "INT", 2, &[]);
 }
+
+// ---------------------------------------------------------------------------------
+// The guest's TSC reads: recorded where the patched KVM of kmod-patch/ makes them
+// exit, a reported divergence where stock KVM runs them unseen (our hosts; the lab,
+// `kmod-patch/lab-check.sh`, covers the patched case).
+
+#[test]
+fn tsc_reads_replay_exactly_or_the_divergence_is_reported() {
+    require_kvm();
+    let dir = scratch_dir("tsc");
+    let trace = dir.join("trace");
+    let recorded = record("tsc", &trace, &[]);
+    assert_recorded("tsc", &recorded, 1);
+    assert!(
+        recorded.stdout.contains("tsc: hash of the deltas"),
+        "{recorded:#?}"
+    );
+    let info = lore(&["info", utf8(&trace), "--json"]);
+    if recorded.stderr.contains("tsc reads recorded") {
+        assert!(
+            info.stdout.contains("\"tsc_reads_recorded\": true"),
+            "{info:#?}"
+        );
+        assert!(info.stdout.contains("\"tsc-read\": 1001"), "{info:#?}");
+        assert_replays_match("tsc", &trace, &recorded);
+    } else {
+        assert!(
+            recorded.stderr.contains("tsc reads not recorded"),
+            "record says nothing about TSC reads\n{recorded:#?}"
+        );
+        assert!(
+            info.stdout.contains("\"tsc_reads_recorded\": false"),
+            "{info:#?}"
+        );
+        // Without RDTSCP exits, CPUID hides RDTSCP.
+        assert!(
+            recorded.stdout.contains("rdtscp not offered by CPUID"),
+            "{recorded:#?}"
+        );
+        let replayed = replay(&trace);
+        assert_clean_failure("tsc replayed without recorded TSC reads", &replayed);
+        divergence_exit(&replayed);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_breakpoint_probe_agrees_with_this_host() {
+    require_kvm();
+    // Our hosts deliver hardware breakpoints to guest ring 0 (docs/design.md, "Host
+    // facts the code relies on"); the lab, where they never fire, checks the other
+    // answer (`kmod-patch/README.md`).
+    assert!(lore_dbg::vmm::probe::breakpoints_fire().expect("probe"));
+}

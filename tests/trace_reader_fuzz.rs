@@ -132,6 +132,7 @@ fn base() -> &'static Base {
                 4
             ],
             clock: ClockBackend::Landmark,
+            tsc_exits: false,
             rtc_base_unix_secs: 1,
             recorded_at_unix_secs: 2,
             host: HostFacts::default(),

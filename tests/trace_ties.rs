@@ -251,6 +251,7 @@ fn header() -> TraceHeader {
         memory_size: 1 << 20,
         cpuid: Vec::new(),
         clock: ClockBackend::Landmark,
+        tsc_exits: false,
         rtc_base_unix_secs: 0,
         recorded_at_unix_secs: 0,
         host: HostFacts::default(),

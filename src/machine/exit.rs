@@ -16,6 +16,7 @@ use super::inputs::{le_value, InputError, Inputs};
 use crate::digest::RegisterArray;
 use crate::vmm::memory::GuestMemory;
 use crate::vmm::msr::TimeMsrs;
+use crate::vmm::nondet::{self, NondetInstruction};
 use crate::vmm::traps::{MemoryMap, TrapAccess};
 use kvm_bindings::kvm_sregs;
 use kvm_ioctls::VcpuExit;
@@ -366,4 +367,35 @@ pub fn handle_exit(
         ))),
     };
     Entry::Exit(outcome)
+}
+
+/// Handles a `KVM_EXIT_X86_NONDET` exit (the patched KVM's `rdtsc`/`rdtscp`,
+/// `crate::vmm::nondet`), exit number `ordinal`: the value comes from `inputs` and
+/// is written into `run` for the next `KVM_RUN` to complete the instruction.
+pub fn handle_nondet_exit(
+    run: &mut kvm_bindings::kvm_run,
+    ordinal: u64,
+    peripherals: &mut Peripherals,
+    inputs: &mut dyn Inputs,
+) -> Entry {
+    let instruction = nondet::exit_instruction(run);
+    if let NondetInstruction::Other(bit) = instruction {
+        return Entry::Exit(ExitOutcome::Failed(GuestFailure::Unexpected(format!(
+            "a non-deterministic instruction exit this VMM never asks for ({bit:#x})"
+        ))));
+    }
+    let now_ns = inputs.guest_ns();
+    match inputs.tsc_read(ordinal, &peripherals.msrs, now_ns) {
+        Ok(value) => {
+            nondet::answer_tsc(run, value, peripherals.msrs.tsc_aux());
+            peripherals.history.push(
+                ordinal,
+                ExitRecord::TscRead {
+                    rdtscp: instruction == NondetInstruction::Rdtscp,
+                },
+            );
+            Entry::Exit(ExitOutcome::Continue)
+        }
+        Err(error) => Entry::Exit(ExitOutcome::Unanswered(error)),
+    }
 }

@@ -40,6 +40,11 @@ pub enum ExitRecord {
         /// Whether it was a write.
         write: bool,
     },
+    /// `rdtsc` or `rdtscp` (with the patched KVM, `crate::vmm::nondet`).
+    TscRead {
+        /// Whether it was `rdtscp`.
+        rdtscp: bool,
+    },
     /// The interrupt window the VMM asked for opened.
     InterruptWindow,
     /// An interrupt injected.
@@ -65,6 +70,7 @@ impl fmt::Display for ExitRecord {
             Self::Msr { index, write } => {
                 write!(f, "{} {index:#x}", if *write { "wrmsr" } else { "rdmsr" })
             }
+            Self::TscRead { rdtscp } => write!(f, "{}", if *rdtscp { "rdtscp" } else { "rdtsc" }),
             Self::InterruptWindow => write!(f, "interrupt window open"),
             Self::Interrupt { vector } => write!(f, "interrupt vector {vector:#x} injected"),
         }

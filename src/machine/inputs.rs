@@ -57,6 +57,10 @@ pub trait Inputs {
         msrs: &TimeMsrs,
         now_ns: u64,
     ) -> Result<Option<u64>, InputError>;
+
+    /// The time-stamp counter an `rdtsc` or `rdtscp` reads (they exit only with
+    /// the patched KVM: `crate::vmm::nondet`).
+    fn tsc_read(&mut self, ordinal: u64, msrs: &TimeMsrs, now_ns: u64) -> Result<u64, InputError>;
 }
 
 /// What the device models and the host give: the inputs of `lore-dbg run`, and
@@ -109,6 +113,11 @@ impl<F: FnMut() -> u64> Inputs for LiveInputs<F> {
     ) -> Result<Option<u64>, InputError> {
         Ok(msrs.read(index, now_ns))
     }
+
+    fn tsc_read(&mut self, _ordinal: u64, msrs: &TimeMsrs, now_ns: u64) -> Result<u64, InputError> {
+        // The same counter `rdmsr` of IA32_TSC reads, so the two agree.
+        Ok(msrs.tsc(now_ns))
+    }
 }
 
 /// The value of up to 8 little-endian bytes.
@@ -144,5 +153,6 @@ mod tests {
             .unwrap();
         assert_eq!(tsc, Some(7_000));
         assert_eq!(live.msr_read(3, 0x1b, &msrs, now).unwrap(), None);
+        assert_eq!(live.tsc_read(4, &msrs, now).unwrap(), 7_000);
     }
 }

@@ -29,10 +29,11 @@ use crate::boot::{self, BootError};
 use crate::digest::{self, RegisterArray};
 use crate::vmm::cpuid::CpuidTable;
 use crate::vmm::msr::TimeMsrs;
+use crate::vmm::nondet::{self, NondetPolicy};
 use crate::vmm::regs::{self, RegisterDump};
 use crate::vmm::{kvm_op, Vm, VmmError};
 use history::ExitHistory;
-use kvm_ioctls::SyncReg;
+use kvm_ioctls::{SyncReg, VcpuExit};
 use lore_devices::board::{Board, BoardConfig};
 use std::fmt;
 use std::io::Write;
@@ -108,6 +109,8 @@ pub struct BootSpec<'a> {
     pub serial_output: Box<dyn Write + Send>,
     /// The RTC's date and time at boot, in Unix seconds.
     pub rtc_base_unix_secs: i64,
+    /// Whether `rdtsc`/`rdtscp` are to exit to the VMM (`crate::vmm::nondet`).
+    pub nondet: NondetPolicy,
 }
 
 impl fmt::Debug for BootSpec<'_> {
@@ -158,7 +161,7 @@ impl Machine {
     /// Creates the VM, loads the image, puts the vCPU at the multiboot entry and
     /// creates the devices.
     pub fn boot(spec: BootSpec<'_>) -> Result<Self, StartError> {
-        let mut vm = Vm::new(spec.memory_size, spec.cpuid)?;
+        let mut vm = Vm::new(spec.memory_size, spec.cpuid, spec.nondet)?;
         let entry = boot::load_boot(vm.memory_mut(), &spec.boot)?;
         regs::set_protected_mode_entry(
             vm.vcpu(),
@@ -200,6 +203,17 @@ impl Machine {
     pub fn enter(&mut self, ordinal: u64, inputs: &mut dyn Inputs) -> Result<Entry, VmmError> {
         let (vcpu, memory, map) = self.vm.run_parts();
         match vcpu.run() {
+            // The patched KVM's TSC exit, which kvm-ioctls does not know: its
+            // data is in `kvm_run`, read and answered here.
+            Ok(VcpuExit::Unsupported(nondet::KVM_EXIT_X86_NONDET)) => {
+                let run = self.vm.vcpu_mut().get_kvm_run();
+                Ok(exit::handle_nondet_exit(
+                    run,
+                    ordinal,
+                    &mut self.peripherals,
+                    inputs,
+                ))
+            }
             Ok(exit) => {
                 let mut ram = TrappedRam { memory, map };
                 let mut entry =

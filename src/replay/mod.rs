@@ -48,6 +48,7 @@ use crate::vmm::cpuid::CpuidTable;
 use crate::vmm::debug::{self, DebugSetup, HwBreakpoint, HwCondition};
 use crate::vmm::kick::VcpuKickGuard;
 use crate::vmm::msr::TimeMsrs;
+use crate::vmm::nondet::NondetPolicy;
 use crate::vmm::state::VcpuState;
 use crate::vmm::traps::{TrapAccess, TrapSet};
 use crate::vmm::{kvm_op, Vm, VmmError};
@@ -173,6 +174,8 @@ pub struct ReplayInput {
     pub rtc_base_unix_secs: i64,
     /// How the recording positioned asynchronous points.
     pub clock: ClockBackend,
+    /// Whether the recording's `rdtsc`/`rdtscp` exited (and are in the log).
+    pub tsc_exits: bool,
     /// Every event of the log, in order.
     pub events: Vec<Event>,
     /// Set when the log is incomplete: why (the reader's message).
@@ -403,6 +406,11 @@ impl Replayer {
             cpuid: Some(input.cpuid),
             serial_output: Box::new(output.clone()),
             rtc_base_unix_secs: input.rtc_base_unix_secs,
+            nondet: if input.tsc_exits {
+                NondetPolicy::Required
+            } else {
+                NondetPolicy::Off
+            },
         })?;
         let counter =
             clock::counter_for(input.clock, true).map_err(|source| ReplayError::Clock {
@@ -1078,12 +1086,19 @@ impl Replayer {
             let dr6 = match debug_status {
                 Ok(dr6) => dr6,
                 Err(served) => {
+                    let exits_before = self.cursor.exits;
                     if let Progress::Ended(status) = self.finish_exit(served)? {
                         return Ok(EngineStop::Ended { status });
                     }
                     if stop_at_exit == Some(self.cursor.exits) {
                         self.settle()?;
                         return Ok(EngineStop::Boundary);
+                    }
+                    // The stepped instruction exited (`in`, `rdtsc`, ...): completing
+                    // it is the step; stepping on would run one more instruction.
+                    if single_step && self.cursor.exits != exits_before {
+                        self.settle()?;
+                        return Ok(EngineStop::Stepped);
                     }
                     continue;
                 }
@@ -1948,6 +1963,25 @@ impl Inputs for LoggedInputs<'_> {
             }
             other => Err(InputError::NotRecorded(format!(
                 "the guest read MSR {index:#x}; the recording has {}",
+                describe(other)
+            ))),
+        }
+    }
+
+    fn tsc_read(
+        &mut self,
+        ordinal: u64,
+        _msrs: &TimeMsrs,
+        _now_ns: u64,
+    ) -> Result<u64, InputError> {
+        match self.recorded(ordinal) {
+            Some(Event::TscRead { value, .. }) => {
+                let value = *value;
+                self.consumed = true;
+                Ok(value)
+            }
+            other => Err(InputError::NotRecorded(format!(
+                "the guest read the TSC; the recording has {}",
                 describe(other)
             ))),
         }

@@ -48,6 +48,7 @@ use crate::trace::event::{Event, Position};
 use crate::trace::EventWriter;
 use crate::vmm::cpuid::CpuidTable;
 use crate::vmm::kick::VcpuKickGuard;
+use crate::vmm::nondet::NondetPolicy;
 use crate::vmm::Vm;
 use pace::GuestTime;
 use recorder::Recorder;
@@ -256,6 +257,7 @@ impl Runner {
             cpuid: None,
             serial_output: config.serial_output,
             rtc_base_unix_secs: config.rtc_base_unix_secs,
+            nondet: NondetPolicy::IfAvailable,
         })?;
         machine.set_astray_policy(config.astray);
         let kick_guard = VcpuKickGuard::install(machine.vm().vcpu())?;
@@ -299,6 +301,11 @@ impl Runner {
     /// The CPUID table the guest sees (for the trace header).
     pub fn cpuid(&self) -> &CpuidTable {
         self.machine.vm().cpuid()
+    }
+
+    /// Whether the guest's `rdtsc`/`rdtscp` exit to the VMM (and are recorded).
+    pub fn tsc_exits(&self) -> bool {
+        self.machine.vm().features().tsc_exits
     }
 
     /// Logs every input of the run to `writer` from now on, and takes snapshots as

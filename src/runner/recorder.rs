@@ -373,4 +373,13 @@ impl Inputs for Recording<'_> {
         })?;
         Ok(value)
     }
+
+    fn tsc_read(&mut self, ordinal: u64, msrs: &TimeMsrs, now_ns: u64) -> Result<u64, InputError> {
+        let value = self.live.tsc_read(ordinal, msrs, now_ns)?;
+        self.log(Event::TscRead {
+            exit: ordinal,
+            value,
+        })?;
+        Ok(value)
+    }
 }

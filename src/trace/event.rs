@@ -3,7 +3,8 @@
 //! Every non-deterministic input (docs/design.md, "Non-deterministic inputs and what
 //! is logged") is one event. Each carries the **exit ordinal** it belongs to: the
 //! count of guest-caused user-space exits since boot (PIO, MMIO, HLT, MSR), which
-//! replay reproduces in the same order. Events are stored in exit order, so ordinals
+//! replay reproduces in the same order (with the patched KVM, `rdtsc`/`rdtscp`
+//! exits count too). Events are stored in exit order, so ordinals
 //! are delta-encoded.
 //!
 //! Positions (docs/design.md, "Positions"): an interrupt injected right after exit N
@@ -88,6 +89,14 @@ pub enum Event {
         /// Value, or `None` for a refused read.
         value: Option<u64>,
     },
+    /// The time-stamp counter an `rdtsc`/`rdtscp` read at exit `exit` (recorded
+    /// only where the patched KVM makes them exit: `crate::vmm::nondet`).
+    TscRead {
+        /// Exit ordinal of the instruction.
+        exit: u64,
+        /// The counter (EDX:EAX).
+        value: u64,
+    },
     /// An interrupt injected with `KVM_INTERRUPT` at `at`.
     Interrupt {
         /// Where.
@@ -168,6 +177,7 @@ impl Event {
             Self::PioIn { exit, .. }
             | Self::MmioRead { exit, .. }
             | Self::MsrRead { exit, .. }
+            | Self::TscRead { exit, .. }
             | Self::RegisterCheck { exit, .. }
             | Self::Snapshot { exit, .. }
             | Self::End { exit, .. } => *exit,
@@ -181,6 +191,7 @@ impl Event {
             Self::PioIn { .. } => "pio-in",
             Self::MmioRead { .. } => "mmio-read",
             Self::MsrRead { .. } => "msr-read",
+            Self::TscRead { .. } => "tsc-read",
             Self::Interrupt {
                 at: Position::Exit(_),
                 ..

@@ -146,6 +146,10 @@ pub struct TraceHeader {
     pub cpuid: Vec<CpuidRecord>,
     /// How asynchronous points were recorded.
     pub clock: ClockBackend,
+    /// The guest's `rdtsc`/`rdtscp` exited and their values are in the log
+    /// (`KVM_CAP_X86_USER_NONDET`, the patched KVM of `kmod-patch/`): replay needs
+    /// the same capability.
+    pub tsc_exits: bool,
     /// What the guest's RTC read at boot, in seconds since the Unix epoch.
     pub rtc_base_unix_secs: i64,
     /// When the recording started, in seconds since the Unix epoch.
@@ -194,6 +198,14 @@ pub enum HeaderError {
     NotUtf8 {
         /// The field.
         field: &'static str,
+    },
+    /// A flag byte is neither 0 nor 1.
+    #[error("field {field} is {value}, not a flag (0 or 1)")]
+    BadFlag {
+        /// The field.
+        field: &'static str,
+        /// The byte found.
+        value: u8,
     },
     /// The clock backend code is unknown.
     #[error("unknown clock backend {code}")]
@@ -312,6 +324,7 @@ impl TraceHeader {
             }
         }
         out.put_u8(self.clock.code());
+        out.put_u8(u8::from(self.tsc_exits));
         out.put_i64(self.rtc_base_unix_secs);
         out.put_i64(self.recorded_at_unix_secs);
         put_string(&mut out, "kernel_release", &self.host.kernel_release)?;
@@ -358,6 +371,16 @@ impl TraceHeader {
         }
         let code = fields.u8("clock")?;
         let clock = ClockBackend::from_code(code).ok_or(HeaderError::UnknownClock { code })?;
+        let tsc_exits = match fields.u8("tsc_exits")? {
+            0 => false,
+            1 => true,
+            value => {
+                return Err(HeaderError::BadFlag {
+                    field: "tsc_exits",
+                    value,
+                })
+            }
+        };
         let rtc_base_unix_secs = fields.i64("rtc_base_unix_secs")?;
         let recorded_at_unix_secs = fields.i64("recorded_at_unix_secs")?;
         let kernel_release = fields.string("kernel_release")?;
@@ -385,6 +408,7 @@ impl TraceHeader {
             memory_size,
             cpuid,
             clock,
+            tsc_exits,
             rtc_base_unix_secs,
             recorded_at_unix_secs,
             host: HostFacts {
@@ -420,6 +444,7 @@ pub(crate) mod tests {
                 })
                 .collect(),
             clock: ClockBackend::Landmark,
+            tsc_exits: true,
             rtc_base_unix_secs: -5,
             recorded_at_unix_secs: 1_795_000_000,
             host: HostFacts {
@@ -471,6 +496,7 @@ pub(crate) mod tests {
                 edx: 7,
             }],
             clock: ClockBackend::Pmu,
+            tsc_exits: false,
             rtc_base_unix_secs: -2,
             recorded_at_unix_secs: 3,
             host: HostFacts {
@@ -493,6 +519,7 @@ pub(crate) mod tests {
             "01",               // one CPUID entry: function, index, flags, eax..edx
             "01000000020000000300000004000000050000000600000007000000",
             "01",               // clock: pmu
+            "00",               // tsc_exits: no
             "feffffffffffffff", // rtc_base_unix_secs
             "0300000000000000", // recorded_at_unix_secs
             "016b",             // kernel_release
@@ -505,6 +532,28 @@ pub(crate) mod tests {
         ));
         assert_eq!(header.encode(), Ok(expected.clone()));
         assert_eq!(TraceHeader::decode(&expected), Ok(header));
+    }
+
+    #[test]
+    fn a_flag_must_be_zero_or_one() {
+        let header = sample_header();
+        let mut bytes = header.encode().expect("encodes");
+        // The flag follows the clock byte, before the two times and the host strings.
+        let at = bytes.len()
+            - 8
+            - 8
+            - 1
+            - (1 + header.host.kernel_release.len())
+            - (1 + header.host.cpu_model.len());
+        assert_eq!(bytes[at], 1);
+        bytes[at] = 2;
+        assert_eq!(
+            TraceHeader::decode(&bytes),
+            Err(HeaderError::BadFlag {
+                field: "tsc_exits",
+                value: 2
+            })
+        );
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! bit that would let the guest observe the host or the passage of time behind the
 //! VMM's back: RDRAND and RDSEED (not trappable), the KVM paravirtual leaves (kvmclock,
 //! steal time), and the local APIC family (there is no in-kernel irqchip; the PIC is
-//! in user space). The table is plain data so the trace can carry it and a replay on
+//! in user space). RDTSCP is hidden too unless the host makes it exit
+//! (`super::nondet`): it reads the TSC like `rdtsc`, and without the capability the
+//! nested KVM of our hosts cannot even run it in ring 0. The table is plain data so the trace can carry it and a replay on
 //! another host can present exactly the same CPU.
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_MAX_CPUID_ENTRIES};
@@ -15,6 +17,8 @@ const LEAF1_ECX_TSC_DEADLINE: u32 = 1 << 24;
 const LEAF1_ECX_RDRAND: u32 = 1 << 30;
 /// Leaf 1 EDX: on-chip APIC.
 const LEAF1_EDX_APIC: u32 = 1 << 9;
+/// Leaf 0x8000_0001 EDX: RDTSCP.
+const EXT1_EDX_RDTSCP: u32 = 1 << 27;
 /// Leaf 7 EBX: RDSEED.
 const LEAF7_EBX_RDSEED: u32 = 1 << 18;
 /// Hypervisor leaves (KVM signature, kvmclock and friends).
@@ -47,8 +51,9 @@ pub struct CpuidTable {
 }
 
 impl CpuidTable {
-    /// Derives the guest's table from the host's supported CPUID.
-    pub fn from_supported(supported: &CpuId) -> Self {
+    /// Derives the guest's table from the host's supported CPUID; `rdtscp_exits`
+    /// keeps RDTSCP, which the VMM then answers.
+    pub fn from_supported(supported: &CpuId, rdtscp_exits: bool) -> Self {
         let entries = supported
             .as_slice()
             .iter()
@@ -72,6 +77,7 @@ impl CpuidTable {
                         entry.ebx &= 0x00ff_ffff;
                     }
                     (7, 0) => entry.ebx &= !LEAF7_EBX_RDSEED,
+                    (0x8000_0001, _) if !rdtscp_exits => entry.edx &= !EXT1_EDX_RDTSCP,
                     _ => {}
                 }
                 entry
@@ -132,16 +138,24 @@ mod tests {
             entry(7, 0, u32::MAX, 0, 0),
             entry(0x4000_0000, 0, 0x4b4d_564b, 0, 0),
             entry(0x4000_0001, 0, 0, 0, 0),
+            entry(0x8000_0001, 0, 0, 0, u32::MAX),
         ])
         .unwrap();
-        let table = CpuidTable::from_supported(&supported);
-        assert_eq!(table.entries.len(), 3);
+        let table = CpuidTable::from_supported(&supported, false);
+        assert_eq!(table.entries.len(), 4);
         let leaf1 = table.leaf(1, 0).unwrap();
         assert_eq!(leaf1.ecx & LEAF1_ECX_RDRAND, 0);
         assert_eq!(leaf1.edx & LEAF1_EDX_APIC, 0);
         assert_eq!(leaf1.ebx >> 24, 0);
         assert_eq!(table.leaf(7, 0).unwrap().ebx & LEAF7_EBX_RDSEED, 0);
         assert!(table.leaf(0x4000_0000, 0).is_none());
-        assert_eq!(table.to_kvm().unwrap().as_slice().len(), 3);
+        assert_eq!(table.leaf(0x8000_0001, 0).unwrap().edx & EXT1_EDX_RDTSCP, 0);
+        assert_eq!(table.to_kvm().unwrap().as_slice().len(), 4);
+        // The VMM answers RDTSCP where it exits.
+        let answered = CpuidTable::from_supported(&supported, true);
+        assert_ne!(
+            answered.leaf(0x8000_0001, 0).unwrap().edx & EXT1_EDX_RDTSCP,
+            0
+        );
     }
 }

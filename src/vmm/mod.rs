@@ -13,7 +13,9 @@ pub mod debug;
 pub mod kick;
 pub mod memory;
 pub mod msr;
+pub mod nondet;
 pub mod paging;
+pub mod probe;
 pub mod regs;
 pub mod state;
 pub mod traps;
@@ -27,6 +29,7 @@ use kvm_ioctls::{
     Cap, Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VcpuFd, VmFd,
 };
 use memory::{GuestMemory, MemoryError};
+use nondet::NondetPolicy;
 use thiserror::Error;
 use traps::{MemoryMap, TrapSet};
 
@@ -69,6 +72,13 @@ pub enum VmmError {
     /// The list of MSRs to save does not fit KVM's MSR array.
     #[error("the list of saved MSRs is too long for KVM")]
     MsrList,
+    /// A recording whose TSC reads were recorded is replayed on a host whose KVM
+    /// cannot make them exit.
+    #[error("this trace recorded the guest's rdtsc/rdtscp values (KVM_CAP_X86_USER_NONDET), but this host's KVM cannot make them exit: load the patched KVM modules of kmod-patch/ (see kmod-patch/README.md) to replay it")]
+    NondetMissing,
+    /// The host offers the capability but refused to enable it.
+    #[error("KVM refused to enable KVM_CAP_X86_USER_NONDET")]
+    NondetRefused(#[source] kvm_ioctls::Error),
     /// Setting up the handling of SIGINT and SIGTERM failed.
     #[error("cannot set up the handling of SIGINT and SIGTERM")]
     Signals(#[source] std::io::Error),
@@ -101,6 +111,9 @@ pub struct HostFeatures {
     /// `KVM_RUN` can leave the general and system registers in `kvm_run`
     /// (`KVM_CAP_SYNC_REGS`), saving a `KVM_GET_REGS`/`KVM_GET_SREGS` per stop.
     pub sync_regs: bool,
+    /// `rdtsc` and `rdtscp` exit to the VMM (`KVM_CAP_X86_USER_NONDET`, the KVM
+    /// patch of `kmod-patch/`): their values are recorded and replayed.
+    pub tsc_exits: bool,
 }
 
 /// One VM with one vCPU and its memory.
@@ -118,8 +131,12 @@ pub struct Vm {
 
 impl Vm {
     /// Creates the VM with `memory_size` bytes of RAM and `cpuid` (or the host-derived
-    /// table when `None`).
-    pub fn new(memory_size: u64, cpuid: Option<CpuidTable>) -> Result<Self, VmmError> {
+    /// table when `None`); `nondet` says whether TSC reads are to exit.
+    pub fn new(
+        memory_size: u64,
+        cpuid: Option<CpuidTable>,
+        nondet: NondetPolicy,
+    ) -> Result<Self, VmmError> {
         let kvm = open_kvm()?;
         for (cap, name) in [
             (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
@@ -142,9 +159,11 @@ impl Vm {
             .map_err(kvm_op("KVM_SET_USER_MEMORY_REGION"))?;
         let sync_mask = kvm.check_extension_int(Cap::SyncRegs);
         let wanted = (KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS) as i32;
+        let tsc_exits = enable_tsc_exits(&kvm, &vm, nondet)?;
         let features = HostFeatures {
             msr_filter: route_time_msrs(&vm),
             sync_regs: sync_mask > 0 && sync_mask & wanted == wanted,
+            tsc_exits: tsc_exits != 0,
         };
         let vcpu = vm.create_vcpu(0).map_err(kvm_op("KVM_CREATE_VCPU"))?;
         let cpuid = match cpuid {
@@ -152,6 +171,7 @@ impl Vm {
             None => CpuidTable::from_supported(
                 &kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
                     .map_err(kvm_op("KVM_GET_SUPPORTED_CPUID"))?,
+                tsc_exits & nondet::NONDET_RDTSCP != 0,
             ),
         };
         let kvm_cpuid = cpuid.to_kvm().map_err(|_| VmmError::CpuidTable)?;
@@ -223,6 +243,23 @@ impl Vm {
     pub fn run_parts(&mut self) -> (&mut VcpuFd, &mut GuestMemory, &mut MemoryMap) {
         (&mut self.vcpu, &mut self.memory, &mut self.map)
     }
+}
+
+/// Makes `rdtsc`/`rdtscp` exit as `policy` says, before the vCPU exists; returns
+/// the instructions that now exit (0: none).
+fn enable_tsc_exits(kvm: &Kvm, vm: &VmFd, policy: NondetPolicy) -> Result<u32, VmmError> {
+    let mask = nondet::wanted_mask(nondet::probe(kvm));
+    match policy {
+        NondetPolicy::Off => return Ok(0),
+        NondetPolicy::Required if mask == 0 => return Err(VmmError::NondetMissing),
+        NondetPolicy::IfAvailable if mask == 0 => {
+            tracing::debug!("KVM_CAP_X86_USER_NONDET unavailable: rdtsc runs without an exit");
+            return Ok(0);
+        }
+        NondetPolicy::Required | NondetPolicy::IfAvailable => {}
+    }
+    nondet::enable(vm, mask).map_err(VmmError::NondetRefused)?;
+    Ok(mask)
 }
 
 /// Routes the time-dependent MSRs to user space; returns whether the host allowed it.

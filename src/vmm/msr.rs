@@ -59,6 +59,16 @@ impl TimeMsrs {
         true
     }
 
+    /// The time-stamp counter at virtual time `now_ns` (what `rdtsc` reads).
+    pub fn tsc(&self, now_ns: u64) -> u64 {
+        self.virtual_tsc(now_ns)
+    }
+
+    /// `IA32_TSC_AUX`, which `rdtscp` returns in ECX.
+    pub fn tsc_aux(&self) -> u64 {
+        self.tsc_aux
+    }
+
     fn virtual_tsc(&self, now_ns: u64) -> u64 {
         // VIRTUAL_TSC_HZ is 1 GHz: one tick per nanosecond.
         now_ns.wrapping_add(self.tsc_offset)

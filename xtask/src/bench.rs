@@ -61,14 +61,14 @@ pub struct Options {
 }
 
 /// The workspace root (xtask's parent directory).
-fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     manifest
         .parent()
         .map_or(manifest.clone(), Path::to_path_buf)
 }
 
-fn target_dir(root: &Path) -> PathBuf {
+pub(crate) fn target_dir(root: &Path) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .map(|dir| {
@@ -83,7 +83,7 @@ fn target_dir(root: &Path) -> PathBuf {
 
 /// Builds the root package (and with it the guests); a failure is a warning when
 /// earlier build outputs exist.
-fn build_lore(root: &Path, notes: &mut Vec<String>) {
+pub(crate) fn build_lore(root: &Path, notes: &mut Vec<String>) {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     eprintln!("xtask: building lore-dbg (cargo build --release -p lore-dbg) ...");
     let status = std::process::Command::new(cargo)

@@ -1,4 +1,4 @@
-//! `cargo xtask`-style automation for lore-dbg. Two tasks:
+//! `cargo xtask`-style automation for lore-dbg. Three tasks:
 //!
 //! `cargo run --release -p xtask -- bench [--quick] [--reps N] [--out DIR]`
 //! measures lore-dbg against QEMU's record/replay on the same guest images, in one
@@ -11,6 +11,10 @@
 //! of compute and canary next to a forward continue over the same span
 //! ([`revbench`]; `revbench.md` in `--out`).
 //!
+//! `cargo run --release -p xtask -- lab [--stock] [--share DIR] [--forward PORT] --
+//! COMMAND…` runs COMMAND in the lab, a QEMU VM with Debian's kernel and our own
+//! (patched, or stock) KVM ([`lab`]; `kmod-patch/README.md`).
+//!
 //! Modules: [`exec`] times whole processes, [`tools`] holds the corpus and the
 //! exact command lines, [`revdbg`] drives gdb for the reverse-debugging figures,
 //! [`bench`] runs the repetitions, [`report`] turns samples into the table and plot,
@@ -19,6 +23,7 @@
 mod bench;
 mod exec;
 mod host;
+mod lab;
 mod report;
 mod revbench;
 mod revdbg;
@@ -51,16 +56,23 @@ enum Task {
     /// `reverse-stepi` from the middle and from the end (median and p95), and for
     /// canary `watch canary` + `reverse-continue`; writes `revbench.md`.
     Revbench(revbench::Options),
+    /// Run a command in the lab: Debian's kernel under QEMU (TCG, SVM) with the
+    /// patched KVM (or `--stock`), lore-dbg and the corpus guests inside.
+    ///
+    /// Example: `xtask lab -- lore-dbg record /guests/tsc.elf`. Exits with the
+    /// command's status. See `kmod-patch/README.md`.
+    Lab(lab::Options),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
-        Task::Bench(options) => bench::run(options),
-        Task::Revbench(options) => revbench::run(options),
+        Task::Bench(options) => bench::run(options).map(|()| ExitCode::SUCCESS),
+        Task::Revbench(options) => revbench::run(options).map(|()| ExitCode::SUCCESS),
+        Task::Lab(options) => lab::run(options),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             eprintln!("xtask: error: {error}");
             for cause in error.chain().skip(1) {
