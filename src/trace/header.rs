@@ -538,13 +538,18 @@ pub(crate) mod tests {
     fn a_flag_must_be_zero_or_one() {
         let header = sample_header();
         let mut bytes = header.encode().expect("encodes");
-        // The flag follows the clock byte, before the two times and the host strings.
-        let at = bytes.len()
-            - 8
-            - 8
-            - 1
-            - (1 + header.host.kernel_release.len())
-            - (1 + header.host.cpu_model.len());
+        // The flag's byte: the one that differs from the header without it.
+        let cleared = TraceHeader {
+            tsc_exits: !header.tsc_exits,
+            ..header.clone()
+        }
+        .encode()
+        .expect("encodes");
+        let at = bytes
+            .iter()
+            .zip(&cleared)
+            .position(|(a, b)| a != b)
+            .expect("the flag is encoded");
         assert_eq!(bytes[at], 1);
         bytes[at] = 2;
         assert_eq!(
