@@ -321,32 +321,119 @@ pub fn find_writes<E: ReplayEngine>(
     listed
 }
 
+/// Writers already found, kept under breakpoints: each time one runs it is
+/// counted and stepped over, so that its next write is named without going back
+/// to the start of its interval (a loop that stores to the range thousands of
+/// times costs a breakpoint and a step per store, not a replay of the interval).
+#[derive(Debug, Default)]
+struct KnownWriters {
+    pcs: Vec<u64>,
+    /// How many times each ran since the start of interval `exit`.
+    counts: std::collections::HashMap<u64, u64>,
+    exit: u64,
+}
+
+impl KnownWriters {
+    /// Forgets the counts of another interval.
+    fn at(&mut self, exit: u64) {
+        if exit != self.exit {
+            self.counts.clear();
+            self.exit = exit;
+        }
+    }
+
+    /// Counts one more run of `pc`; returns which run it is.
+    fn ran(&mut self, pc: u64) -> u64 {
+        let count = self.counts.entry(pc).or_insert(0);
+        *count += 1;
+        *count
+    }
+
+    /// Keeps `pc` (found to be the `occurrence`-th run of it) under a breakpoint,
+    /// in place of the writer found longest ago when the slots are full.
+    fn learn(&mut self, pc: u64, occurrence: u64) {
+        if !self.pcs.contains(&pc) {
+            if self.pcs.len() == crate::replay::USER_HW_SLOTS {
+                let forgotten = self.pcs.remove(0);
+                self.counts.remove(&forgotten);
+            }
+            self.pcs.push(pc);
+        }
+        self.counts.insert(pc, occurrence);
+    }
+}
+
 fn list_writes<E: ReplayEngine>(
     timeline: &mut Timeline<E>,
     range: &WatchedRange,
     symbols: Option<&GuestSymbols>,
     found: &mut dyn FnMut(&WriteRecord),
 ) -> Result<Vec<WriteRecord>, WritesError> {
-    let stops = Stops {
-        breakpoints: Vec::new(),
-        watches: vec![Watch {
-            address: range.address,
-            len: range.len,
-            kind: WatchKind::AnyWrite,
-        }],
+    let watch = Watch {
+        address: range.address,
+        len: range.len,
+        kind: WatchKind::AnyWrite,
     };
     timeline.goto(0, 0)?;
+    let mut known = KnownWriters::default();
+    // Where a known writer was last taken without a run (the end of history
+    // does not move on).
+    let mut taken_here: Option<ExecutionPoint> = None;
     let mut writes = Vec::new();
+    let mut record = |position, pc, hit: Option<crate::replay::watch::WatchHit>| {
+        let (old, new) = hit.map(|hit| (hit.old, hit.new)).unwrap_or_default();
+        let record = WriteRecord {
+            position,
+            pc,
+            place: symbols
+                .map(|symbols| symbols.locate(pc))
+                .unwrap_or_default(),
+            old,
+            new,
+        };
+        found(&record);
+        writes.push(record);
+    };
     loop {
-        match timeline.continue_forward(&stops, &mut || false)? {
+        let stops = Stops {
+            breakpoints: known.pcs.clone(),
+            watches: vec![watch],
+        };
+        // A run passes a breakpoint where it starts: a known writer here is
+        // taken as if the run had stopped at it.
+        let rip = crate::digest::rip(&timeline.replayer().registers()?);
+        let here = timeline.position();
+        let stop = if known.pcs.contains(&rip) && taken_here != Some(here) {
+            taken_here = Some(here);
+            TimelineStop::Breakpoint { address: rip }
+        } else {
+            timeline.continue_forward(&stops, &mut || false)?
+        };
+        let exit = timeline.position().exit;
+        known.at(exit);
+        match stop {
+            TimelineStop::Breakpoint { address } => {
+                let occurrence = known.ran(address);
+                if let Some(hit) = timeline.over_one_instruction()? {
+                    let position = WritePosition::Occurrence {
+                        exit,
+                        pc: address,
+                        occurrence,
+                    };
+                    record(position, address, Some(hit));
+                }
+            }
             TimelineStop::Watchpoint { .. } => {
                 let hit = timeline.take_last_watch_hit();
                 let position = match timeline.back_over_write()? {
-                    Some((pc, occurrence)) => WritePosition::Occurrence {
-                        exit: timeline.position().exit,
-                        pc,
-                        occurrence,
-                    },
+                    Some((pc, occurrence)) => {
+                        known.learn(pc, occurrence);
+                        WritePosition::Occurrence {
+                            exit,
+                            pc,
+                            occurrence,
+                        }
+                    }
                     None => {
                         let here: ExecutionPoint = timeline.position();
                         WritePosition::Steps {
@@ -359,18 +446,7 @@ fn list_writes<E: ReplayEngine>(
                 // Forward over the write again, for the next search to start
                 // after it.
                 timeline.over_one_instruction()?;
-                let (old, new) = hit.map(|hit| (hit.old, hit.new)).unwrap_or_default();
-                let record = WriteRecord {
-                    position,
-                    pc,
-                    place: symbols
-                        .map(|symbols| symbols.locate(pc))
-                        .unwrap_or_default(),
-                    old,
-                    new,
-                };
-                found(&record);
-                writes.push(record);
+                record(position, pc, hit);
             }
             TimelineStop::HistoryEnd { .. } => return Ok(writes),
             other => return Err(WritesError::Unexpected(other)),

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{line_of, record_trace, require_kvm, require_program, serve, Finished, Server};
+use common::{line_of, lore, record_trace, require_kvm, require_program, serve, Finished, Server};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -984,4 +984,67 @@ fn stepi_over_an_exiting_instruction_runs_that_instruction_only() {
     let (out_at, out_byte) = stop(10);
     assert_eq!(out_byte, 0xee, "not at `out dx, al`\n{}", s.transcript);
     assert_eq!(stop(12).0, out_at + 1, "stepi over `out`\n{}", s.transcript);
+}
+
+/// Watchpoints on the `writes` guest, whose watched page a counter writes
+/// thousands of times: `watch` forward and backward, `rwatch` on the counter, and
+/// `monitor writes` with `monitor goto` to one of the positions it lists.
+#[test]
+fn watch_rwatch_and_monitor_writes_on_a_busy_page() {
+    require_tools();
+    let dir = record_trace("writes", "gdb-writes");
+    // The 1000th write of the counter, as `lore-dbg writes` names it.
+    let listed = lore(&["writes", dir.to_str().unwrap(), "zone:8", "--json"]);
+    assert_eq!(listed.code(), 0, "{listed:#?}");
+    let list: Vec<serde_json::Value> = serde_json::from_str(&listed.stdout).expect("JSON");
+    let thousandth = list
+        .iter()
+        .find(|write| write["new"] == 1000)
+        .unwrap_or_else(|| panic!("no write of 1000: {}", listed.stdout));
+    let position = thousandth["position"].as_str().expect("position").to_string();
+    let pc = thousandth["pc"].as_u64().expect("pc");
+    let goto = format!("monitor goto {position}");
+    let server = serve(&dir);
+    let s = gdb(
+        &dir,
+        &server,
+        &[
+            "break case_sizes",                        // 0
+            "continue",                                // 1
+            "watch *(unsigned long *)&zone[0x118]",    // 2: the 8-byte target
+            "continue",                                // 3: its store, after it
+            "delete",                                  // 4
+            "break exit",                              // 5
+            "continue",                                // 6: to the end
+            "watch *(unsigned long *)&zone[0x118]",    // 7
+            "reverse-continue",                        // 8: back to its store
+            "delete",                                  // 9
+            "rwatch *(unsigned long *)&zone[0]",       // 10: the counter
+            "reverse-continue",                        // 11: its last read
+            "monitor writes zone:8",                   // 12
+            &goto,                                     // 13
+            "maintenance flush register-cache",        // 14
+            "p/x $pc",                                 // 15
+            "p *(unsigned long *)&zone[0]",            // 16: before the write
+            "delete",                                  // 17
+            "stepi",                                   // 18
+            "p *(unsigned long *)&zone[0]",            // 19: after it
+            "monitor info trace",                      // 20
+        ],
+    );
+    s.expect(3, "Old value = 0");
+    s.expect(3, &format!("New value = {}", decimal(0x8888_8888_8888_8888)));
+    s.expect(3, "case_sizes");
+    s.expect(8, &format!("Old value = {}", decimal(0x8888_8888_8888_8888)));
+    s.expect(8, "New value = 0");
+    s.expect(8, "case_sizes");
+    s.expect(11, "atchpoint");
+    s.expect(11, "noise_burst");
+    s.expect(12, "3101 writes to zone");
+    s.expect(12, &position);
+    s.expect(13, "now at exit");
+    s.expect(15, &format!("{pc:#x}"));
+    s.expect(16, "= 999");
+    s.expect(19, "= 1000");
+    s.expect(20, "guest accesses to watched pages trapped");
 }
