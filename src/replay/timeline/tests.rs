@@ -996,3 +996,58 @@ fn random_walks_agree_with_a_model_of_the_history() {
         }
     }
 }
+
+#[test]
+fn writes_lists_every_store_and_goto_finds_each_again() {
+    use crate::writes::{find_writes, WatchedRange, WritePosition};
+    // The stores of `storing_script` to DATA, one of the same value (45:1), and
+    // one whose last four bytes are DATA's first four (45:5).
+    let script = storing_script().with(45, 5, rip(5), store(DATA - 4, 0x7_0000_0000));
+    let mut timeline = timeline(&script);
+    timeline.goto(20, 3).unwrap();
+    let range = WatchedRange {
+        address: DATA,
+        len: 8,
+        name: "data".into(),
+    };
+    let mut seen = 0;
+    let found = find_writes(&mut timeline, &range, None, &mut |_| seen += 1).unwrap();
+    assert_eq!(seen, found.len());
+    assert_exactly_at(&mut timeline, &script, 20, 3);
+    let expected = [
+        ((3, 2), 0u64, 1u64),
+        ((40, 4), 1, 2),
+        ((45, 1), 2, 2),
+        ((45, 5), 2, 7),
+        ((70, 3), 7, 3),
+    ];
+    assert_eq!(found.len(), expected.len(), "{found:#?}");
+    for (write, ((exit, steps), old, new)) in found.iter().zip(expected) {
+        let value = |bytes: &[u8]| u64::from_le_bytes(bytes.try_into().expect("8 bytes"));
+        assert_eq!(
+            (value(&write.old), value(&write.new)),
+            (old, new),
+            "{write:?}"
+        );
+        assert_eq!(write.pc, rip(steps), "{write:?}");
+        // Each position stands before its store.
+        match write.position {
+            WritePosition::Occurrence {
+                exit: at,
+                pc,
+                occurrence,
+            } => timeline.goto_occurrence(at, pc, occurrence).unwrap(),
+            WritePosition::Steps { exit: at, steps } => timeline.goto(at, steps).unwrap(),
+        }
+        assert_eq!(
+            timeline.replayer().retired(),
+            script.retired_at(exit, steps),
+            "{write:?}"
+        );
+    }
+    // An occurrence that does not exist is an error, and the timeline stays.
+    let here = timeline.position();
+    assert!(timeline.goto_occurrence(3, rip(2), 2).is_err());
+    let back = timeline.position();
+    assert_eq!((back.exit, back.state), (here.exit, here.state));
+}
