@@ -17,7 +17,11 @@
 //! 5. `continue` to `exit`, K **`reverse-stepi`** from the end, checked the same way;
 //! 6. canary only: `delete`, `watch canary`, **`reverse-continue`** (timed) to the
 //!    corrupting store, which must be `canary.c:57` in round 5 (early in the span,
-//!    so this goes back over almost all of it).
+//!    so this goes back over almost all of it);
+//! 7. canary only: back to `main`, `rwatch canary`, forward **`continue`** (timed)
+//!    to the first read of the canary, main's check at the end: the whole span
+//!    with the canary's page, which the record buffer shares, trapped on every
+//!    access.
 //!
 //! Every stop is checked (function, line, round); a wrong stop or a retrace that
 //! differs is counted in the table's "wrong" column and its sample is still shown.
@@ -156,6 +160,13 @@ if WATCH:
     lore_timed("rcw", "reverse-continue")
     lore_where("rcw")
     print("@@CANARY 0x%x" % (int(gdb.parse_and_eval("canary")) & 0xffffffffffffffff))
+    gdb.execute("delete")
+    gdb.execute("break main")
+    lore_untimed("back", "reverse-continue")
+    gdb.execute("delete")
+    gdb.execute("rwatch canary")
+    lore_timed("rwf", "continue")
+    lore_where("rwf")
 end
 python gdb.execute("kill")
 "#;
@@ -246,6 +257,7 @@ struct Row {
     rsi_mid: Measure,
     rsi_end: Measure,
     rcw: Option<Measure>,
+    rwf: Option<Measure>,
     failure: Option<String>,
     server: String,
 }
@@ -321,6 +333,16 @@ fn account(row: &mut Row, session: &Session, rep: usize, mid_round: u64, watch: 
         match session.stop("rcw") {
             Some(stop)
                 if stop.at.ends_with(BUG_LINE) && stop.round == BUG_ROUND && !rcw.is_empty() => {}
+            other => measure
+                .wrong
+                .push(tag(&format!("stopped at {}{errors}", describe(other)))),
+        }
+        let measure = row.rwf.get_or_insert_with(Measure::default);
+        let rwf = session.times("rwf");
+        measure.samples.extend(&rwf);
+        measure.checked += 1;
+        match session.stop("rwf") {
+            Some(stop) if stop.func == "main" && !rwf.is_empty() => {}
             other => measure
                 .wrong
                 .push(tag(&format!("stopped at {}{errors}", describe(other)))),
@@ -607,12 +629,25 @@ fn row_lines(row: &Row) -> String {
         };
         line(what, measure, false, target);
     }
+    let target = |measure: &Measure, times: f64| match (median_p95(&measure.samples), fwd) {
+        (Some((m, _)), Some((f, _))) if m <= times * f => format!("≤ {times}× fwd: met"),
+        (Some(_), Some(_)) => format!("≤ {times}× fwd: **missed**"),
+        _ => format!("≤ {times}× fwd"),
+    };
     if let Some(rcw) = &row.rcw {
         line(
             "`watch canary` + `reverse-continue` → canary.c:57",
             rcw,
             true,
-            "",
+            &target(rcw, 2.0),
+        );
+    }
+    if let Some(rwf) = &row.rwf {
+        line(
+            "`rwatch canary` + `continue` main → its read",
+            rwf,
+            true,
+            &target(rwf, 3.0),
         );
     }
     text
