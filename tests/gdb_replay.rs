@@ -1001,7 +1001,10 @@ fn watch_rwatch_and_monitor_writes_on_a_busy_page() {
         .iter()
         .find(|write| write["new"] == 1000)
         .unwrap_or_else(|| panic!("no write of 1000: {}", listed.stdout));
-    let position = thousandth["position"].as_str().expect("position").to_string();
+    let position = thousandth["position"]
+        .as_str()
+        .expect("position")
+        .to_string();
     let pc = thousandth["pc"].as_u64().expect("pc");
     let goto = format!("monitor goto {position}");
     let server = serve(&dir);
@@ -1009,33 +1012,39 @@ fn watch_rwatch_and_monitor_writes_on_a_busy_page() {
         &dir,
         &server,
         &[
-            "break case_sizes",                        // 0
-            "continue",                                // 1
-            "watch *(unsigned long *)&zone[0x118]",    // 2: the 8-byte target
-            "continue",                                // 3: its store, after it
-            "delete",                                  // 4
-            "break exit",                              // 5
-            "continue",                                // 6: to the end
-            "watch *(unsigned long *)&zone[0x118]",    // 7
-            "reverse-continue",                        // 8: back to its store
-            "delete",                                  // 9
-            "rwatch *(unsigned long *)&zone[0]",       // 10: the counter
-            "reverse-continue",                        // 11: its last read
-            "monitor writes zone:8",                   // 12
-            &goto,                                     // 13
-            "maintenance flush register-cache",        // 14
-            "p/x $pc",                                 // 15
-            "p *(unsigned long *)&zone[0]",            // 16: before the write
-            "delete",                                  // 17
-            "stepi",                                   // 18
-            "p *(unsigned long *)&zone[0]",            // 19: after it
-            "monitor info trace",                      // 20
+            "break case_sizes",                     // 0
+            "continue",                             // 1
+            "watch *(unsigned long *)&zone[0x118]", // 2: the 8-byte target
+            "continue",                             // 3: its store, after it
+            "delete",                               // 4
+            "break exit",                           // 5
+            "continue",                             // 6: to the end
+            "watch *(unsigned long *)&zone[0x118]", // 7
+            "reverse-continue",                     // 8: back to its store
+            "delete",                               // 9
+            "rwatch *(unsigned long *)&zone[0]",    // 10: the counter
+            "reverse-continue",                     // 11: its last read
+            "monitor writes zone:8",                // 12
+            &goto,                                  // 13
+            "maintenance flush register-cache",     // 14
+            "p/x $pc",                              // 15
+            "p *(unsigned long *)&zone[0]",         // 16: before the write
+            "delete",                               // 17
+            "stepi",                                // 18
+            "p *(unsigned long *)&zone[0]",         // 19: after it
+            "monitor info trace",                   // 20
         ],
     );
     s.expect(3, "Old value = 0");
-    s.expect(3, &format!("New value = {}", decimal(0x8888_8888_8888_8888)));
+    s.expect(
+        3,
+        &format!("New value = {}", decimal(0x8888_8888_8888_8888)),
+    );
     s.expect(3, "case_sizes");
-    s.expect(8, &format!("Old value = {}", decimal(0x8888_8888_8888_8888)));
+    s.expect(
+        8,
+        &format!("Old value = {}", decimal(0x8888_8888_8888_8888)),
+    );
     s.expect(8, "New value = 0");
     s.expect(8, "case_sizes");
     s.expect(11, "atchpoint");

@@ -42,7 +42,9 @@ fn writes(trace: &Path, range: &str) -> Vec<Value> {
     let finished = lore(&["writes", trace.to_str().unwrap(), range, "--json"]);
     assert_eq!(finished.code(), 0, "writes {range}: {finished:#?}");
     assert!(
-        finished.stderr.contains("guest accesses to the watched pages trapped"),
+        finished
+            .stderr
+            .contains("guest accesses to the watched pages trapped"),
         "the trap count is reported: {finished:#?}"
     );
     let list: Vec<Value> = serde_json::from_str(&finished.stdout)
@@ -91,7 +93,10 @@ fn stores_of_every_width_straddling_and_at_the_edge() {
     let sixteen = writes(trace, &zone(0x120, 16));
     assert_eq!(sixteen.len(), 1, "{sixteen:?}");
     assert_eq!(sixteen[0]["function"], "case_sizes");
-    assert_eq!(sixteen[0]["new"], Value::from((0x10u8..0x20).collect::<Vec<u8>>()));
+    assert_eq!(
+        sixteen[0]["new"],
+        Value::from((0x10u8..0x20).collect::<Vec<u8>>())
+    );
     // Across the boundary of the zone's two pages.
     assert_eq!(
         summary(&writes(trace, &zone(4096 - 4, 8))),

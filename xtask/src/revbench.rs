@@ -18,8 +18,9 @@
 //! 6. canary only: `delete`, `watch canary`, **`reverse-continue`** (timed) to the
 //!    corrupting store, which must be `canary.c:57` in round 5 (early in the span,
 //!    so this goes back over almost all of it);
-//! 7. canary only: back to `main`, `rwatch canary`, forward **`continue`** (timed)
-//!    to the first read of the canary, main's check at the end: the whole span
+//! 7. canary only: back to the first `fill_round`, `rwatch canary`, forward
+//!    **`continue`** (timed) to the next read of the canary, main's check at the
+//!    end: the whole span
 //!    with the canary's page, which the record buffer shares, trapped on every
 //!    access.
 //!
@@ -163,6 +164,10 @@ if WATCH:
     gdb.execute("delete")
     gdb.execute("break main")
     lore_untimed("back", "reverse-continue")
+    gdb.execute("delete")
+    # main reads the canary once before the rounds (to print it) and once after.
+    gdb.execute("break fill_round")
+    lore_untimed("first", "continue")
     gdb.execute("delete")
     gdb.execute("rwatch canary")
     lore_timed("rwf", "continue")
@@ -341,8 +346,10 @@ fn account(row: &mut Row, session: &Session, rep: usize, mid_round: u64, watch: 
         let rwf = session.times("rwf");
         measure.samples.extend(&rwf);
         measure.checked += 1;
+        // The read after the last round: round_no has counted them all.
+        let rounds = row.rounds;
         match session.stop("rwf") {
-            Some(stop) if stop.func == "main" && !rwf.is_empty() => {}
+            Some(stop) if stop.func == "main" && stop.round == rounds && !rwf.is_empty() => {}
             other => measure
                 .wrong
                 .push(tag(&format!("stopped at {}{errors}", describe(other)))),
