@@ -290,6 +290,7 @@ impl Debuggee for GdbSession {
             Ok(timeline_stops) => timeline_stops,
             Err(message) => return StopReason::Error(message),
         };
+        let trapped_before = self.timeline.replayer().stats().trapped_accesses;
         let mut interrupted = || control.interrupt_requested();
         let result = match request {
             ResumeRequest::StepForward => self.timeline.step_forward(&timeline_stops),
@@ -301,6 +302,12 @@ impl Debuggee for GdbSession {
                 .timeline
                 .continue_backward(&timeline_stops, &mut interrupted),
         };
+        let trapped = self.timeline.replayer().stats().trapped_accesses - trapped_before;
+        if trapped > 0 {
+            control.progress(&format!(
+                "{trapped} guest accesses to the watched pages trapped on the way"
+            ));
+        }
         match result {
             Ok(stop) => stop_reason(stop, stops),
             Err(error) => StopReason::Error(error.to_string()),
