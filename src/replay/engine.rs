@@ -192,13 +192,7 @@ impl ReplayEngine for Replayer {
     }
 
     fn writer_candidates(&self) -> Result<Vec<u64>, ReplayError> {
-        let vcpu = self.vm().vcpu();
-        let regs = vcpu
-            .get_regs()
-            .map_err(crate::vmm::kvm_op("KVM_GET_REGS"))?;
-        let sregs = vcpu
-            .get_sregs()
-            .map_err(crate::vmm::kvm_op("KVM_GET_SREGS"))?;
+        let (regs, sregs) = self.vcpu_registers()?;
         let written = self
             .last_hit_access()
             .map_or(u64::MAX, |access| access.address);
@@ -256,13 +250,7 @@ impl ReplayEngine for Replayer {
     }
 
     fn accesses_at_rip(&self) -> Result<Vec<Access>, ReplayError> {
-        let vcpu = self.vm().vcpu();
-        let regs = vcpu
-            .get_regs()
-            .map_err(crate::vmm::kvm_op("KVM_GET_REGS"))?;
-        let sregs = vcpu
-            .get_sregs()
-            .map_err(crate::vmm::kvm_op("KVM_GET_SREGS"))?;
+        let (regs, sregs) = self.vcpu_registers()?;
         Ok(access::at_rip(self.vm().memory(), &regs, &sregs))
     }
 }

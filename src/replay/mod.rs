@@ -592,14 +592,22 @@ impl Replayer {
 
     /// The address of the instruction after the one at RIP, if it decodes.
     pub(crate) fn next_instruction(&self) -> Result<Option<u64>, ReplayError> {
-        let vcpu = self.machine.vm().vcpu();
-        let regs = vcpu.get_regs().map_err(kvm_op("KVM_GET_REGS"))?;
-        let sregs = vcpu.get_sregs().map_err(kvm_op("KVM_GET_SREGS"))?;
+        let (regs, sregs) = self.vcpu_registers()?;
         Ok(access::next_instruction(
             self.machine.vm().memory(),
             &regs,
             &sregs,
         ))
+    }
+
+    /// The general and system registers, read with the ioctls.
+    pub(crate) fn vcpu_registers(
+        &self,
+    ) -> Result<(kvm_bindings::kvm_regs, kvm_bindings::kvm_sregs), ReplayError> {
+        let vcpu = self.machine.vm().vcpu();
+        let regs = vcpu.get_regs().map_err(kvm_op("KVM_GET_REGS"))?;
+        let sregs = vcpu.get_sregs().map_err(kvm_op("KVM_GET_SREGS"))?;
+        Ok((regs, sregs))
     }
 
     /// The stop for the watch hit pending.

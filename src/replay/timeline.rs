@@ -1300,6 +1300,19 @@ impl<E: ReplayEngine> Timeline<E> {
         pc: u64,
         occurrence: u64,
     ) -> Result<(), ReplayError> {
+        self.move_or_stay(exit, |timeline| {
+            timeline.find_occurrence(exit, pc, occurrence)
+        })
+    }
+
+    /// Checks that `exit` is in the history and runs `movement`; where it fails,
+    /// goes back where the debugger last saw the machine (it rereads registers
+    /// only after a successful move).
+    fn move_or_stay(
+        &mut self,
+        exit: u64,
+        movement: impl FnOnce(&mut Self) -> Result<(), ReplayError>,
+    ) -> Result<(), ReplayError> {
         if exit > self.last_exit() {
             return Err(TimelineError::PastTheEnd {
                 exit,
@@ -1308,7 +1321,7 @@ impl<E: ReplayEngine> Timeline<E> {
             .into());
         }
         let from = self.position;
-        let moved = self.find_occurrence(exit, pc, occurrence);
+        let moved = movement(self);
         if moved.is_err() {
             if let Err(error) = self.seek(&from) {
                 tracing::warn!(%error, "cannot return to {from} after a failed goto");
@@ -1369,23 +1382,7 @@ impl<E: ReplayEngine> Timeline<E> {
 
     /// `monitor goto`: a position as `EXIT` or `EXIT:STEPS`.
     pub fn goto(&mut self, exit: u64, steps: u64) -> Result<(), ReplayError> {
-        if exit > self.last_exit() {
-            return Err(TimelineError::PastTheEnd {
-                exit,
-                last: self.last_exit(),
-            }
-            .into());
-        }
-        let from = self.position;
-        let moved = self.seek_steps(exit, steps);
-        if moved.is_err() {
-            // Leave the machine where the debugger last saw it: it rereads
-            // registers only after a successful move.
-            if let Err(error) = self.seek(&from) {
-                tracing::warn!(%error, "cannot return to {from} after a failed goto");
-            }
-        }
-        moved
+        self.move_or_stay(exit, |timeline| timeline.seek_steps(exit, steps))
     }
 
     /// `monitor checkpoint`: returns the checkpoint's number, which `monitor
