@@ -1057,3 +1057,35 @@ fn watch_rwatch_and_monitor_writes_on_a_busy_page() {
     s.expect(19, "= 1000");
     s.expect(20, "guest accesses to watched pages trapped");
 }
+
+/// A watch on a page that holds the guest's page tables when the watch is set is
+/// not trapped (the CPU could not set accessed and dirty bits in a read-only
+/// page): the search single-steps instead, and finds the last change all the
+/// same — here the CPU's own, the accessed and dirty bits that the store through
+/// 0x40000000 after the remap set in the new entry.
+#[test]
+fn a_watch_on_live_page_tables_falls_back_to_single_steps() {
+    require_tools();
+    let dir = record_trace("writes", "gdb-writes-tables");
+    let server = serve(&dir);
+    let s = gdb(
+        &dir,
+        &server,
+        &[
+            "break exit",                                        // 0
+            "continue",                                          // 1: tables[1] maps 0x40000000
+            "watch tables[1][0]",                                // 2
+            "reverse-continue",                                  // 3: its last change
+            "p tables[1][0] == ((unsigned long) remap_new | 3)", // 4: remapped, A/D clear
+            "monitor info trace",                                // 5: nothing trapped
+            "stepi",                                             // 6: the store
+            "p/x tables[1][0] & 0x60",                           // 7: A/D set by it
+        ],
+    );
+    s.expect(3, "atchpoint");
+    s.expect(3, "case_paging");
+    s.expect(3, "REMAP_VA = 0xbbbb");
+    s.expect(4, "= 1");
+    s.expect(5, " 0 guest accesses to watched pages trapped");
+    s.expect(7, "= 0x60");
+}
