@@ -156,9 +156,10 @@ struct WritesArgs {
     /// defaults to 8 bytes).
     #[arg(num_args = 1..=2, required = true, value_name = "TRACE_AND_RANGE")]
     operands: Vec<String>,
-    /// Print a JSON array of objects with position, exit, steps, pc, function,
-    /// file, line, old and new (values of up to 8 bytes as numbers, longer ones
-    /// as arrays of bytes).
+    /// Print a JSON array of objects with position (`EXIT@PC#N` or
+    /// `EXIT:STEPS`, as `monitor goto` takes it), exit, pc, function, file, line,
+    /// old and new (values of up to 8 bytes as numbers, longer ones as arrays of
+    /// bytes).
     #[arg(long)]
     json: bool,
 }
