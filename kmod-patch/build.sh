@@ -40,7 +40,7 @@ debs=$cache/debs
 mkdir -p "$debs"
 fetch() { # package version
     if ! ls "$debs/$1_$(echo "$2" | sed 's/:/%3a/')_"*.deb >/dev/null 2>&1; then
-        (cd "$debs" && apt-get download -q "$1=$2")
+        (cd "$debs" && apt-get download -q "$1=$2") >&2 # stdout is the path
     fi
     ls "$debs/$1_$(echo "$2" | sed 's/:/%3a/')_"*.deb
 }

@@ -9,9 +9,13 @@
 # 2. Stock KVM (`--stock`): replaying that trace must stop before the guest starts
 #    with an error naming the capability; and a recording of `tsc` made on stock
 #    KVM must diverge in replay, which replay must report.
-# 3. Hardware breakpoints never fire in the lab: a replay of `timer` (whose
-#    interrupts land between exits) must stop before it starts and say why,
-#    instead of waiting forever at its first asynchronous point.
+# 3. Hardware breakpoints never fire in the lab, so the recorder delivers the
+#    interrupts that arrive between exits at the next exit: `compute` (PIT
+#    interrupts while it computes, an exit each line it prints) records and replays
+#    three times identically. A guest that waits for its interrupts without exiting
+#    (`timer`'s busy phase) gets them between exits after 50 ms: a replay of it
+#    must stop before it starts and say why, instead of waiting forever at its
+#    first asynchronous point.
 # 4. gdb, outside, on the replay inside (kmod-patch/lab-gdb.sh): stepping over an
 #    `rdtsc`, reverse-stepping back over it and stepping again reads the same value.
 # Prints "lab-check: PASS" and exits 0, or says what failed and exits 1.
@@ -54,6 +58,10 @@ lab --stock --share "$work" -- sh -c '
     lore-dbg replay tsc-stock >stock-diverge.out 2>stock-diverge.err; echo $? >stock-diverge.status
     lore-dbg record -o timer /guests/timer.elf >timer-record.out 2>timer-record.err
     lore-dbg replay timer >timer-replay.out 2>timer-replay.err; echo $? >timer-replay.status
+    lore-dbg record -o compute /guests/compute.elf >compute-record.out 2>compute-record.err
+    for i in 1 2 3; do
+        lore-dbg replay compute >compute$i.out 2>compute$i.err; echo $? >compute$i.status
+    done
 '
 [ "$(cat "$work/stock-replay.status")" = 2 ] ||
     fail "replaying the patched trace on stock KVM ended with status $(cat "$work/stock-replay.status"), not 2"
@@ -70,6 +78,16 @@ grep -qi "diverge" "$work/stock-diverge.err" ||
     fail "the replay of timer ended with status $(cat "$work/timer-replay.status"), not 2"
 grep -q "hardware breakpoints never fire" "$work/timer-replay.err" ||
     fail "the replay of timer did not say that breakpoints do not fire: $(cat "$work/timer-replay.err")"
+
+grep -q "delivered at the next exit" "$work/compute-record.err" ||
+    fail "compute's interrupts were not deferred to exits: $(cat "$work/compute-record.err")"
+for i in 1 2 3; do
+    cmp -s "$work/compute-record.out" "$work/compute$i.out" || fail "compute replay $i printed other output"
+    [ "$(cat "$work/compute$i.status")" = 1 ] ||
+        fail "compute replay $i ended with status $(cat "$work/compute$i.status")"
+    grep -q "replay matched the recording" "$work/compute$i.err" ||
+        fail "compute replay $i did not match: $(cat "$work/compute$i.err")"
+done
 
 kmod-patch/lab-gdb.sh "$work/gdb" >"$work/gdb.log" 2>&1 || fail "$(tail -n 1 "$work/gdb.log")"
 tail -n 1 "$work/gdb.log"

@@ -488,7 +488,7 @@ fn record(args: RecordArgs) -> Result<ExitCode> {
     }
     if recorded.stats.deferred_injections > 0 {
         eprintln!(
-            "lore-dbg: {} interrupts arrived where replay could not find the point on this host (guest ring 3, or code the software counter did not count) and were delivered at the next exit instead",
+            "lore-dbg: {} interrupts arrived where replay could not find the point on this host (guest ring 3, code the software counter did not count, or a host whose hardware breakpoints never fire) and were delivered at the next exit instead",
             recorded.stats.deferred_injections
         );
     }

@@ -228,7 +228,14 @@ pub fn record(
         }),
         None => None,
     };
+    let landmark_clock = counter.is_none();
     runner.record_to(trace.event_writer()?, schedule, counter, max_delay);
+    if landmark_clock && !crate::vmm::probe::breakpoints_fire().map_err(RecordError::Probe)? {
+        tracing::info!(
+            "hardware breakpoints never fire on this host: interrupts between exits are delivered at the next exit"
+        );
+        runner.landmarks_unfindable();
+    }
     if let Some(stop) = stop {
         runner.stop_on(stop);
     }

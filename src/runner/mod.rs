@@ -134,6 +134,10 @@ enum LastStop {
     Step,
 }
 
+/// How long (guest time) an interrupt waits for an exit where breakpoints never
+/// fire before it is delivered between exits anyway.
+const UNFINDABLE_WAIT_NS: u64 = 50_000_000;
+
 /// A booted machine, ready to run live.
 pub struct Runner {
     machine: Machine,
@@ -151,6 +155,10 @@ pub struct Runner {
     /// How long an interrupt may be held back for a cheaper point (recording with
     /// the landmark clock only; zero delivers at once).
     max_delay_ns: u64,
+    /// Hardware breakpoints fire on this host, so replay can find a landmark
+    /// (see [`crate::vmm::probe`]); where they never fire, interrupts that arrive
+    /// between exits are delivered at the next exit.
+    landmarks_findable: bool,
     /// The interrupt held back now, if any.
     hold: Option<Hold>,
     /// Guest time at which the pending interrupt was first seen.
@@ -285,6 +293,7 @@ impl Runner {
             recorder: None,
             single_stepping: false,
             max_delay_ns: 0,
+            landmarks_findable: true,
             hold: None,
             due_since_ns: None,
             hold_record: std::collections::HashMap::new(),
@@ -341,6 +350,15 @@ impl Runner {
         ));
     }
 
+    /// Says that hardware breakpoints never fire on this host: with the landmark
+    /// clock, every interrupt that arrives between exits is then delivered at the
+    /// next exit (a deferred injection), where replay needs no breakpoint, and no
+    /// interrupt is held for a cold point (finding one takes a breakpoint too).
+    pub fn landmarks_unfindable(&mut self) {
+        self.landmarks_findable = false;
+        self.max_delay_ns = 0;
+    }
+
     /// Ends the run at the next exit when `request` says so (SIGINT, SIGTERM).
     pub fn stop_on(&mut self, request: stop::StopRequest) {
         request.kick_on_stop(self.kick_guard.kicker());
@@ -392,8 +410,22 @@ impl Runner {
     /// (docs/design.md, "Host facts the code relies on"); a branch-counting clock
     /// also needs the exact ticks.
     fn async_point_findable(&self) -> Result<bool, RunError> {
+        if self.tick_clock().is_none() && !self.landmarks_findable {
+            return Ok(false);
+        }
         let ticks_known = self.tick_clock().map_or(true, |clock| clock.known);
         Ok(ticks_known && self.machine.in_ring0()?)
+    }
+
+    /// Whether an interrupt deferred only because this host's breakpoints never
+    /// fire has waited `waited_ns` of guest time for an exit in vain: a guest that
+    /// waits for the interrupt without exiting (a busy loop on a tick count) would
+    /// wait forever. It is then delivered where the guest is, and replay on such a
+    /// host refuses the trace with the reason (`record::check_host_can_replay`).
+    fn waited_in_vain_for_an_exit(&self, waited_ns: u64) -> Result<bool, RunError> {
+        let only_for_breakpoints =
+            !self.landmarks_findable && self.tick_clock().is_none() && self.machine.in_ring0()?;
+        Ok(only_for_breakpoints && waited_ns >= UNFINDABLE_WAIT_NS)
     }
 
     /// Whether the next entry single-steps one instruction under the software
@@ -420,6 +452,7 @@ impl Runner {
         if self.recorder.is_some()
             && self.last_stop != LastStop::Exit
             && !self.async_point_findable()?
+            && !self.waited_in_vain_for_an_exit(now_ns - due_since_ns)?
         {
             self.release_hold()?;
             if let Some(recorder) = &mut self.recorder {
