@@ -195,6 +195,7 @@ pub fn record(
         })
         .collect();
     let boot_protocol = config.protocol.code();
+    let cpu_profile = config.cpu.name().to_string();
     let header_base = (
         image_digest(&config.image),
         config.command_line.clone(),
@@ -216,6 +217,7 @@ pub fn record(
         host: HostFacts::current(),
         boot_protocol,
         modules,
+        cpu_profile,
     };
     trace.write_header(&header)?;
     let schedule = match snapshot_every {
