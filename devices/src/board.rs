@@ -3,9 +3,9 @@
 //!
 //! Port map: PIC 0x20–0x21 and 0xa0–0xa1, PIT 0x40–0x43, i8042 keyboard
 //! controller 0x60 and 0x64 (nothing plugged in; its reset line ends the run),
-//! system control port B 0x61, RTC 0x70–0x71, the ACPI sleep control and status
-//! registers 0x600–0x601 (a hardware-reduced ACPI machine's power button: see
-//! [`SLEEP_CONTROL_PORT`]), POST 0x80 (writes kept as the last POST code, reads 0xff),
+//! system control port B 0x61, RTC 0x70–0x71, the ACPI PM1a event and control
+//! registers 0x600–0x605 (how an ACPI kernel powers the machine off: see
+//! [`PM1A_CONTROL_PORT`]), POST 0x80 (writes kept as the last POST code, reads 0xff),
 //! isa-debug-exit 0xf4–0xf7, VGA registers 0x3c0–0x3df, COM1 0x3f8–0x3ff. Any
 //! other port reads all-ones and ignores writes; both are traced with
 //! `tracing::debug!`, never fatal ([`Board::claims_port`] tells them apart).
@@ -47,17 +47,24 @@ pub const POST_PORT: u16 = 0x80;
 /// IRQ line of PIT channel 0.
 pub const PIT_IRQ: u8 = 0;
 
-/// The ACPI sleep control register (FADT `SLEEP_CONTROL_REG`, one byte of I/O
-/// space): a write with SLP_EN (bit 5) and sleep type [`SLEEP_TYPE_S5`] in bits
-/// 2–4 powers the machine off.
-pub const SLEEP_CONTROL_PORT: u16 = 0x600;
-/// The ACPI sleep status register (FADT `SLEEP_STATUS_REG`): reads 0 (never
-/// woken), writes (clearing WAK_STS) are ignored.
-pub const SLEEP_STATUS_PORT: u16 = 0x601;
+/// The ACPI PM1a event block (FADT `PM1a_EVT_BLK`, 4 bytes): PM1 status and
+/// enable, which read 0 (no event ever) and ignore writes.
+pub const PM1A_EVENT_PORT: u16 = 0x600;
+/// Bytes of the PM1a event block.
+pub const PM1A_EVENT_LEN: u8 = 4;
+/// The ACPI PM1a control register (FADT `PM1a_CNT_BLK`, 16 bits): reads
+/// SCI_EN (the machine is always in ACPI mode); a write with SLP_EN (bit 13)
+/// and sleep type [`SLEEP_TYPE_S5`] in bits 10–12 powers the machine off.
+/// Other sleep states are not offered and are ignored.
+pub const PM1A_CONTROL_PORT: u16 = 0x604;
+/// Bytes of the PM1a control register.
+pub const PM1A_CONTROL_LEN: u8 = 2;
 /// The sleep type the DSDT's `_S5` package gives for soft-off.
 pub const SLEEP_TYPE_S5: u8 = 5;
-/// SLP_EN in the sleep control register.
-const SLEEP_ENABLE: u8 = 1 << 5;
+/// SLP_EN, in the control register's high byte (bit 13 of the register).
+const SLEEP_ENABLE_HIGH: u8 = 1 << 5;
+/// SCI_EN, in the control register's low byte.
+const SCI_ENABLE: u8 = 1 << 0;
 
 /// Magic at the start of an encoded [`BoardState`].
 const STATE_MAGIC: &[u8; 4] = b"LDEV";
@@ -93,7 +100,7 @@ pub enum PioOutcome {
     /// The guest reset the machine through a device of the board (the i8042's
     /// reset line).
     Reset,
-    /// The guest powered the machine off (ACPI S5 through the sleep control
+    /// The guest powered the machine off (ACPI S5 through the PM1a control
     /// register).
     PowerOff,
 }
@@ -121,8 +128,8 @@ pub enum PortDevice {
     Vga,
     /// i8042 keyboard controller.
     I8042,
-    /// ACPI sleep control and status registers.
-    AcpiSleep,
+    /// ACPI PM1a event and control registers.
+    AcpiPm,
 }
 
 /// The state of every device of the board.
@@ -186,7 +193,13 @@ fn board_bus() -> PioBus<PortDevice> {
             PortRange::new(crate::i8042::COMMAND_PORT, 1),
             PortDevice::I8042,
         ),
-        (PortRange::new(SLEEP_CONTROL_PORT, 2), PortDevice::AcpiSleep),
+        (
+            PortRange::new(
+                PM1A_EVENT_PORT,
+                u16::from(PM1A_EVENT_LEN + PM1A_CONTROL_LEN),
+            ),
+            PortDevice::AcpiPm,
+        ),
         (PortRange::new(0x70, 2), PortDevice::Rtc),
         (PortRange::new(POST_PORT, 1), PortDevice::Post),
         (
@@ -300,7 +313,8 @@ impl Board {
             Some((PortDevice::DebugExit | PortDevice::Post, _)) => 0xff,
             Some((PortDevice::Vga, offset)) => self.vga.read(offset),
             Some((PortDevice::I8042, _)) => self.i8042.read(port),
-            Some((PortDevice::AcpiSleep, _)) => 0,
+            Some((PortDevice::AcpiPm, _)) if port == PM1A_CONTROL_PORT => SCI_ENABLE,
+            Some((PortDevice::AcpiPm, _)) => 0,
             None => {
                 tracing::debug!(port, "read of unassigned port");
                 0xff
@@ -329,11 +343,16 @@ impl Board {
                     return Some(PioOutcome::Reset);
                 }
             }
-            Some((PortDevice::AcpiSleep, offset)) => {
-                if offset == 0 && value & SLEEP_ENABLE != 0 && (value >> 2) & 7 == SLEEP_TYPE_S5 {
+            Some((PortDevice::AcpiPm, _)) => {
+                // The control register's high byte: SLP_EN and SLP_TYP. A word
+                // write reaches it as its second byte.
+                if port == PM1A_CONTROL_PORT + 1
+                    && value & SLEEP_ENABLE_HIGH != 0
+                    && (value >> 2) & 7 == SLEEP_TYPE_S5
+                {
                     return Some(PioOutcome::PowerOff);
                 }
-                tracing::debug!(port, value, "ACPI sleep register write ignored");
+                tracing::debug!(port, value, "ACPI PM1 register write ignored");
             }
             None => tracing::debug!(port, value, "write to unassigned port ignored"),
         }
@@ -823,8 +842,8 @@ mod tests {
         assert_eq!(board.bus().lookup(0x3fd), Some((PortDevice::Serial, 5)));
         assert_eq!(board.bus().lookup(0x3d5), Some((PortDevice::Vga, 0x15)));
         assert!(board.claims_port(0x3d4) && board.claims_port(0x64));
-        assert!(!board.claims_port(0x62) && !board.claims_port(0x602));
-        assert_eq!(board.bus().lookup(0x601), Some((PortDevice::AcpiSleep, 1)));
+        assert!(!board.claims_port(0x62) && !board.claims_port(0x606));
+        assert_eq!(board.bus().lookup(0x605), Some((PortDevice::AcpiPm, 5)));
         assert_eq!(board.bus().lookup(0xf7), Some((PortDevice::DebugExit, 3)));
         let mut bus = board_bus();
         assert!(matches!(
@@ -840,12 +859,21 @@ mod tests {
         board.pio_read(0x64, &mut status, 0);
         assert_eq!(status[0] & 0x03, 0, "no data, input buffer empty");
         assert_eq!(board.pio_write(0x64, &[0xfe], 0), PioOutcome::Reset);
+        let mut control = [0u8; 2];
+        board.pio_read(PM1A_CONTROL_PORT, &mut control, 0);
+        assert_eq!(control, [1, 0], "SCI_EN: always in ACPI mode");
         // Clearing WAK_STS, sleep types other than S5, S5 without SLP_EN: nothing.
-        assert_eq!(board.pio_write(0x601, &[0x80], 0), PioOutcome::Continue);
-        assert_eq!(board.pio_write(0x600, &[0x24], 0), PioOutcome::Continue);
-        assert_eq!(board.pio_write(0x600, &[0x14], 0), PioOutcome::Continue);
+        assert_eq!(board.pio_write(0x600, &[0, 0x80], 0), PioOutcome::Continue);
+        assert_eq!(board.pio_write(0x604, &[1, 0x24], 0), PioOutcome::Continue);
+        assert_eq!(board.pio_write(0x604, &[1, 0x14], 0), PioOutcome::Continue);
+        // As ACPICA writes it: the type first, then the type with SLP_EN.
+        let s5 = u16::from(SLEEP_TYPE_S5) << 10 | 1;
         assert_eq!(
-            board.pio_write(0x600, &[(SLEEP_TYPE_S5 << 2) | 0x20], 0),
+            board.pio_write(0x604, &s5.to_le_bytes(), 0),
+            PioOutcome::Continue
+        );
+        assert_eq!(
+            board.pio_write(0x604, &(s5 | 1 << 13).to_le_bytes(), 0),
             PioOutcome::PowerOff
         );
         // The controller's state survives a snapshot.

@@ -15,8 +15,8 @@
  *   poweroff  finds the ACPI RSDP by scanning the BIOS area 0xE0000-0xFFFFF as
  *             Linux does, checks every checksum on the way to the FADT, reads
  *             the sleep type of \_S5 from the DSDT's AML and writes it with
- *             SLP_EN to the FADT's sleep control register: the machine powers
- *             off and the run ends with status 0
+ *             SLP_EN to the FADT's PM1a control register, as ACPICA does: the
+ *             machine powers off and the run ends with status 0
  *
  * Without `test=`, or where the machine does not do what is asked, it exits
  * through isa-debug-exit with a status that says what went wrong.
@@ -114,14 +114,6 @@ struct sdt_header {
     uint32_t creator_revision;
 } __attribute__((packed));
 
-struct generic_address {
-    uint8_t space_id;           /* 1: system I/O */
-    uint8_t bit_width;
-    uint8_t bit_offset;
-    uint8_t access_size;
-    uint64_t address;
-} __attribute__((packed));
-
 static uint8_t sum(const void *p, size_t n)
 {
     const uint8_t *b = p;
@@ -206,29 +198,30 @@ static int test_poweroff(void)
     if (!fadt)
         return 23;
     const uint8_t *f = (const uint8_t *)fadt;
-    uint32_t flags;
+    uint32_t flags, pm1a_event, pm1a_control;
     uint64_t dsdt_address;
-    struct generic_address control, status;
+    memcpy(&pm1a_event, f + 56, 4);
+    memcpy(&pm1a_control, f + 64, 4);
     memcpy(&flags, f + 112, 4);
     memcpy(&dsdt_address, f + 140, 8);
-    memcpy(&control, f + 244, sizeof(control));
-    memcpy(&status, f + 256, sizeof(status));
-    kprintf("poweroff: FADT flags 0x%x (hardware-reduced: %s), sleep control %s port 0x%lx, "
-            "status port 0x%lx\n",
-            flags, flags & (1u << 20) ? "yes" : "no", control.space_id == 1 ? "I/O" : "not I/O",
-            control.address, status.address);
-    if (!(flags & (1u << 20)) || control.space_id != 1 || status.space_id != 1)
+    kprintf("poweroff: FADT flags 0x%x, SMI_CMD %u, PM1a event block port 0x%x (%u bytes), "
+            "control port 0x%x (%u bytes)\n",
+            flags, f[48], pm1a_event, f[88], pm1a_control, f[89]);
+    if (!pm1a_control || f[89] != 2)
         return 24;
     const struct sdt_header *dsdt = table(dsdt_address, "DSDT");
     if (!dsdt)
         return 25;
     int slp_typ = s5_sleep_type(dsdt);
-    kprintf("poweroff: \\_S5 sleep type %d; writing 0x%x to port 0x%lx\n", slp_typ,
-            (slp_typ << 2) | 0x20, control.address);
     if (slp_typ < 0)
         return 26;
-    outb((uint16_t)status.address, 0x80);       /* clear WAK_STS, as Linux does */
-    outb((uint16_t)control.address, (uint8_t)((slp_typ << 2) | 0x20));
+    /* As ACPICA: clear WAK_STS, write the sleep type, then the type with SLP_EN. */
+    uint16_t control = (uint16_t)((inw((uint16_t)pm1a_control) & ~0x3c00) | (slp_typ << 10));
+    kprintf("poweroff: \\_S5 sleep type %d; writing 0x%x to port 0x%x\n", slp_typ,
+            control | 0x2000, pm1a_control);
+    outw((uint16_t)(pm1a_event), 0x8000);
+    outw((uint16_t)pm1a_control, control);
+    outw((uint16_t)pm1a_control, control | 0x2000);
     puts("poweroff: still running after the sleep request\n");
     return 27;
 }

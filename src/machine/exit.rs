@@ -106,7 +106,7 @@ pub enum GuestFailure {
 pub enum PowerDown {
     /// A reset request, and how it was made.
     Reset(String),
-    /// ACPI soft-off (S5) through the sleep control register.
+    /// ACPI soft-off (S5) through the PM1a control register.
     PowerOff,
 }
 
@@ -119,8 +119,8 @@ impl fmt::Display for PowerDown {
             ),
             Self::PowerOff => write!(
                 f,
-                "the guest powered off (ACPI S5 through the sleep control register, port {:#x}); the run ends here with status 0",
-                lore_devices::board::SLEEP_CONTROL_PORT
+                "the guest powered off (ACPI S5 through the PM1a control register, port {:#x}); the run ends here with status 0",
+                lore_devices::board::PM1A_CONTROL_PORT
             ),
         }
     }
