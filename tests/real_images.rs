@@ -327,9 +327,11 @@ fn grub_invaders_shows_its_screen_when_stopped_and_in_replay() {
         screen.iter().any(|line| line.trim() == "/ \\"),
         "the player's ship: {stdout}"
     );
+    // It polls the keyboard controller, which answers "no key" (nothing is
+    // plugged in): not a port that goes astray.
     assert!(
-        stderr.contains("reads port 0x64 (the i8042 keyboard controller)"),
-        "the keyboard it polls is named: {stderr}"
+        !stderr.contains("port 0x64"),
+        "the keyboard controller is a device: {stderr}"
     );
 
     // Recorded until SIGTERM and replayed: the same final screen.
