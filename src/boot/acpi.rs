@@ -306,7 +306,7 @@ mod tests {
     #[test]
     fn the_tables_land_in_memory_below_the_real_mode_stubs() {
         let mut memory = GuestMemory::new(2 << 20).unwrap();
-        assert_eq!(write_tables(&mut memory), Ok(RSDP_ADDRESS));
+        assert_eq!(write_tables(&mut memory).unwrap(), RSDP_ADDRESS);
         let mut signature = [0u8; 8];
         memory.read(RSDP_ADDRESS, &mut signature).unwrap();
         assert_eq!(&signature, b"RSD PTR ");
