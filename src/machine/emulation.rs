@@ -238,13 +238,15 @@ const ABM: FeatureBit = FeatureBit::new("ABM (LZCNT)", 0x8000_0001, 2, 5);
 fn feature_of(instruction: &Instruction) -> Option<(FeatureBit, Option<&'static str>)> {
     use Mnemonic::*;
     let feature = match instruction.mnemonic() {
-        Cmpxchg16b => (CX16, None),
-        Popcnt => (POPCNT, None),
+        // `clearcpuid=N` takes Linux's X86_FEATURE_* bit numbers: word 4 is
+        // CPUID leaf 1 ECX, word 9 leaf 7 EBX.
+        Cmpxchg16b => (CX16, Some("clearcpuid=141")),
+        Popcnt => (POPCNT, Some("clearcpuid=151")),
         Xsave | Xsave64 | Xsaveopt | Xsaveopt64 | Xsavec | Xsavec64 | Xsaves | Xsaves64
         | Xrstor | Xrstor64 | Xrstors | Xrstors64 | Xgetbv | Xsetbv => (XSAVE, Some("noxsave")),
-        Clac | Stac => (SMAP, Some("clearcpuid=smap")),
+        Clac | Stac => (SMAP, Some("clearcpuid=308")),
         Rdfsbase | Rdgsbase | Wrfsbase | Wrgsbase => (FSGSBASE, Some("nofsgsbase")),
-        Invpcid => (INVPCID, Some("noinvpcid")),
+        Invpcid => (INVPCID, Some("clearcpuid=298")),
         Lzcnt => (ABM, None),
         Tzcnt | Andn | Bextr | Blsi | Blsmsk | Blsr => (BMI1, None),
         Bzhi | Mulx | Pdep | Pext | Rorx | Sarx | Shlx | Shrx => (BMI2, None),
@@ -277,11 +279,14 @@ pub enum Advice {
         /// A Linux command-line option that avoids it.
         kernel_option: Option<&'static str>,
     },
-    /// The guest runs the instruction although its CPUID does not offer the
-    /// feature.
+    /// The guest runs the instruction although the CPUID table lore-dbg gives
+    /// it does not offer the feature (it does not ask, or this host's KVM shows
+    /// the host's bit anyway).
     NotOffered {
         /// The feature's name.
         feature: &'static str,
+        /// A Linux command-line option that avoids it.
+        kernel_option: Option<&'static str>,
     },
     /// Nothing avoids it on this host.
     #[default]
@@ -294,8 +299,9 @@ fn advice(instruction: &Instruction, cpuid: &CpuidTable) -> Advice {
             feature: feature.name,
             kernel_option,
         },
-        Some((feature, _)) => Advice::NotOffered {
+        Some((feature, kernel_option)) => Advice::NotOffered {
             feature: feature.name,
+            kernel_option,
         },
         None => Advice::Lab,
     }
@@ -351,13 +357,26 @@ impl fmt::Display for EmulationFailure {
                     ": this host's KVM emulates guest ring 0 and cannot emulate it; the guest uses it because its CPUID offers {feature}: --cpu baseline hides {feature}"
                 )?;
                 if let Some(option) = kernel_option {
-                    write!(f, " (for Linux, so does the kernel option `{option}`)")?;
+                    write!(
+                        f,
+                        " (for Linux, the kernel option `{option}` avoids it too, also where this host's KVM shows the guest the host's bit anyway)"
+                    )?;
                 }
                 Ok(())
             }
-            Advice::NotOffered { feature } => write!(
+            Advice::NotOffered {
+                feature,
+                kernel_option: Some(option),
+            } => write!(
                 f,
-                ": the guest runs it although its CPUID does not offer {feature}; {LAB}"
+                ": the guest runs it although the CPUID table lore-dbg gives it does not offer {feature} (where this host's KVM shows the guest the host's bit anyway, a kernel still finds it); for Linux the kernel option `{option}` avoids it; otherwise {LAB}"
+            ),
+            Advice::NotOffered {
+                feature,
+                kernel_option: None,
+            } => write!(
+                f,
+                ": the guest runs it although the CPUID table lore-dbg gives it does not offer {feature}; {LAB}"
             ),
             Advice::Lab => write!(f, ": {LAB}"),
         }
@@ -425,7 +444,14 @@ mod tests {
             1,
             &table(0),
         ));
-        assert_eq!(hidden.advice, Advice::NotOffered { feature: "CX16" });
+        assert_eq!(
+            hidden.advice,
+            Advice::NotOffered {
+                feature: "CX16",
+                kernel_option: Some("clearcpuid=141")
+            }
+        );
+        assert!(hidden.to_string().contains("`clearcpuid=141`"), "{hidden}");
         assert!(hidden.to_string().contains("-p xtask -- lab"));
     }
 
