@@ -112,6 +112,16 @@ fn int3_in_ring0_returns_just_past_it_once() {
 }
 
 #[test]
+fn fwait_with_nothing_pending_runs() {
+    let finished = run_guest("board", &["--cmdline", "test=fwait"]);
+    assert_eq!(finished.code(), 1, "{finished:#?}");
+    assert!(
+        finished.stdout.contains("fwait: done, x87 status word 0x0"),
+        "{finished:#?}"
+    );
+}
+
+#[test]
 fn an_instruction_kvm_cannot_emulate_is_named_with_what_avoids_it() {
     let offered = run_guest("board", &["--cmdline", "test=cx16"]);
     let said = &offered.stderr;

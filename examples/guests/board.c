@@ -7,6 +7,8 @@
  *             often the handler ran (KVM's emulator on our hosts cannot run
  *             `int3` in ring 0, and lore-dbg raises the #BP itself); status 0
  *             when the frame points just past the `int3`, exactly once
+ *   fwait     `fninit; fwait` in ring 0: KVM's emulator on our hosts cannot
+ *             run `fwait`, which lore-dbg skips where no x87 exception is pending
  *   cx16      a `cmpxchg16b` in ring 0, which KVM's emulator on our hosts
  *             cannot run: lore-dbg names it and what avoids it
  *   reboot    waits for the keyboard controller's input buffer to empty, as
@@ -67,6 +69,18 @@ static int test_int3(void)
     kprintf("int3: at %p, #BP returned to %p (the next instruction: %p), handler ran %lu time(s)\n",
             (void *)int3_at, (void *)bp_return, (void *)after_int3, bp_hits);
     return bp_return == (uint64_t)(uintptr_t)after_int3 && bp_hits == 1 ? 0 : 10;
+}
+
+/* ------------------------------------------------------------------ */
+/* fwait                                                               */
+
+static int test_fwait(void)
+{
+    uint16_t status = 0xffff;
+    /* No x87 exception pending after fninit: fwait does nothing. */
+    __asm__ volatile("fninit\n\tfwait\n\tfnstsw %0" : "=m"(status) :: "memory");
+    kprintf("fwait: done, x87 status word 0x%x\n", status);
+    return status == 0 ? 0 : 13;
 }
 
 /* ------------------------------------------------------------------ */
@@ -256,13 +270,15 @@ int main(uint32_t mb_magic, const struct mb_info *mbi)
         return EXIT_BAD_MAGIC;
     char test[16];
     if (cmdline_get("test", test, sizeof(test)) < 0) {
-        puts("board: give test=int3|cx16|cpuid|reboot|poweroff\n");
+        puts("board: give test=int3|fwait|cx16|cpuid|reboot|poweroff\n");
         return 2;
     }
     if (strcmp(test, "int3") == 0)
         return test_int3();
     if (strcmp(test, "cx16") == 0)
         return test_cx16();
+    if (strcmp(test, "fwait") == 0)
+        return test_fwait();
     if (strcmp(test, "reboot") == 0)
         return test_reboot();
     if (strcmp(test, "poweroff") == 0)

@@ -11,6 +11,8 @@
 //!   stacks, hint NOPs), which a CPU without the feature runs as a NOP: `rip`
 //!   moves past it;
 //! * `int3`: the VMM raises the #BP the CPU would (`Machine::enter` injects it);
+//! * `fwait` (`wait`): with no unmasked x87 exception pending (FSW.ES clear) it
+//!   does nothing, so `rip` moves past it (`Machine::enter` reads the FSW);
 //! * anything else ends the run with an [`EmulationFailure`] that names the
 //!   instruction, its address and ring, and what avoids it: the CPUID flag that
 //!   `--cpu baseline` hides (the guest used the instruction because CPUID
@@ -129,6 +131,13 @@ pub enum Decision {
         /// The address after the `int3`.
         next_rip: u64,
     },
+    /// `fwait`: move `rip` here unless an x87 exception is pending.
+    FpuWait {
+        /// The address after the `fwait`.
+        next_rip: u64,
+        /// What to say if an exception is pending.
+        otherwise: EmulationFailure,
+    },
     /// The run cannot go on.
     Fail(EmulationFailure),
 }
@@ -151,6 +160,19 @@ pub fn decide(
             if found.instruction.code() == Code::Int3 {
                 return Decision::Breakpoint {
                     next_rip: found.instruction.next_ip(),
+                };
+            }
+            if found.instruction.code() == Code::Wait {
+                return Decision::FpuWait {
+                    next_rip: found.instruction.next_ip(),
+                    otherwise: EmulationFailure {
+                        rip,
+                        ring,
+                        suberror,
+                        text: found.text(),
+                        bytes: found.hex(),
+                        advice: Advice::Lab,
+                    },
                 };
             }
         }
@@ -495,16 +517,23 @@ mod tests {
     }
 
     #[test]
-    fn fwait_and_unreadable_code_send_to_the_lab() {
-        let fwait = failure(decide(
-            Some(decoded(&[0x9b], 0x10)),
+    fn fwait_is_skipped_where_nothing_is_pending_and_unreadable_code_sends_to_the_lab() {
+        let Decision::FpuWait {
+            next_rip,
+            otherwise,
+        } = decide(
+            Some(decoded(&[0x9b, 0xdb, 0xe3], 0x10)),
             0x10,
             0,
             1,
             &table(u32::MAX),
-        ));
-        assert_eq!(fwait.advice, Advice::Lab);
-        assert!(fwait.to_string().contains("`wait`"), "{fwait}");
+        )
+        else {
+            panic!("fwait");
+        };
+        assert_eq!(next_rip, 0x11);
+        assert_eq!(otherwise.advice, Advice::Lab);
+        assert!(otherwise.to_string().contains("`wait`"), "{otherwise}");
         let nothing = failure(decide(None, 0xdead_0000, 3, 1, &table(0)));
         let text = nothing.to_string();
         assert!(text.contains("no code could be read there"), "{text}");
