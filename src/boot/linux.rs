@@ -171,6 +171,18 @@ pub enum LinuxError {
         /// The header's `cmdline_size` (or what the information area holds).
         max: usize,
     },
+    /// The kernel with its bss runs past the end of RAM.
+    #[error("the kernel with its bss needs memory up to {end:#x} but the guest has {memory_mib} MiB: use --mem {needed_mib}M or more{initrd_note}")]
+    KernelDoesNotFit {
+        /// First byte past the kernel.
+        end: u64,
+        /// Guest memory, MiB.
+        memory_mib: u64,
+        /// What would do, MiB, initrd included.
+        needed_mib: u64,
+        /// " (for the kernel and the initrd)" when there is one.
+        initrd_note: &'static str,
+    },
     /// The area the kernel's own decompressor needs lies past the end of RAM.
     #[error("the kernel decompresses itself into {start:#x}..{end:#x} (its pref_address and init_size) but the guest has {memory_mib} MiB: use --mem {needed_mib}M or more")]
     DecompressorDoesNotFit {
@@ -585,7 +597,25 @@ fn load_pvh(
             memory_size: segment.memory_size,
         })
         .collect();
-    let kernel_end = super::place_segments(memory, vmlinux, &segments)?;
+    let kernel_end = match super::place_segments(memory, vmlinux, &segments) {
+        Err(BootError::DoesNotFit { end, memory_size }) => {
+            return Err(LinuxError::KernelDoesNotFit {
+                end,
+                memory_mib: memory_size >> 20,
+                needed_mib: mib_for(
+                    end.next_multiple_of(INITRD_ALIGN)
+                        .saturating_add(initrd.map_or(0, |data| data.len() as u64)),
+                ),
+                initrd_note: if initrd.is_some() {
+                    " (for the kernel and the initrd)"
+                } else {
+                    ""
+                },
+            }
+            .into())
+        }
+        placed => placed?,
+    };
     let initrd_range = match initrd {
         Some(data) => {
             let start = place_initrd(memory, data, kernel_end, memory.size(), "")?;

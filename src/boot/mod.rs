@@ -113,7 +113,7 @@ pub enum BootError {
     #[error("multiboot address fields are inconsistent: {0}")]
     BadAddresses(String),
     /// The image does not fit in guest memory.
-    #[error("the image needs memory up to {end:#x} but the guest has only {memory_size:#x} bytes (use --mem)")]
+    #[error("the image needs memory up to {end:#x} but the guest has only {memory_size:#x} bytes (use --mem {}M or more)", .end.div_ceil(1 << 20))]
     DoesNotFit {
         /// First byte past the image.
         end: u64,
