@@ -451,7 +451,7 @@ fn debians_kernel_boots_by_pvh_and_replays() {
     // "\r\n", as the serial driver writes them).
     let wanted = "printk: bootconsole";
     let deadline = Instant::now() + Duration::from_secs(600);
-    while !running.stdout().contains(&wanted) {
+    while !running.stdout().contains(wanted) {
         assert!(
             Instant::now() < deadline,
             "no '{wanted}' in 10 minutes; stdout:\n{}\nstderr:\n{}",
@@ -480,7 +480,10 @@ fn debians_kernel_boots_by_pvh_and_replays() {
     command.args(["replay", dir_text]);
     let replayed = run_with_timeout(command, b"", Duration::from_secs(600));
     assert_eq!(replayed.code(), code, "{replayed:#?}");
-    assert_eq!(replayed.stdout, recorded, "replay prints what the recording printed");
+    assert_eq!(
+        replayed.stdout, recorded,
+        "replay prints what the recording printed"
+    );
     assert!(
         replayed.stderr.contains("replay matched the recording"),
         "{replayed:#?}"
@@ -488,6 +491,12 @@ fn debians_kernel_boots_by_pvh_and_replays() {
     let mut command = lore_dbg();
     command.args(["info", dir_text]);
     let info = run_with_timeout(command, b"", DEFAULT_TIMEOUT);
-    assert!(info.stdout.contains("boot:         Linux, PVH entry"), "{info:#?}");
-    assert!(info.stdout.contains("kernel:       Linux 6.1."), "{info:#?}");
+    assert!(
+        info.stdout.contains("boot:         Linux, PVH entry"),
+        "{info:#?}"
+    );
+    assert!(
+        info.stdout.contains("kernel:       Linux 6.1."),
+        "{info:#?}"
+    );
 }

@@ -630,7 +630,9 @@ fn linux_image(kernel: &[u8], protocol: Protocol) -> Result<Option<linux::LinuxI
             linux::identify(kernel)?.ok_or(linux::LinuxError::NotLinux)?,
         )),
         Protocol::Auto => {
-            if find_header(kernel).is_ok() || multiboot2::find_header(kernel).is_ok_and(|found| found.is_some()) {
+            if find_header(kernel).is_ok()
+                || multiboot2::find_header(kernel).is_ok_and(|found| found.is_some())
+            {
                 return Ok(None);
             }
             Ok(linux::identify(kernel)?)
