@@ -214,6 +214,11 @@ struct InfoArgs {
     /// every snapshot restored with its state decoded. Exit status 2 on any problem.
     #[arg(long)]
     verify: bool,
+    /// List every event of the log instead, one line each: the exit it belongs
+    /// to, its kind and its values (a port read's value, a TSC read's counter,
+    /// where an interrupt was injected), as `rr dump` does.
+    #[arg(long, conflicts_with_all = ["json", "measure", "verify"])]
+    events: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -705,6 +710,18 @@ fn replay(args: ReplayArgs) -> Result<ExitCode> {
 
 fn info(args: InfoArgs) -> Result<ExitCode> {
     let dir = resolve_trace(&args.trace)?;
+    if args.events {
+        let (trace, _) = lore_dbg::trace::TraceDir::open(&dir)?;
+        let log = trace.read_events(record::MAX_EVENTS)?;
+        let mut stdout = std::io::stdout().lock();
+        for event in &log.events {
+            writeln!(stdout, "{event}").context("cannot write the events")?;
+        }
+        if let Some(truncation) = &log.truncation {
+            eprintln!("lore-dbg: the log ends early: {truncation}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let verification = args.verify.then(|| Verification::run(&dir));
     let mut info = match TraceInfo::read(&dir) {
         Ok(info) => info,
