@@ -66,8 +66,9 @@ enum Command {
     /// loads (`gdb FILE -ex 'target remote ...'`), for kernels shipped stripped.
     ///
     /// Code symbols become functions, data symbols variables, each sized up to
-    /// the next symbol; there are no types or source lines (watch a variable
-    /// with a cast: `watch *(long *)&jiffies`). Modules' symbols are left out.
+    /// the next symbol and typed as the widest unsigned integer of at most 8
+    /// bytes that fits (a guess: cast for anything else); no source lines.
+    /// Modules' symbols are left out.
     Symbols(SymbolsArgs),
     /// List the traces in the default trace directory.
     Ls,
@@ -162,7 +163,7 @@ struct DebugArgs {
     /// Symbols for gdb and `monitor writes` instead of the recorded image's: an
     /// ELF file (a vmlinux with debug information) or a System.map or
     /// /proc/kallsyms listing, turned into a symbol file gdb loads (functions
-    /// and variables by name, no types or lines: `watch *(long *)&jiffies`).
+    /// and variables by name; variables typed as integers of their size).
     #[arg(long, value_name = "FILE")]
     symbols: Option<PathBuf>,
 }

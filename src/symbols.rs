@@ -9,8 +9,14 @@
 //! executable section, each run of data symbols (`D`/`B`/`R`/...) a writable one,
 //! both `SHT_NOBITS` at the symbols' addresses, so gdb classifies `break do_fork`
 //! as a function and `watch jiffies` as data and reads every byte from the target.
-//! A symbol's size is the distance to the next symbol of its section; gdb has no
-//! types without DWARF, so a watch needs a cast (`watch *(long *)&jiffies`).
+//! A symbol's size is the distance to the next symbol of its section.
+//!
+//! gdb refuses `print jiffies` or `watch jiffies` for a symbol without a type, so
+//! [`write_elf`] also writes a little DWARF: one variable per data symbol, typed as
+//! the widest unsigned integer of at most 8 bytes that fits before the next
+//! symbol (`unsigned long` for a kernel's counters and pointers). The listing
+//! holds no types, so that is a guess the user can override with a cast
+//! (`print *(struct task_struct *)&init_task` needs the kernel's own DWARF anyway).
 //!
 //! Invariant: every listing line is either used or counted as skipped (modules'
 //! symbols, absolute and undefined ones); a listing whose addresses are all zero
@@ -47,6 +53,9 @@ pub enum SymbolMapError {
     /// No symbol with an address.
     #[error("the listing holds no symbols with addresses")]
     Empty,
+    /// The DWARF types could not be encoded.
+    #[error("cannot encode the symbols' DWARF types: {0}")]
+    Dwarf(String),
     /// Every address is zero: kallsyms read by a user who may not see them.
     #[error("every address in the listing is 0: /proc/kallsyms hides them from users without CAP_SYSLOG (read it as root, with kernel.kptr_restrict=0 or 1)")]
     AddressesHidden,
@@ -182,9 +191,85 @@ fn runs(symbols: &[MapSymbol]) -> Vec<Run> {
     runs
 }
 
+/// The integer type a data symbol of `size` bytes gets: the widest of at most 8
+/// bytes that fits.
+fn integer_type(size: u64) -> (&'static str, u8) {
+    match size {
+        8.. => ("unsigned long", 8),
+        4..=7 => ("unsigned int", 4),
+        2..=3 => ("unsigned short", 2),
+        _ => ("unsigned char", 1),
+    }
+}
+
+/// DWARF sections (name, contents) declaring each data symbol a variable of the
+/// integer type [`integer_type`] picks for its size.
+fn variable_types(
+    symbols: &[MapSymbol],
+    sizes: &[(usize, u64)],
+) -> Result<Vec<(&'static str, Vec<u8>)>, gimli::write::Error> {
+    use gimli::write::{Address, AttributeValue, DwarfUnit, EndianVec, Expression, Sections};
+    let encoding = gimli::Encoding {
+        format: gimli::Format::Dwarf32,
+        version: 4,
+        address_size: 8,
+    };
+    let mut dwarf = DwarfUnit::new(encoding);
+    let root = dwarf.unit.root();
+    let unit = dwarf.unit.get_mut(root);
+    unit.set(
+        gimli::DW_AT_producer,
+        AttributeValue::String(b"lore-dbg symbols (types guessed from symbol sizes)".to_vec()),
+    );
+    unit.set(
+        gimli::DW_AT_language,
+        AttributeValue::Language(gimli::DW_LANG_C89),
+    );
+    let mut types = std::collections::BTreeMap::new();
+    for (symbol, &(_, size)) in symbols.iter().zip(sizes) {
+        if symbol.kind != SymbolKind::Data {
+            continue;
+        }
+        let (type_name, byte_size) = integer_type(size);
+        let type_id = *types.entry(type_name).or_insert_with(|| {
+            let id = dwarf.unit.add(root, gimli::DW_TAG_base_type);
+            let entry = dwarf.unit.get_mut(id);
+            entry.set(gimli::DW_AT_name, AttributeValue::String(type_name.into()));
+            entry.set(gimli::DW_AT_byte_size, AttributeValue::Data1(byte_size));
+            entry.set(
+                gimli::DW_AT_encoding,
+                AttributeValue::Encoding(gimli::DW_ATE_unsigned),
+            );
+            id
+        });
+        let id = dwarf.unit.add(root, gimli::DW_TAG_variable);
+        let entry = dwarf.unit.get_mut(id);
+        entry.set(
+            gimli::DW_AT_name,
+            AttributeValue::String(symbol.name.clone().into_bytes()),
+        );
+        entry.set(gimli::DW_AT_type, AttributeValue::UnitRef(type_id));
+        entry.set(gimli::DW_AT_external, AttributeValue::Flag(!symbol.local));
+        let mut location = Expression::new();
+        location.op_addr(Address::Constant(symbol.address));
+        entry.set(gimli::DW_AT_location, AttributeValue::Exprloc(location));
+    }
+    let mut sections = Sections::new(EndianVec::new(gimli::LittleEndian));
+    dwarf.write(&mut sections)?;
+    let mut out = Vec::new();
+    sections.for_each(|id, data| {
+        if !data.slice().is_empty() {
+            out.push((id.name(), data.slice().to_vec()));
+        }
+        Ok::<(), gimli::write::Error>(())
+    })?;
+    Ok(out)
+}
+
 /// Writes an x86-64 ELF executable whose only content is `map`'s symbols, in
-/// sections that place them (see the module documentation).
-pub fn write_elf(map: &SymbolMap) -> Vec<u8> {
+/// sections that place them, and DWARF that types its data symbols (see the
+/// module documentation).
+pub fn write_elf(map: &SymbolMap) -> Result<Vec<u8>, SymbolMapError> {
     let symbols = &map.symbols;
     let runs = runs(symbols);
     let section_names: Vec<Vec<u8>> = runs
@@ -211,6 +296,8 @@ pub fn write_elf(map: &SymbolMap) -> Vec<u8> {
             placed.push((run_index, next - address));
         }
     }
+    let debug_sections = variable_types(symbols, &placed)
+        .map_err(|error| SymbolMapError::Dwarf(error.to_string()))?;
     // ELF wants the local symbols first.
     let mut order: Vec<usize> = (0..symbols.len()).collect();
     order.sort_by_key(|&index| !symbols[index].local);
@@ -232,6 +319,14 @@ pub fn write_elf(map: &SymbolMap) -> Vec<u8> {
             )
         })
         .collect();
+    let debug_ids: Vec<StringId> = debug_sections
+        .iter()
+        .map(|(name, _)| {
+            let id = writer.add_section_name(name.as_bytes());
+            writer.reserve_section_index();
+            id
+        })
+        .collect();
     let name_ids: Vec<StringId> = order
         .iter()
         .map(|&index| writer.add_string(symbols[index].name.as_bytes()))
@@ -243,6 +338,10 @@ pub fn write_elf(map: &SymbolMap) -> Vec<u8> {
     writer.reserve_symtab_section_index();
     writer.reserve_strtab_section_index();
     writer.reserve_shstrtab_section_index();
+    let debug_offsets: Vec<usize> = debug_sections
+        .iter()
+        .map(|(_, data)| writer.reserve(data.len(), 1))
+        .collect();
     writer.reserve_symtab();
     writer.reserve_strtab();
     writer.reserve_shstrtab();
@@ -259,6 +358,9 @@ pub fn write_elf(map: &SymbolMap) -> Vec<u8> {
         e_flags: 0,
     });
     debug_assert!(header.is_ok());
+    for (_, data) in &debug_sections {
+        writer.write(data);
+    }
     writer.write_null_symbol();
     for (&index, &name) in order.iter().zip(&name_ids) {
         let symbol = &symbols[index];
@@ -303,10 +405,24 @@ pub fn write_elf(map: &SymbolMap) -> Vec<u8> {
             sh_entsize: 0,
         });
     }
+    for ((name, (_, data)), offset) in debug_ids.iter().zip(&debug_sections).zip(debug_offsets) {
+        writer.write_section_header(&SectionHeader {
+            name: Some(*name),
+            sh_type: elf::SHT_PROGBITS,
+            sh_flags: 0,
+            sh_addr: 0,
+            sh_offset: offset as u64,
+            sh_size: data.len() as u64,
+            sh_link: 0,
+            sh_info: 0,
+            sh_addralign: 1,
+            sh_entsize: 0,
+        });
+    }
     writer.write_symtab_section_header(first_global as u32 + 1);
     writer.write_strtab_section_header();
     writer.write_shstrtab_section_header();
-    buffer
+    Ok(buffer)
 }
 
 /// A symbol file for gdb made from `path`: an ELF file as it is, or a listing
@@ -321,7 +437,7 @@ pub fn symbol_file(path: &Path) -> Result<(Vec<u8>, Option<SymbolMap>), SymbolMa
         return Ok((bytes, None));
     }
     let map = parse_map(&String::from_utf8_lossy(&bytes))?;
-    Ok((write_elf(&map), Some(map)))
+    Ok((write_elf(&map)?, Some(map)))
 }
 
 #[cfg(test)]
@@ -353,7 +469,7 @@ ffffffffc0000000 t module_fn\t[some_module]
             map.skipped, 3,
             "the absolute, the module and the undefined symbol"
         );
-        let elf = write_elf(&map);
+        let elf = write_elf(&map).unwrap();
         let file = object::File::parse(&*elf).unwrap();
         assert_eq!(file.architecture(), object::Architecture::X86_64);
         let find = |name: &str| file.symbols().find(|s| s.name() == Ok(name)).unwrap();
@@ -381,6 +497,13 @@ ffffffffc0000000 t module_fn\t[some_module]
         assert_eq!(init.size(), 0x100000);
         assert_eq!(find("__bss_start").size(), LAST_SYMBOL_SPAN);
         assert!(file.symbols().all(|s| s.name() != Ok("module_fn")));
+        // Data symbols are typed for gdb: DWARF variables at their addresses.
+        let info = file.section_by_name(".debug_info").expect("DWARF for the data symbols");
+        assert!(!info.data().unwrap().is_empty());
+        assert_eq!(integer_type(8), ("unsigned long", 8));
+        assert_eq!(integer_type(0x1000), ("unsigned long", 8));
+        assert_eq!(integer_type(5), ("unsigned int", 4));
+        assert_eq!(integer_type(1), ("unsigned char", 1));
         // Aliases at one address are both there.
         assert_eq!(find("_stext").address(), find("startup_64").address());
     }

@@ -1098,7 +1098,8 @@ fn a_watch_on_live_page_tables_falls_back_to_single_steps() {
 /// A stripped kernel comes with a System.map: `lore-dbg symbols` turns one into a
 /// file gdb loads, with functions to break on and variables to watch, and
 /// `writes --symbols` resolves names from it. Here the listing is `nm`'s of a
-/// corpus guest, so gdb's answers can be checked against the guest's source.
+/// corpus guest, so gdb's answers can be checked against the guest's source. Data
+/// symbols get an integer type of their size, so `watch canary` needs no cast.
 #[test]
 fn a_system_map_gives_gdb_functions_and_variables_by_name() {
     require_tools();
@@ -1127,15 +1128,15 @@ fn a_system_map_gives_gdb_functions_and_variables_by_name() {
         &symbol_file,
         &server,
         &[
-            "break fill_round",                     // 0
-            "continue",                             // 1
-            "info symbol $pc",                      // 2
-            "delete",                               // 3
-            "continue",                             // 4: to the end
-            "p/x *(unsigned long long *)&canary",   // 5
-            "watch *(unsigned long long *)&canary", // 6
-            "reverse-continue",                     // 7
-            "info symbol $pc",                      // 8
+            "break fill_round", // 0
+            "continue",         // 1
+            "info symbol $pc",  // 2
+            "delete",           // 3
+            "continue",         // 4: to the end
+            "p/x canary",       // 5
+            "watch canary",     // 6
+            "reverse-continue", // 7
+            "info symbol $pc",  // 8
         ],
     );
     s.expect(0, "Breakpoint 1 at");
