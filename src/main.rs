@@ -14,7 +14,7 @@ use std::process::ExitCode;
 
 /// Time-travel debugger for whole KVM virtual machines.
 ///
-/// lore-dbg runs a multiboot guest in its own user-space VMM on /dev/kvm, records
+/// lore-dbg runs a multiboot or Linux guest in its own user-space VMM on /dev/kvm, records
 /// every non-deterministic input, replays the run bit for bit and serves it to gdb,
 /// forwards and backwards. Set RUST_LOG (e.g. RUST_LOG=debug) for diagnostics.
 #[derive(Debug, Parser)]
@@ -27,7 +27,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Boot a multiboot kernel (v1 as `qemu-system-x86_64 -kernel` does, multiboot2
-    /// as GRUB does) and run it.
+    /// as GRUB does) or a Linux kernel (a bzImage or a PVH vmlinux, with --initrd
+    /// and --cmdline as qemu's -initrd and -append) and run it.
     ///
     /// Serial output (COM1) goes to stdout; serial input comes from --serial-in or
     /// stdin. The exit status is the guest's isa-debug-exit status ((v << 1) | 1 for a
@@ -62,6 +63,14 @@ enum Command {
     /// is `monitor writes RANGE` inside gdb.
     #[command(override_usage = "lore-dbg writes [TRACE] SYMBOL|ADDR[:LEN] [--json]")]
     Writes(WritesArgs),
+    /// Turn a kernel's System.map or /proc/kallsyms into an ELF symbol file gdb
+    /// loads (`gdb FILE -ex 'target remote ...'`), for kernels shipped stripped.
+    ///
+    /// Code symbols become functions, data symbols variables, each sized up to
+    /// the next symbol and typed as the widest unsigned integer of at most 8
+    /// bytes that fits (a guess: cast for anything else); no source lines.
+    /// Modules' symbols are left out.
+    Symbols(SymbolsArgs),
     /// List the traces in the default trace directory.
     Ls,
 }
@@ -132,6 +141,12 @@ struct ReplayArgs {
     /// reverse-continue, reverse-stepi, watch, break, `monitor help`.
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:1234")]
     gdb: Option<String>,
+    /// With --gdb: the guest's symbols for `monitor writes SYMBOL` (an ELF file
+    /// such as a vmlinux, or a System.map / /proc/kallsyms listing) instead of
+    /// the recorded image's. For gdb itself, `lore-dbg symbols` turns a listing
+    /// into a file gdb loads.
+    #[arg(long, value_name = "FILE", requires = "gdb")]
+    symbols: Option<PathBuf>,
     /// Start from snapshot N of the trace instead of from boot (see `lore-dbg info`).
     #[arg(long, value_name = "N", conflicts_with = "gdb")]
     from_snapshot: Option<u32>,
@@ -146,6 +161,22 @@ struct DebugArgs {
     /// The gdb to run.
     #[arg(long, default_value = "gdb")]
     gdb_binary: PathBuf,
+    /// Symbols for gdb and `monitor writes` instead of the recorded image's: an
+    /// ELF file (a vmlinux with debug information) or a System.map or
+    /// /proc/kallsyms listing, turned into a symbol file gdb loads (functions
+    /// and variables by name; variables typed as integers of their size).
+    #[arg(long, value_name = "FILE")]
+    symbols: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct SymbolsArgs {
+    /// A System.map or /proc/kallsyms listing (`ADDRESS TYPE NAME` lines, as `nm`
+    /// prints them).
+    listing: PathBuf,
+    /// The ELF file to write.
+    #[arg(short, long, value_name = "FILE")]
+    output: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -162,6 +193,11 @@ struct WritesArgs {
     /// bytes).
     #[arg(long)]
     json: bool,
+    /// Resolve SYMBOL, and name the writers' functions, from FILE instead of
+    /// the recorded image: an ELF file, or a System.map or /proc/kallsyms
+    /// listing (names only, no source lines).
+    #[arg(long, value_name = "FILE")]
+    symbols: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -180,19 +216,25 @@ struct InfoArgs {
     /// every snapshot restored with its state decoded. Exit status 2 on any problem.
     #[arg(long)]
     verify: bool,
+    /// List every event of the log instead, one line each: the exit it belongs
+    /// to, its kind and its values (a port read's value, a TSC read's counter,
+    /// where an interrupt was injected), as `rr dump` does.
+    #[arg(long, conflicts_with_all = ["json", "measure", "verify"])]
+    events: bool,
 }
 
 #[derive(Debug, clap::Args)]
 struct RunArgs {
     /// The guest: a multiboot v1 or multiboot2 kernel image (ELF, or flat with the
-    /// header's address fields). Default: the built-in demo guest.
+    /// header's address fields), or a Linux kernel: a bzImage (/boot/vmlinuz-*) or
+    /// a vmlinux built with CONFIG_PVH. Default: the built-in demo guest.
     guest: Option<PathBuf>,
     /// Guest RAM, e.g. 64M, 1G, or bytes.
     #[arg(long, default_value = "128M", value_parser = parse_size)]
     mem: u64,
     /// The guest's command line, as QEMU's -append: a multiboot v1 kernel sees
     /// its image path first, as QEMU and GRUB legacy pass it (Xen, for one,
-    /// skips that word); a multiboot2 kernel gets only this, as from GRUB 2.
+    /// skips that word); a multiboot2 or Linux kernel gets only this.
     #[arg(long, default_value = "")]
     cmdline: String,
     /// Feed the UART's receiver from this file instead of stdin.
@@ -203,10 +245,11 @@ struct RunArgs {
     /// loaded in order, page aligned after the kernel.
     #[arg(long = "module", value_name = "FILE[,CMDLINE]")]
     modules: Vec<String>,
-    /// QEMU's convention for multiboot modules: "FILE1 ARGS,FILE2 ARGS" (a comma
-    /// separates modules, `,,` is a literal comma; the first word is the file).
-    /// Given after any --module.
-    #[arg(long, value_name = "\"FILE ARGS,...\"")]
+    /// For a Linux kernel: the initrd, one FILE (as QEMU's -initrd). For a
+    /// multiboot kernel, QEMU's convention for modules: "FILE1 ARGS,FILE2 ARGS" (a
+    /// comma separates modules, `,,` is a literal comma; the first word is the
+    /// file), given after any --module.
+    #[arg(long, value_name = "FILE | \"FILE ARGS,...\"")]
     initrd: Option<String>,
     /// Boot by multiboot2 even when the image also has a multiboot v1 header
     /// (without it, v1 is preferred, as QEMU does; an image with only a multiboot2
@@ -371,9 +414,37 @@ fn read_modules(args: &RunArgs) -> Result<Vec<lore_dbg::boot::Module>> {
         .collect()
 }
 
+/// The initrd of a Linux kernel: `--initrd FILE` as one file (QEMU's `-initrd`
+/// for Linux), stored as the boot's only module, named by its path.
+fn read_linux_initrd(args: &RunArgs) -> Result<Vec<lore_dbg::boot::Module>> {
+    if args.multiboot2 {
+        anyhow::bail!("--multiboot2 boots multiboot2 kernels, and this image is a Linux kernel (it boots by PVH or by the 32-bit boot protocol)");
+    }
+    if !args.modules.is_empty() {
+        anyhow::bail!("--module passes multiboot modules, and this image is a Linux kernel: give its initrd with --initrd FILE");
+    }
+    let Some(path) = &args.initrd else {
+        return Ok(Vec::new());
+    };
+    let data = lore_dbg::boot::read_image(std::path::Path::new(path), args.mem)
+        .with_context(|| format!("reading the initrd {path}"))?;
+    Ok(vec![lore_dbg::boot::Module {
+        data,
+        command_line: path.clone(),
+    }])
+}
+
 fn run_config(args: RunArgs) -> Result<(RunConfig, String)> {
     let (image, name) = read_guest(&args.guest, args.mem)?;
-    let modules = read_modules(&args)?;
+    // `--multiboot2` asks for multiboot2; whether the image is Linux is asked
+    // under `Auto`, so that `--multiboot2` with a Linux image is refused here.
+    let linux = lore_dbg::boot::is_linux(&image, lore_dbg::boot::Protocol::Auto)
+        .with_context(|| format!("cannot boot {name}"))?;
+    let modules = if linux {
+        read_linux_initrd(&args)?
+    } else {
+        read_modules(&args)?
+    };
     let screen = args.vga.watch()?;
     let protocol = if args.multiboot2 {
         lore_dbg::boot::Protocol::Multiboot2
@@ -541,7 +612,50 @@ fn resolve_trace(given: &Option<PathBuf>) -> Result<PathBuf> {
     }
 }
 
-fn gdb_session(dir: &std::path::Path) -> Result<lore_dbg::gdb::GdbSession> {
+/// The symbols `monitor writes` and `lore-dbg writes` resolve names with: the
+/// user's `--symbols` file, else the recorded image's.
+fn guest_symbols(
+    dir: &std::path::Path,
+    symbols: Option<&std::path::Path>,
+) -> Result<lore_dbg::writes::GuestSymbols, lore_dbg::writes::WritesError> {
+    let image = dir.join(lore_dbg::trace::layout::IMAGE_FILE);
+    match symbols {
+        Some(path) => lore_dbg::writes::GuestSymbols::open_any(path),
+        // A Linux bzImage is no ELF file: addresses still work, names need --symbols.
+        None if !looks_like_elf_file(&image) => {
+            tracing::info!(
+                "the recorded image is not an ELF file: no symbol names without --symbols"
+            );
+            Ok(lore_dbg::writes::GuestSymbols::empty())
+        }
+        None => lore_dbg::writes::GuestSymbols::open(&image),
+    }
+}
+
+/// What gdb is started on for `dir`'s trace: the user's symbols, else the
+/// recorded image if gdb can read it (a bzImage it cannot: gdb then starts
+/// without a file and takes the architecture from the stub).
+fn file_for_gdb(dir: &std::path::Path, symbols: Option<&std::path::Path>) -> Option<PathBuf> {
+    match symbols {
+        Some(path) => Some(path.to_path_buf()),
+        None => {
+            let image = dir.join(lore_dbg::trace::layout::IMAGE_FILE);
+            looks_like_elf_file(&image).then_some(image)
+        }
+    }
+}
+
+/// Said when the recorded image gives gdb no symbols.
+const NO_SYMBOLS_HINT: &str = "the recorded image is not an ELF file gdb can read (a Linux bzImage): gdb gets no symbols; give --symbols with a vmlinux that has debug information, or the kernel's System.map or /proc/kallsyms";
+
+fn gdb_session(
+    dir: &std::path::Path,
+    symbols: Option<&std::path::Path>,
+) -> Result<lore_dbg::gdb::GdbSession> {
+    if let Some(path) = symbols {
+        // A bad --symbols file is the user's mistake: say so before serving.
+        guest_symbols(dir, Some(path))?;
+    }
     let (header, input) = record::load(dir)?;
     record::check_host_can_replay(&input)?;
     let replayer = lore_dbg::replay::Replayer::new(input, Box::new(std::io::stdout()))
@@ -549,8 +663,7 @@ fn gdb_session(dir: &std::path::Path) -> Result<lore_dbg::gdb::GdbSession> {
     let timeline = lore_dbg::replay::timeline::Timeline::new(replayer)
         .with_context(|| format!("starting the replay of {}", dir.display()))?;
     let session = lore_dbg::gdb::GdbSession::new(timeline, header);
-    let image = dir.join(lore_dbg::trace::layout::IMAGE_FILE);
-    Ok(match lore_dbg::writes::GuestSymbols::open(&image) {
+    Ok(match guest_symbols(dir, symbols) {
         Ok(symbols) => session.with_symbols(symbols),
         Err(error) => {
             tracing::warn!(%error, "no symbols for `monitor writes`: ranges by address only");
@@ -559,15 +672,27 @@ fn gdb_session(dir: &std::path::Path) -> Result<lore_dbg::gdb::GdbSession> {
     })
 }
 
-fn serve_gdb(dir: &std::path::Path, address: &str) -> Result<ExitCode> {
-    let mut session = gdb_session(dir)?;
+fn serve_gdb(
+    dir: &std::path::Path,
+    address: &str,
+    symbols: Option<&std::path::Path>,
+) -> Result<ExitCode> {
+    let mut session = gdb_session(dir, symbols)?;
     let listener = std::net::TcpListener::bind(address)
         .with_context(|| format!("cannot listen for gdb on {address}"))?;
     let local = listener.local_addr().context("listening address")?;
-    eprintln!(
-        "lore-dbg: waiting for gdb on {local}: gdb {} -ex 'target remote {local}'",
-        dir.join(lore_dbg::trace::layout::IMAGE_FILE).display()
-    );
+    let gdb_file = match file_for_gdb(dir, symbols) {
+        Some(path) if !looks_like_elf_file(&path) => format!(
+            "SYMBOLS.elf (from `lore-dbg symbols {} -o SYMBOLS.elf`) ",
+            path.display()
+        ),
+        Some(path) => format!("{} ", path.display()),
+        None => {
+            eprintln!("lore-dbg: {NO_SYMBOLS_HINT}");
+            String::new()
+        }
+    };
+    eprintln!("lore-dbg: waiting for gdb on {local}: gdb {gdb_file}-ex 'target remote {local}'");
     lore_stub::serve_until_killed(&listener, &mut session, |ended| match ended {
         Ok(end) => eprintln!(
             "lore-dbg: {end}; waiting for gdb on {local} (gdb's `kill` or Ctrl-C stops the server)"
@@ -583,14 +708,48 @@ fn serve_gdb(dir: &std::path::Path, address: &str) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Whether `path` starts like an ELF file (an unreadable file is not one).
+fn looks_like_elf_file(path: &std::path::Path) -> bool {
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut file| std::io::Read::read_exact(&mut file, &mut magic))
+        .is_ok()
+        && lore_dbg::boot::looks_like_elf(&magic)
+}
+
+/// A file removed when dropped: the symbol file `debug` makes for gdb.
+struct TemporaryFile(PathBuf);
+
+impl Drop for TemporaryFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 fn debug(args: DebugArgs) -> Result<ExitCode> {
     let dir = resolve_trace(&args.trace)?;
-    let mut session = gdb_session(&dir)?;
+    let mut session = gdb_session(&dir, args.symbols.as_deref())?;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("cannot listen for gdb")?;
     let local = listener.local_addr().context("listening address")?;
-    let image = dir.join(lore_dbg::trace::layout::IMAGE_FILE);
+    let mut made_for_gdb = None;
+    let image = match file_for_gdb(&dir, args.symbols.as_deref()) {
+        Some(path) if !looks_like_elf_file(&path) => {
+            let (elf, _) = lore_dbg::symbols::symbol_file(&path)?;
+            let file = TemporaryFile(
+                std::env::temp_dir().join(format!("lore-dbg-symbols-{}.elf", std::process::id())),
+            );
+            std::fs::write(&file.0, elf)
+                .with_context(|| format!("cannot write {}", file.0.display()))?;
+            Some(made_for_gdb.insert(file).0.clone())
+        }
+        Some(path) => Some(path),
+        None => {
+            eprintln!("lore-dbg: {NO_SYMBOLS_HINT}");
+            None
+        }
+    };
     let mut gdb = std::process::Command::new(&args.gdb_binary)
-        .arg(&image)
+        .args(&image)
         .args(["-ex", &format!("target remote {local}")])
         .spawn()
         .with_context(|| format!("cannot start {} (install gdb)", args.gdb_binary.display()))?;
@@ -606,7 +765,7 @@ fn replay(args: ReplayArgs) -> Result<ExitCode> {
         if args.vga.vga != VgaArg::Off {
             anyhow::bail!("--vga shows a replay that runs to its end; under gdb, `monitor screen` shows the screen at any point");
         }
-        return serve_gdb(&dir, address);
+        return serve_gdb(&dir, address, args.symbols.as_deref());
     }
     let mut screen = args.vga.watch()?;
     let outcome = record::replay_showing(
@@ -631,6 +790,18 @@ fn replay(args: ReplayArgs) -> Result<ExitCode> {
 
 fn info(args: InfoArgs) -> Result<ExitCode> {
     let dir = resolve_trace(&args.trace)?;
+    if args.events {
+        let (trace, _) = lore_dbg::trace::TraceDir::open(&dir)?;
+        let log = trace.read_events(record::MAX_EVENTS)?;
+        let mut stdout = std::io::stdout().lock();
+        for event in &log.events {
+            writeln!(stdout, "{event}").context("cannot write the events")?;
+        }
+        if let Some(truncation) = &log.truncation {
+            eprintln!("lore-dbg: the log ends early: {truncation}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let verification = args.verify.then(|| Verification::run(&dir));
     let mut info = match TraceInfo::read(&dir) {
         Ok(info) => info,
@@ -672,6 +843,26 @@ fn info(args: InfoArgs) -> Result<ExitCode> {
     }
 }
 
+fn symbols(args: SymbolsArgs) -> Result<ExitCode> {
+    let (elf, map) = lore_dbg::symbols::symbol_file(&args.listing)?;
+    let Some(map) = map else {
+        anyhow::bail!(
+            "{} is already an ELF file: give it to gdb as it is",
+            args.listing.display()
+        );
+    };
+    std::fs::write(&args.output, elf)
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    eprintln!(
+        "lore-dbg: wrote {} symbols to {} ({} lines skipped: modules', absolute and undefined symbols); gdb {} -ex 'target remote ADDR'",
+        map.symbols.len(),
+        args.output.display(),
+        map.skipped,
+        args.output.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn writes(args: WritesArgs) -> Result<ExitCode> {
     let (trace, range) = match args.operands.as_slice() {
         [range] => (None, range),
@@ -679,8 +870,7 @@ fn writes(args: WritesArgs) -> Result<ExitCode> {
         _ => anyhow::bail!("give [TRACE] SYMBOL|ADDR[:LEN]"),
     };
     let dir = resolve_trace(&trace)?;
-    let image = dir.join(lore_dbg::trace::layout::IMAGE_FILE);
-    let symbols = lore_dbg::writes::GuestSymbols::open(&image)?;
+    let symbols = guest_symbols(&dir, args.symbols.as_deref())?;
     let range = symbols.range(range)?;
     let (_, input) = record::load(&dir)?;
     let replayer = lore_dbg::replay::Replayer::new(input, Box::new(std::io::sink()))
@@ -773,6 +963,7 @@ fn main() -> ExitCode {
         Command::Info(args) => info(args),
         Command::Debug(args) => debug(args),
         Command::Writes(args) => writes(args),
+        Command::Symbols(args) => symbols(args),
         Command::Ls => list(),
     };
     match result {
