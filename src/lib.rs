@@ -15,6 +15,7 @@ pub mod clock;
 pub mod digest;
 pub mod gdb;
 pub mod guests;
+pub mod host;
 pub mod info;
 pub mod machine;
 pub mod record;

@@ -71,6 +71,11 @@ enum Command {
     /// bytes that fits (a guess: cast for anything else); no source lines.
     /// Modules' symbols are left out.
     Symbols(SymbolsArgs),
+    /// Say what this host's KVM and CPU can do for lore-dbg, probed with
+    /// throw-away VMs: read-only memory (watchpoints by traps), TSC reads
+    /// recorded (the kmod-patch), a PMU (branch counting), whether hardware
+    /// breakpoints, data breakpoints and int3 stop a guest.
+    Host,
     /// List the traces in the default trace directory.
     Ls,
 }
@@ -965,6 +970,12 @@ fn main() -> ExitCode {
         Command::Writes(args) => writes(args),
         Command::Symbols(args) => symbols(args),
         Command::Ls => list(),
+        Command::Host => lore_dbg::host::HostReport::probe()
+            .map(|report| {
+                println!("{report}");
+                ExitCode::SUCCESS
+            })
+            .map_err(anyhow::Error::from),
     };
     match result {
         Ok(code) => code,

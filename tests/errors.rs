@@ -93,3 +93,31 @@ fn bad_memory_size() {
     assert_eq!(finished.code(), 2, "{finished:#?}");
     assert!(finished.stderr.contains("not a size"), "{finished:#?}");
 }
+
+/// `lore-dbg host` answers every question by probing, and what it says agrees
+/// with what lore-dbg does here: read-only memslots (the watchpoints' traps) exist
+/// on every x86 KVM, and the breakpoint answer is the one `record` acts on.
+#[test]
+fn host_says_what_this_kvm_can_do() {
+    common::require_kvm();
+    let report = common::lore(&["host"]);
+    assert_eq!(report.code(), 0, "{report:#?}");
+    for line in [
+        "kvm api:",
+        "read-only memory:     yes",
+        "TSC reads recorded:",
+        "PMU:",
+        "breakpoints fire:",
+        "data breakpoints:",
+        "int3 exits:",
+    ] {
+        assert!(report.stdout.contains(line), "{line}: {report:#?}");
+    }
+    let fire = lore_dbg::vmm::probe::breakpoints_fire().expect("probe");
+    let said = if fire {
+        "breakpoints fire:     yes"
+    } else {
+        "breakpoints fire:     no"
+    };
+    assert!(report.stdout.contains(said), "{report:#?}");
+}
