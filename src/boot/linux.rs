@@ -702,7 +702,9 @@ pub fn start_info(
     line.push(0);
     let line_address = append(&mut info, &line);
     put_u64(&mut info, 24, line_address);
-    // rsdp_paddr stays 0: Linux then looks for the RSDP in the BIOS area.
+    // The board's ACPI tables (written with the PC's low memory, `pc`): Linux
+    // would find them by scanning the BIOS area too, but PVH says where.
+    put_u64(&mut info, 32, super::acpi::RSDP_ADDRESS);
     let room = (START_INFO_REGION_END - START_INFO_ADDRESS) as usize;
     if info.len() > room {
         return Err(LinuxError::CommandLineTooLong {

@@ -73,7 +73,11 @@ fn check_pvh_boot(memory: &GuestMemory, state: &EntryState) {
     assert_eq!(read_u32(memory, info), HVM_START_MAGIC);
     assert_eq!(read_u32(memory, info + 4), 1, "version");
     assert_eq!(read_u32(memory, info + 12), 1, "nr_modules");
-    assert_eq!(read_u64(memory, info + 32), 0, "rsdp_paddr");
+    assert_eq!(
+        read_u64(memory, info + 32),
+        crate::boot::acpi::RSDP_ADDRESS,
+        "rsdp_paddr"
+    );
     assert_eq!(
         c_string(memory, read_u64(memory, info + 24)),
         "console=ttyS0"
