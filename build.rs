@@ -5,6 +5,11 @@
 //! with GNU ld into the multiboot ELF `$OUT_DIR/guests/NAME.elf`. The
 //! directory is exported to the crate as `env!("LORE_GUEST_DIR")`.
 //!
+//! `examples/guests/linux/linux-guest.S` is a stand-in for a Linux kernel,
+//! assembled twice: `linux-pvh.elf` (an ELF with the PVH entry note) and
+//! `linux-boot32.bin` (the flat protected-mode part of a bzImage, for the
+//! 32-bit boot protocol); the tests wrap them into bzImages.
+//!
 //! Environment knobs (all optional):
 //! * `LORE_GUEST_CC`  — C compiler / assembler driver (default `gcc`)
 //! * `LORE_GUEST_LD`  — linker (default `ld`)
@@ -224,5 +229,48 @@ fn main() {
         run(&mut cmd);
     }
 
+    build_linux_guests(&src.join("linux"), &guest_dir, &obj_dir, &cc, &ld, quiet_rwx);
+
     println!("cargo:rustc-env=LORE_GUEST_DIR={}", guest_dir.display());
+}
+
+/// Builds the Linux stand-ins: `linux-pvh.elf` and `linux-boot32.bin`.
+fn build_linux_guests(
+    dir: &Path,
+    guest_dir: &Path,
+    obj_dir: &Path,
+    cc: &str,
+    ld: &str,
+    quiet_rwx: bool,
+) {
+    for file in list_dir(dir) {
+        println!("cargo:rerun-if-changed={}", file.display());
+    }
+    let source = dir.join("linux-guest.S");
+    let script = dir.join("linux-guest.ld");
+    for (name, define, output, flat) in [
+        ("linux-pvh", Some("-DPVH"), "linux-pvh.elf", false),
+        ("linux-boot32", None, "linux-boot32.bin", true),
+    ] {
+        let object = obj_dir.join(format!("{name}.o"));
+        let mut cmd = Command::new(cc);
+        cmd.args(["-m64", "-c"]).args(define).arg(&source).arg("-o").arg(&object);
+        run(&mut cmd);
+        let mut cmd = Command::new(ld);
+        cmd.arg("-T").arg(&script).args([
+            "-nostdlib",
+            "-static",
+            "-z",
+            "max-page-size=0x1000",
+            "--build-id=none",
+        ]);
+        if quiet_rwx {
+            cmd.arg("--no-warn-rwx-segments");
+        }
+        if flat {
+            cmd.args(["--oformat", "binary"]);
+        }
+        cmd.arg("-o").arg(guest_dir.join(output)).arg(&object);
+        run(&mut cmd);
+    }
 }

@@ -66,6 +66,9 @@ pub struct TraceInfo {
     pub measured: Option<ReplayStats>,
     /// What `--verify` found, when asked.
     pub verification: Option<Verification>,
+    /// The Linux kernel the trace boots, from its image's setup header (for
+    /// traces of Linux guests whose image can be read).
+    pub kernel: Option<crate::boot::linux::Description>,
 }
 
 impl TraceInfo {
@@ -98,6 +101,10 @@ impl TraceInfo {
             }
         }
         // A missing events file reads as an empty log above; its size is then 0.
+        let kernel = crate::boot::Protocol::from_code(header.boot_protocol)
+            .filter(|protocol| protocol.is_linux())
+            .and_then(|_| std::fs::read(trace.image_path()).ok())
+            .and_then(|image| crate::boot::linux::describe(&image));
         let event_log_bytes = std::fs::metadata(trace.events_path())
             .map(|meta| meta.len())
             .unwrap_or(0);
@@ -112,6 +119,7 @@ impl TraceInfo {
             trace_bytes: trace.size_bytes(),
             measured: None,
             verification: None,
+            kernel,
         })
     }
 
@@ -239,15 +247,41 @@ impl TraceInfo {
             header.command_line,
             header.memory_size >> 20
         )?;
-        if header.boot_protocol != 0 {
-            writeln!(out, "boot:         multiboot2")?;
+        let protocol = crate::boot::Protocol::from_code(header.boot_protocol);
+        match protocol.and_then(crate::boot::Protocol::describe) {
+            Some(name) => writeln!(out, "boot:         {name}")?,
+            None if header.boot_protocol != 0 => {
+                writeln!(out, "boot:         protocol {}", header.boot_protocol)?
+            }
+            None => {}
         }
-        for (index, module) in header.modules.iter().enumerate() {
+        if let Some(kernel) = &self.kernel {
             writeln!(
                 out,
-                "module {index}:     {} bytes (command line {:?})",
-                module.size, module.command_line
+                "kernel:       Linux {} ({}{})",
+                kernel.kernel_version.as_deref().unwrap_or("(no version string)"),
+                kernel.format,
+                kernel
+                    .compression
+                    .map(|format| format!(", {} payload", format.name()))
+                    .unwrap_or_default()
             )?;
+        }
+        let linux = protocol.is_some_and(crate::boot::Protocol::is_linux);
+        for (index, module) in header.modules.iter().enumerate() {
+            if linux {
+                writeln!(
+                    out,
+                    "initrd:       {} bytes ({})",
+                    module.size, module.command_line
+                )?;
+            } else {
+                writeln!(
+                    out,
+                    "module {index}:     {} bytes (command line {:?})",
+                    module.size, module.command_line
+                )?;
+            }
         }
         writeln!(
             out,
@@ -780,6 +814,7 @@ mod tests {
                 ..ReplayStats::default()
             }),
             verification: None,
+            kernel: None,
         }
     }
 

@@ -14,7 +14,7 @@ use std::process::ExitCode;
 
 /// Time-travel debugger for whole KVM virtual machines.
 ///
-/// lore-dbg runs a multiboot guest in its own user-space VMM on /dev/kvm, records
+/// lore-dbg runs a multiboot or Linux guest in its own user-space VMM on /dev/kvm, records
 /// every non-deterministic input, replays the run bit for bit and serves it to gdb,
 /// forwards and backwards. Set RUST_LOG (e.g. RUST_LOG=debug) for diagnostics.
 #[derive(Debug, Parser)]
@@ -27,7 +27,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Boot a multiboot kernel (v1 as `qemu-system-x86_64 -kernel` does, multiboot2
-    /// as GRUB does) and run it.
+    /// as GRUB does) or a Linux kernel (a bzImage or a PVH vmlinux, with --initrd
+    /// and --cmdline as qemu's -initrd and -append) and run it.
     ///
     /// Serial output (COM1) goes to stdout; serial input comes from --serial-in or
     /// stdin. The exit status is the guest's isa-debug-exit status ((v << 1) | 1 for a
@@ -185,14 +186,15 @@ struct InfoArgs {
 #[derive(Debug, clap::Args)]
 struct RunArgs {
     /// The guest: a multiboot v1 or multiboot2 kernel image (ELF, or flat with the
-    /// header's address fields). Default: the built-in demo guest.
+    /// header's address fields), or a Linux kernel: a bzImage (/boot/vmlinuz-*) or
+    /// a vmlinux built with CONFIG_PVH. Default: the built-in demo guest.
     guest: Option<PathBuf>,
     /// Guest RAM, e.g. 64M, 1G, or bytes.
     #[arg(long, default_value = "128M", value_parser = parse_size)]
     mem: u64,
     /// The guest's command line, as QEMU's -append: a multiboot v1 kernel sees
     /// its image path first, as QEMU and GRUB legacy pass it (Xen, for one,
-    /// skips that word); a multiboot2 kernel gets only this, as from GRUB 2.
+    /// skips that word); a multiboot2 or Linux kernel gets only this.
     #[arg(long, default_value = "")]
     cmdline: String,
     /// Feed the UART's receiver from this file instead of stdin.
@@ -203,10 +205,11 @@ struct RunArgs {
     /// loaded in order, page aligned after the kernel.
     #[arg(long = "module", value_name = "FILE[,CMDLINE]")]
     modules: Vec<String>,
-    /// QEMU's convention for multiboot modules: "FILE1 ARGS,FILE2 ARGS" (a comma
-    /// separates modules, `,,` is a literal comma; the first word is the file).
-    /// Given after any --module.
-    #[arg(long, value_name = "\"FILE ARGS,...\"")]
+    /// For a Linux kernel: the initrd, one FILE (as QEMU's -initrd). For a
+    /// multiboot kernel, QEMU's convention for modules: "FILE1 ARGS,FILE2 ARGS" (a
+    /// comma separates modules, `,,` is a literal comma; the first word is the
+    /// file), given after any --module.
+    #[arg(long, value_name = "FILE | \"FILE ARGS,...\"")]
     initrd: Option<String>,
     /// Boot by multiboot2 even when the image also has a multiboot v1 header
     /// (without it, v1 is preferred, as QEMU does; an image with only a multiboot2
@@ -347,9 +350,37 @@ fn read_modules(args: &RunArgs) -> Result<Vec<lore_dbg::boot::Module>> {
         .collect()
 }
 
+/// The initrd of a Linux kernel: `--initrd FILE` as one file (QEMU's `-initrd`
+/// for Linux), stored as the boot's only module, named by its path.
+fn read_linux_initrd(args: &RunArgs) -> Result<Vec<lore_dbg::boot::Module>> {
+    if args.multiboot2 {
+        anyhow::bail!("--multiboot2 boots multiboot2 kernels, and this image is a Linux kernel (it boots by PVH or by the 32-bit boot protocol)");
+    }
+    if !args.modules.is_empty() {
+        anyhow::bail!("--module passes multiboot modules, and this image is a Linux kernel: give its initrd with --initrd FILE");
+    }
+    let Some(path) = &args.initrd else {
+        return Ok(Vec::new());
+    };
+    let data = lore_dbg::boot::read_image(std::path::Path::new(path), args.mem)
+        .with_context(|| format!("reading the initrd {path}"))?;
+    Ok(vec![lore_dbg::boot::Module {
+        data,
+        command_line: path.clone(),
+    }])
+}
+
 fn run_config(args: RunArgs) -> Result<(RunConfig, String)> {
     let (image, name) = read_guest(&args.guest, args.mem)?;
-    let modules = read_modules(&args)?;
+    // `--multiboot2` asks for multiboot2; whether the image is Linux is asked
+    // under `Auto`, so that `--multiboot2` with a Linux image is refused here.
+    let linux = lore_dbg::boot::is_linux(&image, lore_dbg::boot::Protocol::Auto)
+        .with_context(|| format!("cannot boot {name}"))?;
+    let modules = if linux {
+        read_linux_initrd(&args)?
+    } else {
+        read_modules(&args)?
+    };
     let screen = args.vga.watch()?;
     let protocol = if args.multiboot2 {
         lore_dbg::boot::Protocol::Multiboot2

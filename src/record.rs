@@ -194,7 +194,6 @@ pub fn record(
             digest: image_digest(&module.data),
         })
         .collect();
-    let boot_protocol = config.protocol.code();
     let header_base = (
         image_digest(&config.image),
         config.command_line.clone(),
@@ -202,6 +201,9 @@ pub fn record(
         config.rtc_base_unix_secs,
     );
     let mut runner = Runner::new(config)?;
+    // What booted, not what was asked: a Linux image under `Auto` records
+    // which entry it took, so that replay takes the same one.
+    let boot_protocol = runner.boot_protocol().code();
     let header = TraceHeader {
         lore_version: env!("CARGO_PKG_VERSION").to_string(),
         guest_name: guest_name.to_string(),

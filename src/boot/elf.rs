@@ -1,4 +1,5 @@
-//! Just enough ELF to boot: the header and the `PT_LOAD` program headers of a
+//! Just enough ELF to boot: the header, the `PT_LOAD` program headers and the
+//! `PT_NOTE` segments (where a Linux vmlinux names its PVH entry) of a
 //! little-endian ELF32 (i386) or ELF64 (x86-64) executable. Symbols and debug
 //! information are gdb's business, not ours.
 
@@ -66,9 +67,56 @@ pub struct Elf {
     pub entry: u64,
     /// Loadable segments in program header order.
     pub loadable: Vec<LoadSegment>,
+    /// Whether the file is ELF64.
+    pub is_64: bool,
+    /// `e_machine`: 3 (i386) or 62 (x86-64).
+    pub machine: u16,
+    /// File ranges of the `PT_NOTE` segments, each within the file.
+    pub notes: Vec<std::ops::Range<usize>>,
+}
+
+/// One ELF note: its owner's name (without the terminating NUL), type and
+/// descriptor bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Note<'a> {
+    /// The owner, e.g. `Xen`.
+    pub name: &'a [u8],
+    /// The note type, meaningful per owner.
+    pub note_type: u32,
+    /// The descriptor.
+    pub desc: &'a [u8],
+}
+
+/// The notes of a `PT_NOTE` segment's bytes, in order. A malformed tail (a size
+/// that runs past the segment) ends the list: what came before is still valid.
+pub fn notes(segment: &[u8]) -> Vec<Note<'_>> {
+    let mut found = Vec::new();
+    let mut rest = segment;
+    while rest.len() >= 12 {
+        let name_size = u32_at(rest, 0) as usize;
+        let desc_size = u32_at(rest, 4) as usize;
+        let note_type = u32_at(rest, 8);
+        let name_end = 12usize.saturating_add(name_size);
+        let desc_start = name_end.saturating_add(3) & !3;
+        let desc_end = desc_start.saturating_add(desc_size);
+        let (Some(name), Some(desc)) = (rest.get(12..name_end), rest.get(desc_start..desc_end))
+        else {
+            break;
+        };
+        let name = name.strip_suffix(&[0]).unwrap_or(name);
+        found.push(Note {
+            name,
+            note_type,
+            desc,
+        });
+        let next = desc_end.saturating_add(3) & !3;
+        rest = rest.get(next..).unwrap_or_default();
+    }
+    found
 }
 
 const PT_LOAD: u32 = 1;
+const PT_NOTE: u32 = 4;
 const MAX_PROGRAM_HEADERS: u64 = 256;
 
 struct Reader<'a> {
@@ -143,10 +191,26 @@ pub fn parse(bytes: &[u8]) -> Result<Elf, ElfError> {
         });
     }
     let mut loadable = Vec::new();
+    let mut notes = Vec::new();
     for index in 0..u64::from(phnum) {
         let offset = phoff.saturating_add(index * u64::from(phentsize));
         let entry_bytes = reader.slice("program header", offset, u64::from(min_entry_size))?;
-        if u32_at(entry_bytes, 0) != PT_LOAD {
+        let segment_type = u32_at(entry_bytes, 0);
+        if segment_type == PT_NOTE {
+            let (file_offset, file_size) = if is_64 {
+                (u64_at(entry_bytes, 8), u64_at(entry_bytes, 32))
+            } else {
+                (
+                    u64::from(u32_at(entry_bytes, 4)),
+                    u64::from(u32_at(entry_bytes, 16)),
+                )
+            };
+            reader.slice("note segment", file_offset, file_size)?;
+            // Both fit in usize: the slice above succeeded.
+            notes.push(file_offset as usize..(file_offset + file_size) as usize);
+            continue;
+        }
+        if segment_type != PT_LOAD {
             continue;
         }
         let (file_offset, physical_address, file_size, memory_size) = if is_64 {
@@ -183,7 +247,13 @@ pub fn parse(bytes: &[u8]) -> Result<Elf, ElfError> {
     if loadable.is_empty() {
         return Err(ElfError::NothingToLoad);
     }
-    Ok(Elf { entry, loadable })
+    Ok(Elf {
+        entry,
+        loadable,
+        is_64,
+        machine,
+        notes,
+    })
 }
 
 #[cfg(test)]
@@ -221,6 +291,30 @@ mod tests {
                 memory_size: 32
             }]
         );
+    }
+
+    #[test]
+    fn notes_are_read_until_a_malformed_one() {
+        let mut segment = Vec::new();
+        for (name, note_type, desc) in [(&b"Xen\0"[..], 18u32, &[1u8, 2, 3, 4, 0, 0, 0, 0][..]), (b"GNU\0", 3, b"abc")] {
+            segment.extend_from_slice(&(name.len() as u32).to_le_bytes());
+            segment.extend_from_slice(&(desc.len() as u32).to_le_bytes());
+            segment.extend_from_slice(&note_type.to_le_bytes());
+            segment.extend_from_slice(name);
+            segment.extend_from_slice(desc);
+            segment.resize(segment.len().next_multiple_of(4), 0);
+        }
+        let found = notes(&segment);
+        assert_eq!(found.len(), 2);
+        assert_eq!((found[0].name, found[0].note_type), (&b"Xen"[..], 18));
+        assert_eq!(found[0].desc, &[1, 2, 3, 4, 0, 0, 0, 0]);
+        assert_eq!(found[1].desc, b"abc");
+        for len in 0..segment.len() {
+            assert!(notes(&segment[..len]).len() <= 2);
+        }
+        let mut huge = segment.clone();
+        huge[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(notes(&huge).is_empty());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Multiboot boot: v1 exactly as `qemu-system-x86_64 -kernel` does it, and
-//! multiboot2 as GRUB does it on a PC with a text console.
+//! multiboot2 as GRUB does it on a PC with a text console; and Linux (a bzImage
+//! or a PVH vmlinux, see [`linux`]) as `qemu -kernel -initrd` boots it.
 //!
 //! [`load_boot`] places a kernel image in guest memory — through the multiboot
 //! header's address fields (v1 flag bit 16, or the v2 address tag), otherwise
@@ -20,10 +21,12 @@
 //! boot, so a device or a huge file cannot exhaust host memory.
 
 mod elf;
+pub mod linux;
 pub mod multiboot2;
 pub mod pc;
 
 use crate::vmm::memory::{GuestMemory, MemoryError, MAX_MEMORY};
+use crate::vmm::regs::EntrySegments;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
@@ -65,8 +68,11 @@ pub enum BootError {
     Elf(#[from] ElfError),
     /// No multiboot v1 header in the first 8 KiB, nor a multiboot2 header in the
     /// first 32 KiB.
-    #[error("no multiboot header (v1 magic 0x1BADB002 in the first 8 KiB, or multiboot2 magic 0xE85250D6 in the first 32 KiB): lore-dbg boots multiboot kernels, as qemu -kernel and GRUB do")]
+    #[error("no multiboot header (v1 magic 0x1BADB002 in the first 8 KiB, or multiboot2 magic 0xE85250D6 in the first 32 KiB), and not a Linux kernel (no bzImage setup header \"HdrS\" at 0x202, no PVH entry note): lore-dbg boots multiboot kernels, as qemu -kernel and GRUB do, and Linux bzImages and PVH vmlinux files")]
     NotMultiboot,
+    /// A Linux image that cannot be booted.
+    #[error(transparent)]
+    Linux(#[from] linux::LinuxError),
     /// Multiboot2 was asked for but the image has no multiboot2 header.
     #[error("no multiboot2 header (magic 0xE85250D6, 8-byte aligned) in the first 32 KiB")]
     NotMultiboot2,
@@ -150,18 +156,27 @@ pub enum BootError {
     Memory(#[from] MemoryError),
 }
 
-/// The CPU state a multiboot kernel starts in.
+/// The CPU state a kernel starts in: 32-bit protected mode, paging off.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EntryState {
     /// Entry point (EIP).
     pub entry: u32,
     /// The boot loader's magic (EAX): [`BOOTLOADER_MAGIC`] or
-    /// [`multiboot2::BOOTLOADER_MAGIC`].
+    /// [`multiboot2::BOOTLOADER_MAGIC`]; 0 for Linux.
     pub magic: u32,
-    /// Address of the multiboot information (EBX).
+    /// Address of the multiboot information or of Linux's PVH start info (EBX).
     pub info_address: u32,
-    /// End of what the loader wrote: the kernel with its bss and the modules.
+    /// ESI: the zero page of Linux's 32-bit boot protocol, else 0.
+    pub esi: u32,
+    /// The segment selectors and the GDT behind them.
+    pub segments: EntrySegments,
+    /// End of what the loader wrote: the kernel with its bss and the modules
+    /// (everything below it counts as written, see `digest::loader_pages`).
     pub image_end: u64,
+    /// The protocol that booted, as a trace records it so that a replay boots
+    /// the same way: the one asked for, except that a Linux image booted under
+    /// [`Protocol::Auto`] says which of its two entries it took.
+    pub protocol: Protocol,
 }
 
 /// A multiboot module: a file loaded next to the kernel, with its command line.
@@ -173,22 +188,31 @@ pub struct Module {
     pub command_line: String,
 }
 
-/// Which multiboot protocol boots an image.
+/// Which protocol boots an image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Protocol {
-    /// Multiboot v1 when the image has its header (as QEMU), otherwise multiboot2.
+    /// Multiboot v1 when the image has its header (as QEMU), otherwise
+    /// multiboot2; an image with neither that is a Linux kernel boots by PVH
+    /// where it can, else by the 32-bit boot protocol.
     #[default]
     Auto,
     /// Multiboot2 (as GRUB's `multiboot2` command), even if a v1 header is present.
     Multiboot2,
+    /// Linux's PVH entry ([`linux`]).
+    LinuxPvh,
+    /// Linux's 32-bit boot protocol of a bzImage ([`linux`]).
+    Linux32,
 }
 
 impl Protocol {
-    /// The code stored in a trace header.
+    /// The code stored in a trace header. A lore-dbg that predates a code
+    /// refuses the trace with `RecordError::UnknownProtocol`.
     pub fn code(self) -> u8 {
         match self {
             Self::Auto => 0,
             Self::Multiboot2 => 2,
+            Self::LinuxPvh => 3,
+            Self::Linux32 => 4,
         }
     }
 
@@ -197,8 +221,26 @@ impl Protocol {
         match code {
             0 => Some(Self::Auto),
             2 => Some(Self::Multiboot2),
+            3 => Some(Self::LinuxPvh),
+            4 => Some(Self::Linux32),
             _ => None,
         }
+    }
+
+    /// How `lore-dbg info` names it; `None` for [`Protocol::Auto`], which
+    /// depends on the image.
+    pub fn describe(self) -> Option<&'static str> {
+        match self {
+            Self::Auto => None,
+            Self::Multiboot2 => Some("multiboot2"),
+            Self::LinuxPvh => Some("Linux, PVH entry"),
+            Self::Linux32 => Some("Linux, 32-bit boot protocol"),
+        }
+    }
+
+    /// Whether this is one of Linux's entries.
+    pub fn is_linux(self) -> bool {
+        matches!(self, Self::LinuxPvh | Self::Linux32)
     }
 }
 
@@ -578,6 +620,31 @@ pub fn load(
     )
 }
 
+/// The Linux image `kernel` is, where `protocol` boots it as Linux: always for
+/// the Linux protocols, and under [`Protocol::Auto`] when the image has no
+/// multiboot header (v1 or v2) but a bzImage header or a PVH note.
+fn linux_image(kernel: &[u8], protocol: Protocol) -> Result<Option<linux::LinuxImage>, BootError> {
+    match protocol {
+        Protocol::Multiboot2 => Ok(None),
+        Protocol::LinuxPvh | Protocol::Linux32 => Ok(Some(
+            linux::identify(kernel)?.ok_or(linux::LinuxError::NotLinux)?,
+        )),
+        Protocol::Auto => {
+            if find_header(kernel).is_ok() || multiboot2::find_header(kernel).is_ok_and(|found| found.is_some()) {
+                return Ok(None);
+            }
+            Ok(linux::identify(kernel)?)
+        }
+    }
+}
+
+/// Whether `kernel` boots as Linux under `protocol` (then `--initrd` is one
+/// file and the command line is passed as is), with a [`BootError`] for a
+/// Linux image that cannot boot (a vmlinux without PVH note, a bad header).
+pub fn is_linux(kernel: &[u8], protocol: Protocol) -> Result<bool, BootError> {
+    Ok(linux_image(kernel, protocol)?.is_some())
+}
+
 /// Loads a kernel, its modules and the boot information into `memory`, by the
 /// protocol `boot.protocol` chooses, and prepares the PC's low memory.
 pub fn load_boot(memory: &mut GuestMemory, boot: &BootImage<'_>) -> Result<EntryState, BootError> {
@@ -586,13 +653,16 @@ pub fn load_boot(memory: &mut GuestMemory, boot: &BootImage<'_>) -> Result<Entry
             count: boot.modules.len(),
         });
     }
+    if let Some(image) = linux_image(boot.kernel, boot.protocol)? {
+        return linux::load(memory, boot, image);
+    }
     let v1 = match boot.protocol {
         Protocol::Auto => match find_header(boot.kernel) {
             Ok(header) => Some(header),
             Err(BootError::NotMultiboot) => None,
             Err(error) => return Err(error),
         },
-        Protocol::Multiboot2 => None,
+        Protocol::Multiboot2 | Protocol::LinuxPvh | Protocol::Linux32 => None,
     };
     let state = match v1 {
         Some(header) => {
@@ -613,13 +683,16 @@ pub fn load_boot(memory: &mut GuestMemory, boot: &BootImage<'_>) -> Result<Entry
                 entry,
                 magic: BOOTLOADER_MAGIC,
                 info_address,
+                esi: 0,
+                segments: EntrySegments::MULTIBOOT,
                 image_end: modules.last().map_or(kernel_end, |&(_, end)| end),
+                protocol: boot.protocol,
             }
         }
         None => {
             let header = multiboot2::find_header(boot.kernel)?.ok_or(match boot.protocol {
-                Protocol::Auto => BootError::NotMultiboot,
                 Protocol::Multiboot2 => BootError::NotMultiboot2,
+                _ => BootError::NotMultiboot,
             })?;
             let (segments, elf_entry) = match header.addresses {
                 Some(addresses) => segments_from_addresses(boot.kernel, &addresses)?,
@@ -639,7 +712,10 @@ pub fn load_boot(memory: &mut GuestMemory, boot: &BootImage<'_>) -> Result<Entry
                 entry,
                 magic: multiboot2::BOOTLOADER_MAGIC,
                 info_address: INFO_ADDRESS as u32,
+                esi: 0,
+                segments: EntrySegments::MULTIBOOT,
                 image_end: modules.last().map_or(kernel_end, |&(_, end)| end),
+                protocol: boot.protocol,
             }
         }
     };

@@ -130,6 +130,8 @@ pub struct Machine {
     peripherals: Peripherals,
     /// End of what the boot loader wrote (see [`digest::loader_pages`]).
     image_end: u64,
+    /// The protocol that booted it (what a trace records).
+    protocol: boot::Protocol,
     /// How far registers synced through `kvm_run` are trusted.
     sync_regs: SyncRegs,
 }
@@ -169,6 +171,8 @@ impl Machine {
                 eip: entry.entry,
                 eax: entry.magic,
                 ebx: entry.info_address,
+                esi: entry.esi,
+                segments: entry.segments,
             },
         )?;
         let sync_regs = if vm.features().sync_regs {
@@ -192,6 +196,7 @@ impl Machine {
                 astray: astray::Astray::new(astray::AstrayPolicy::Count, spec.memory_size),
             },
             image_end: entry.image_end,
+            protocol: entry.protocol,
             sync_regs,
         })
     }
@@ -444,6 +449,12 @@ impl Machine {
     /// The last exits, for noting what the caller did (an injection).
     pub fn history_mut(&mut self) -> &mut ExitHistory {
         &mut self.peripherals.history
+    }
+
+    /// The protocol that booted the machine: a recording stores it so that its
+    /// replay boots the same way (see [`boot::EntryState::protocol`]).
+    pub fn boot_protocol(&self) -> boot::Protocol {
+        self.protocol
     }
 
     /// End of what the boot loader wrote.

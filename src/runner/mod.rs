@@ -82,7 +82,7 @@ pub struct RunConfig {
     pub command_line: String,
     /// Multiboot modules, in order.
     pub modules: Vec<crate::boot::Module>,
-    /// Which multiboot protocol boots the image.
+    /// Which protocol boots the image.
     pub protocol: crate::boot::Protocol,
     /// Serial input source.
     pub serial_input: SerialInput,
@@ -310,6 +310,11 @@ impl Runner {
     /// The CPUID table the guest sees (for the trace header).
     pub fn cpuid(&self) -> &CpuidTable {
         self.machine.vm().cpuid()
+    }
+
+    /// The protocol that booted the guest (what a trace records).
+    pub fn boot_protocol(&self) -> crate::boot::Protocol {
+        self.machine.boot_protocol()
     }
 
     /// Whether the guest's `rdtsc`/`rdtscp` exit to the VMM (and are recorded).

@@ -1,4 +1,4 @@
-//! vCPU register state: the multiboot entry state, and a readable dump of the
+//! vCPU register state: the 32-bit entry state of the boot protocols, and a readable dump of the
 //! registers for error reports (triple faults, divergences).
 
 use super::{kvm_op, VmmError};
@@ -31,8 +31,30 @@ fn flat_segment(selector: u16, type_: u8) -> kvm_segment {
     }
 }
 
+/// The flat segments a 32-bit entry runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntrySegments {
+    /// `CS` selector.
+    pub code: u16,
+    /// `DS`, `ES`, `FS`, `GS` and `SS` selector.
+    pub data: u16,
+    /// `GDTR` (base, limit) of a GDT the loader wrote with these descriptors;
+    /// `None` leaves it as the vCPU has it (multiboot leaves it undefined).
+    pub gdt: Option<(u64, u16)>,
+}
+
+impl EntrySegments {
+    /// Multiboot's entry: selectors 0x08/0x10, no GDT promised.
+    pub const MULTIBOOT: Self = Self {
+        code: 0x08,
+        data: 0x10,
+        gdt: None,
+    };
+}
+
 /// The registers a 32-bit boot protocol hands over (multiboot: `EAX` = the boot
-/// loader's magic, `EBX` = the information structure).
+/// loader's magic, `EBX` = the information structure; Linux: `EBX` = the PVH
+/// start info, or `ESI` = the zero page).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EntryRegisters {
     /// Entry point.
@@ -41,6 +63,10 @@ pub struct EntryRegisters {
     pub eax: u32,
     /// `EBX` at entry.
     pub ebx: u32,
+    /// `ESI` at entry.
+    pub esi: u32,
+    /// The segments.
+    pub segments: EntrySegments,
 }
 
 /// Puts the vCPU at a 32-bit protected-mode entry: flat segments, paging and
@@ -48,8 +74,8 @@ pub struct EntryRegisters {
 pub fn set_protected_mode_entry(vcpu: &VcpuFd, entry: EntryRegisters) -> Result<(), VmmError> {
     let mut sregs = vcpu.get_sregs().map_err(kvm_op("KVM_GET_SREGS"))?;
     // Execute/read code (0xb, accessed) and read/write data (0x3, accessed).
-    sregs.cs = flat_segment(0x08, 0xb);
-    let data = flat_segment(0x10, 0x3);
+    sregs.cs = flat_segment(entry.segments.code, 0xb);
+    let data = flat_segment(entry.segments.data, 0x3);
     sregs.ds = data;
     sregs.es = data;
     sregs.fs = data;
@@ -59,11 +85,16 @@ pub fn set_protected_mode_entry(vcpu: &VcpuFd, entry: EntryRegisters) -> Result<
     sregs.cr3 = 0;
     sregs.cr4 = 0;
     sregs.efer = 0;
+    if let Some((base, limit)) = entry.segments.gdt {
+        sregs.gdt.base = base;
+        sregs.gdt.limit = limit;
+    }
     vcpu.set_sregs(&sregs).map_err(kvm_op("KVM_SET_SREGS"))?;
     let regs = kvm_regs {
         rip: u64::from(entry.eip),
         rax: u64::from(entry.eax),
         rbx: u64::from(entry.ebx),
+        rsi: u64::from(entry.esi),
         rflags: RFLAGS_RESERVED,
         ..Default::default()
     };
