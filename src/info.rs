@@ -174,6 +174,7 @@ impl TraceInfo {
             command_line: &self.header.command_line,
             memory_size: self.header.memory_size,
             clock: self.header.clock.name(),
+            cpu: &self.header.cpu_profile,
             tsc_reads_recorded: self.header.tsc_exits,
             recorded_at: format_utc(self.header.recorded_at_unix_secs),
             lore_version: &self.header.lore_version,
@@ -292,6 +293,7 @@ impl TraceInfo {
             header.host.kernel_release
         )?;
         writeln!(out, "clock:        {}", header.clock.name())?;
+        writeln!(out, "cpu:          {} (CPUID profile)", header.cpu_profile)?;
         writeln!(out, "tsc reads:    {}", tsc_reads(header.tsc_exits))?;
         match (self.end, &self.truncation) {
             (Some(end), _) => writeln!(
@@ -400,6 +402,7 @@ struct JsonReport<'a> {
     command_line: &'a str,
     memory_size: u64,
     clock: &'static str,
+    cpu: &'a str,
     tsc_reads_recorded: bool,
     recorded_at: String,
     lore_version: &'a str,
@@ -785,6 +788,7 @@ mod tests {
                 host: HostFacts::default(),
                 boot_protocol: 0,
                 modules: Vec::new(),
+                cpu_profile: "host".to_owned(),
             },
             events_by_kind: [("end", u64::from(end)), ("pio-in", 7)]
                 .into_iter()
@@ -827,6 +831,7 @@ mod tests {
   "command_line": "say \"hi\"",
   "memory_size": 134217728,
   "clock": "landmark",
+  "cpu": "host",
   "tsc_reads_recorded": false,
   "recorded_at": "1970-01-01 00:00:00",
   "lore_version": "0.1.0",

@@ -223,6 +223,30 @@ struct RunArgs {
     /// such accesses and going on.
     #[arg(long)]
     strict: bool,
+    /// The CPU the guest sees: `host` (this host's CPUID, less what would let
+    /// the guest see the host or time behind lore-dbg's back) or `baseline` (a
+    /// conservative x86-64 CPU like QEMU's qemu64, without CMPXCHG16B, POPCNT,
+    /// XSAVE, AVX, SMAP/SMEP and the other features whose instructions this
+    /// host's KVM cannot emulate in guest ring 0: for kernels such as Linux).
+    #[arg(long, value_enum, default_value = "host")]
+    cpu: CpuArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum CpuArg {
+    /// This host's CPU.
+    Host,
+    /// A conservative x86-64 CPU (qemu64 without CX16).
+    Baseline,
+}
+
+impl From<CpuArg> for lore_dbg::vmm::cpuid::CpuProfile {
+    fn from(arg: CpuArg) -> Self {
+        match arg {
+            CpuArg::Host => Self::Host,
+            CpuArg::Baseline => Self::Baseline,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -415,6 +439,7 @@ fn run_config(args: RunArgs) -> Result<(RunConfig, String)> {
         } else {
             lore_dbg::machine::astray::AstrayPolicy::Report
         },
+        cpu: args.cpu.into(),
     };
     Ok((config, name))
 }

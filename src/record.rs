@@ -194,6 +194,7 @@ pub fn record(
             digest: image_digest(&module.data),
         })
         .collect();
+    let cpu_profile = config.cpu.name().to_string();
     let header_base = (
         image_digest(&config.image),
         config.command_line.clone(),
@@ -218,6 +219,7 @@ pub fn record(
         host: HostFacts::current(),
         boot_protocol,
         modules,
+        cpu_profile,
     };
     trace.write_header(&header)?;
     let schedule = match snapshot_every {

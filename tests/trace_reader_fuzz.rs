@@ -138,6 +138,7 @@ fn base() -> &'static Base {
             host: HostFacts::default(),
             boot_protocol: 0,
             modules: Vec::new(),
+            cpu_profile: "host".to_owned(),
         };
         trace.write_header(&header).expect("header");
         std::fs::write(trace.image_path(), b"image").expect("image");

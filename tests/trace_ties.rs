@@ -257,6 +257,7 @@ fn header() -> TraceHeader {
         host: HostFacts::default(),
         boot_protocol: 0,
         modules: Vec::new(),
+        cpu_profile: "host".to_owned(),
     }
 }
 

@@ -27,7 +27,7 @@ pub use inputs::{InputError, Inputs, LiveInputs};
 
 use crate::boot::{self, BootError};
 use crate::digest::{self, RegisterArray};
-use crate::vmm::cpuid::CpuidTable;
+use crate::vmm::cpuid::CpuidSource;
 use crate::vmm::msr::TimeMsrs;
 use crate::vmm::nondet::{self, NondetPolicy};
 use crate::vmm::regs::{self, RegisterDump};
@@ -103,8 +103,9 @@ pub struct BootSpec<'a> {
     pub boot: boot::BootImage<'a>,
     /// Guest RAM in bytes.
     pub memory_size: u64,
-    /// The CPUID table the guest sees; `None` derives the fixed table from the host.
-    pub cpuid: Option<CpuidTable>,
+    /// The CPUID table the guest sees: derived from the host for a profile, or
+    /// the recorded one.
+    pub cpuid: CpuidSource,
     /// Where the serial port's output goes.
     pub serial_output: Box<dyn Write + Send>,
     /// The RTC's date and time at boot, in Unix seconds.

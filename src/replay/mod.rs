@@ -403,7 +403,7 @@ impl Replayer {
                 protocol: input.protocol,
             },
             memory_size: input.memory_size,
-            cpuid: Some(input.cpuid),
+            cpuid: crate::vmm::cpuid::CpuidSource::Table(input.cpuid),
             serial_output: Box::new(output.clone()),
             rtc_base_unix_secs: input.rtc_base_unix_secs,
             nondet: if input.tsc_exits {

@@ -95,6 +95,8 @@ pub struct RunConfig {
     /// Report accesses that go astray (see [`crate::machine::astray`]), or stop
     /// at the first one.
     pub astray: crate::machine::astray::AstrayPolicy,
+    /// Which CPU the guest is shown (`--cpu`).
+    pub cpu: crate::vmm::cpuid::CpuProfile,
 }
 
 impl fmt::Debug for RunConfig {
@@ -262,7 +264,7 @@ impl Runner {
                 protocol: config.protocol,
             },
             memory_size: config.memory_size,
-            cpuid: None,
+            cpuid: crate::vmm::cpuid::CpuidSource::Profile(config.cpu),
             serial_output: config.serial_output,
             rtc_base_unix_secs: config.rtc_base_unix_secs,
             nondet: NondetPolicy::IfAvailable,

@@ -27,7 +27,8 @@ use thiserror::Error;
 /// 5: the end record keeps what the interrupt delivery policy cost.
 /// 6: every file's preamble carries the recording id and a CRC of its own; the
 /// end record says whether the user stopped the recording.
-pub const TRACE_VERSION: u32 = 7;
+/// 8: the header names the CPU profile the table was derived for (`--cpu`).
+pub const TRACE_VERSION: u32 = 8;
 const FILE_MAGIC: [u8; 8] = *b"LOREDBG\0";
 const CHUNK_MAGIC: [u8; 4] = *b"CHNK";
 /// Bytes of a file's preamble: magic, version, kind, three reserved bytes, the

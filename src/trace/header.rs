@@ -161,6 +161,9 @@ pub struct TraceHeader {
     pub boot_protocol: u8,
     /// The multiboot modules, in order.
     pub modules: Vec<ModuleRecord>,
+    /// The name of the CPU profile [`TraceHeader::cpuid`] was derived for
+    /// (`host`, `baseline`): shown by `lore-dbg info`; replay uses the table.
+    pub cpu_profile: String,
 }
 
 /// The digest of a guest image stored in [`TraceHeader::image_digest`].
@@ -343,6 +346,7 @@ impl TraceHeader {
             out.put_u64(module.size);
             out.put_u64(module.digest);
         }
+        put_string(&mut out, "cpu_profile", &self.cpu_profile)?;
         Ok(out)
     }
 
@@ -395,6 +399,7 @@ impl TraceHeader {
                 digest: fields.u64("module_digest")?,
             });
         }
+        let cpu_profile = fields.string("cpu_profile")?;
         if !fields.input.is_empty() {
             return Err(HeaderError::TrailingBytes {
                 count: fields.input.remaining(),
@@ -417,6 +422,7 @@ impl TraceHeader {
             },
             boot_protocol,
             modules,
+            cpu_profile,
         })
     }
 }
@@ -457,6 +463,7 @@ pub(crate) mod tests {
                 size: 4096,
                 digest: 0x1234,
             }],
+            cpu_profile: "baseline".to_owned(),
         }
     }
 
@@ -509,6 +516,7 @@ pub(crate) mod tests {
                 size: 2,
                 digest: 3,
             }],
+            cpu_profile: "host".to_owned(),
         };
         let expected = crate::trace::chunk::tests::hex(concat!(
             "03302e31",         // lore_version
@@ -529,6 +537,7 @@ pub(crate) mod tests {
             "016d",
             "0200000000000000",
             "0300000000000000",
+            "04686f7374", // cpu_profile: "host"
         ));
         assert_eq!(header.encode(), Ok(expected.clone()));
         assert_eq!(TraceHeader::decode(&expected), Ok(header));

@@ -20,7 +20,7 @@ pub mod regs;
 pub mod state;
 pub mod traps;
 
-use cpuid::CpuidTable;
+use cpuid::{CpuidSource, CpuidTable};
 use kvm_bindings::{
     kvm_enable_cap, KVM_CAP_X86_USER_SPACE_MSR, KVM_MAX_CPUID_ENTRIES, KVM_MSR_EXIT_REASON_FILTER,
     KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS,
@@ -130,11 +130,11 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Creates the VM with `memory_size` bytes of RAM and `cpuid` (or the host-derived
-    /// table when `None`); `nondet` says whether TSC reads are to exit.
+    /// Creates the VM with `memory_size` bytes of RAM and the CPUID table of
+    /// `cpuid`; `nondet` says whether TSC reads are to exit.
     pub fn new(
         memory_size: u64,
-        cpuid: Option<CpuidTable>,
+        cpuid: CpuidSource,
         nondet: NondetPolicy,
     ) -> Result<Self, VmmError> {
         let kvm = open_kvm()?;
@@ -167,10 +167,11 @@ impl Vm {
         };
         let vcpu = vm.create_vcpu(0).map_err(kvm_op("KVM_CREATE_VCPU"))?;
         let cpuid = match cpuid {
-            Some(table) => table,
-            None => CpuidTable::from_supported(
+            CpuidSource::Table(table) => table,
+            CpuidSource::Profile(profile) => CpuidTable::for_profile(
                 &kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
                     .map_err(kvm_op("KVM_GET_SUPPORTED_CPUID"))?,
+                profile,
                 tsc_exits & nondet::NONDET_RDTSCP != 0,
             ),
         };

@@ -50,7 +50,11 @@ fn probe_code() -> ([u8; 11], u64) {
 
 /// Whether a hardware instruction breakpoint stops a guest on this host.
 pub fn breakpoints_fire() -> Result<bool, VmmError> {
-    let mut vm = Vm::new(PROBE_MEMORY, None, NondetPolicy::Off)?;
+    let mut vm = Vm::new(
+        PROBE_MEMORY,
+        super::cpuid::CpuidSource::Profile(super::cpuid::CpuProfile::Host),
+        NondetPolicy::Off,
+    )?;
     let (code, body) = probe_code();
     vm.memory_mut().write(CODE_ADDRESS, &code)?;
     let vcpu = vm.vcpu_mut();
