@@ -214,6 +214,40 @@ fn corpus_case(case: &Case) {
         );
     }
     assert_replays_match(case.tag, &trace, &recorded);
+    if case.status == 0 {
+        // Ended by the machine (a reset or power-off), said in both.
+        let replayed = replay(&trace);
+        for (what, finished) in [("recording", &recorded), ("replay", &replayed)] {
+            assert!(
+                finished.stderr.contains("the run ends here with status 0"),
+                "{}: the {what} does not say how it ended\n{finished:#?}",
+                case.tag
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_baseline_cpu_is_recorded_named_and_replayed() {
+    require_kvm();
+    let dir = scratch_dir("cpu-baseline");
+    let trace = dir.join("trace");
+    let recorded = record(
+        "board",
+        &trace,
+        &["--cmdline", "test=int3", "--cpu", "baseline"],
+    );
+    assert_recorded("board --cpu baseline", &recorded, 1);
+    let info = lore(&["info", utf8(&trace)]);
+    assert!(
+        info.stdout
+            .contains("cpu:          baseline (CPUID profile)"),
+        "{info:#?}"
+    );
+    let json = lore(&["info", utf8(&trace), "--json"]);
+    assert!(json.stdout.contains("\"cpu\": \"baseline\""), "{json:#?}");
+    assert_replays_match("board --cpu baseline", &trace, &recorded);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -279,6 +313,30 @@ fn every_corpus_guest_replays_bit_for_bit() {
             args: vec!["--serial-in".into(), utf8(&input).to_owned()],
             status: 1,
             expect: "> HELLO THERE",
+        },
+        // The #BP the VMM raises for an int3 KVM cannot emulate is raised again
+        // at the same exit in replay.
+        Case {
+            tag: "board-int3",
+            guest: "board",
+            args: vec!["--cmdline".into(), "test=int3".into()],
+            status: 1,
+            expect: "handler ran 1 time(s)",
+        },
+        // A reset and a power-off end the recording, and the replay, with 0.
+        Case {
+            tag: "board-reboot",
+            guest: "board",
+            args: vec!["--cmdline".into(), "test=reboot".into()],
+            status: 0,
+            expect: "pulsing reset",
+        },
+        Case {
+            tag: "board-poweroff",
+            guest: "board",
+            args: vec!["--cmdline".into(), "test=poweroff".into()],
+            status: 0,
+            expect: "_S5 sleep type 5",
         },
     ];
     // Two at a time: our machines have two cores, and the other tests run too.

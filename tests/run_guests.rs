@@ -101,6 +101,80 @@ fn user_computes_in_ring3_under_the_timer() {
     );
 }
 
+#[test]
+fn int3_in_ring0_returns_just_past_it_once() {
+    let finished = run_guest("board", &["--cmdline", "test=int3"]);
+    assert_eq!(finished.code(), 1, "{finished:#?}");
+    assert!(
+        finished.stdout.contains("handler ran 1 time(s)"),
+        "{finished:#?}"
+    );
+}
+
+#[test]
+fn an_instruction_kvm_cannot_emulate_is_named_with_what_avoids_it() {
+    let offered = run_guest("board", &["--cmdline", "test=cx16"]);
+    let said = &offered.stderr;
+    if offered.code() == 1 {
+        // A host whose KVM runs guest ring 0 on the CPU: nothing to say.
+        assert!(
+            offered.stdout.contains("cmpxchg16b swapped"),
+            "{offered:#?}"
+        );
+        return;
+    }
+    assert_eq!(offered.code(), 2, "{offered:#?}");
+    assert!(
+        said.contains("KVM could not run `lock cmpxchg16b"),
+        "{said}"
+    );
+    assert!(said.contains("in ring 0"), "{said}");
+    assert!(said.contains("--cpu baseline hides CX16"), "{said}");
+    assert!(!said.contains("internal error"), "{said}");
+    // With CX16 hidden the guest (which does not look at CPUID) still runs it:
+    // nothing avoids it here.
+    let hidden = run_guest("board", &["--cmdline", "test=cx16", "--cpu", "baseline"]);
+    assert_eq!(hidden.code(), 2, "{hidden:#?}");
+    assert!(
+        hidden
+            .stderr
+            .contains("although its CPUID does not offer CX16"),
+        "{hidden:#?}"
+    );
+    assert!(
+        hidden
+            .stderr
+            .contains("cargo run --release -p xtask -- lab"),
+        "{hidden:#?}"
+    );
+}
+
+#[test]
+fn a_reset_and_a_power_off_end_the_run_with_status_0() {
+    let rebooted = run_guest("board", &["--cmdline", "test=reboot"]);
+    assert_eq!(rebooted.code(), 0, "{rebooted:#?}");
+    assert!(
+        rebooted.stdout.contains("status 0x14 after 0 waits"),
+        "kb_wait does not spin: {rebooted:#?}"
+    );
+    assert!(
+        rebooted.stderr.contains(
+            "the guest rebooted (0xfe to the keyboard controller at port 0x64: its reset line); the run ends here with status 0, as qemu -no-reboot ends it"
+        ),
+        "{rebooted:#?}"
+    );
+    let powered_off = run_guest("board", &["--cmdline", "test=poweroff"]);
+    assert_eq!(powered_off.code(), 0, "{powered_off:#?}");
+    assert!(
+        powered_off.stdout.contains("RSDP at 0xf0000"),
+        "{powered_off:#?}"
+    );
+    assert!(
+        powered_off.stderr.contains("the guest powered off"),
+        "{powered_off:#?}"
+    );
+}
+
 /// The deterministic guests print exactly the same lines under QEMU and lore-dbg.
 #[test]
 fn deterministic_guests_match_qemu() {

@@ -1,8 +1,11 @@
 //! The PC board: every device of the machine on one port I/O bus, the interrupt
 //! wiring between them, and the whole device state as one versioned byte blob.
 //!
-//! Port map: PIC 0x20–0x21 and 0xa0–0xa1, PIT 0x40–0x43, system control port B
-//! 0x61, RTC 0x70–0x71, POST 0x80 (writes kept as the last POST code, reads 0xff),
+//! Port map: PIC 0x20–0x21 and 0xa0–0xa1, PIT 0x40–0x43, i8042 keyboard
+//! controller 0x60 and 0x64 (nothing plugged in; its reset line ends the run),
+//! system control port B 0x61, RTC 0x70–0x71, the ACPI PM1a event and control
+//! registers 0x600–0x605 (how an ACPI kernel powers the machine off: see
+//! [`PM1A_CONTROL_PORT`]), POST 0x80 (writes kept as the last POST code, reads 0xff),
 //! isa-debug-exit 0xf4–0xf7, VGA registers 0x3c0–0x3df, COM1 0x3f8–0x3ff. Any
 //! other port reads all-ones and ignores writes; both are traced with
 //! `tracing::debug!`, never fatal ([`Board::claims_port`] tells them apart).
@@ -28,6 +31,7 @@ use vm_superio::SerialState;
 use crate::bus::{PioBus, PortRange};
 use crate::codec::{invalid, PutLe, PutState, ReadState, Reader};
 use crate::debug_exit::{self, DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_COUNT};
+use crate::i8042::{I8042State, I8042Write, I8042};
 use crate::pic::{InitStep, Pic, PicChipState, PicState};
 use crate::pit::{AccessMode, Pit, PitChannelState, PitMode, PitState};
 use crate::rtc::{Rtc, RtcDateTime, RtcState};
@@ -43,10 +47,29 @@ pub const POST_PORT: u16 = 0x80;
 /// IRQ line of PIT channel 0.
 pub const PIT_IRQ: u8 = 0;
 
+/// The ACPI PM1a event block (FADT `PM1a_EVT_BLK`, 4 bytes): PM1 status and
+/// enable, which read 0 (no event ever) and ignore writes.
+pub const PM1A_EVENT_PORT: u16 = 0x600;
+/// Bytes of the PM1a event block.
+pub const PM1A_EVENT_LEN: u8 = 4;
+/// The ACPI PM1a control register (FADT `PM1a_CNT_BLK`, 16 bits): reads
+/// SCI_EN (the machine is always in ACPI mode); a write with SLP_EN (bit 13)
+/// and sleep type [`SLEEP_TYPE_S5`] in bits 10–12 powers the machine off.
+/// Other sleep states are not offered and are ignored.
+pub const PM1A_CONTROL_PORT: u16 = 0x604;
+/// Bytes of the PM1a control register.
+pub const PM1A_CONTROL_LEN: u8 = 2;
+/// The sleep type the DSDT's `_S5` package gives for soft-off.
+pub const SLEEP_TYPE_S5: u8 = 5;
+/// SLP_EN, in the control register's high byte (bit 13 of the register).
+const SLEEP_ENABLE_HIGH: u8 = 1 << 5;
+/// SCI_EN, in the control register's low byte.
+const SCI_ENABLE: u8 = 1 << 0;
+
 /// Magic at the start of an encoded [`BoardState`].
 const STATE_MAGIC: &[u8; 4] = b"LDEV";
 /// Encoding version of [`BoardState::to_bytes`]; bump on any layout change.
-pub const STATE_VERSION: u8 = 2;
+pub const STATE_VERSION: u8 = 3;
 
 /// What a board needs at construction.
 pub struct BoardConfig {
@@ -74,6 +97,12 @@ pub enum PioOutcome {
     Continue,
     /// The guest wrote isa-debug-exit: end the run with this exit status.
     Exit(i32),
+    /// The guest reset the machine through a device of the board (the i8042's
+    /// reset line).
+    Reset,
+    /// The guest powered the machine off (ACPI S5 through the PM1a control
+    /// register).
+    PowerOff,
 }
 
 /// Devices on the board's bus.
@@ -97,6 +126,10 @@ pub enum PortDevice {
     Post,
     /// VGA registers.
     Vga,
+    /// i8042 keyboard controller.
+    I8042,
+    /// ACPI PM1a event and control registers.
+    AcpiPm,
 }
 
 /// The state of every device of the board.
@@ -114,6 +147,8 @@ pub struct BoardState {
     pub post_code: u8,
     /// VGA registers.
     pub vga: VgaState,
+    /// The keyboard controller.
+    pub i8042: I8042State,
 }
 
 /// All devices of the machine behind one port I/O bus.
@@ -125,6 +160,7 @@ pub struct Board {
     serial: SerialPort,
     post_code: u8,
     vga: Vga,
+    i8042: I8042,
 }
 
 impl fmt::Debug for Board {
@@ -136,6 +172,7 @@ impl fmt::Debug for Board {
             .field("serial", &self.serial)
             .field("post_code", &self.post_code)
             .field("vga", &self.vga)
+            .field("i8042", &self.i8042)
             .finish()
     }
 }
@@ -148,6 +185,21 @@ fn board_bus() -> PioBus<PortDevice> {
         (PortRange::new(0xa0, 2), PortDevice::PicSlave),
         (PortRange::new(0x40, 4), PortDevice::Pit),
         (PortRange::new(0x61, 1), PortDevice::SystemControlB),
+        (
+            PortRange::new(crate::i8042::DATA_PORT, 1),
+            PortDevice::I8042,
+        ),
+        (
+            PortRange::new(crate::i8042::COMMAND_PORT, 1),
+            PortDevice::I8042,
+        ),
+        (
+            PortRange::new(
+                PM1A_EVENT_PORT,
+                u16::from(PM1A_EVENT_LEN + PM1A_CONTROL_LEN),
+            ),
+            PortDevice::AcpiPm,
+        ),
         (PortRange::new(0x70, 2), PortDevice::Rtc),
         (PortRange::new(POST_PORT, 1), PortDevice::Post),
         (
@@ -183,6 +235,7 @@ impl Board {
             serial: SerialPort::new(config.serial_out),
             post_code: 0,
             vga: Vga::new(),
+            i8042: I8042::new(),
         }
     }
 
@@ -196,6 +249,7 @@ impl Board {
             serial: SerialPort::from_state(&state.serial, serial_out)?,
             post_code: state.post_code,
             vga: Vga::from_state(&state.vga),
+            i8042: I8042::from_state(&state.i8042),
         })
     }
 
@@ -208,6 +262,7 @@ impl Board {
             serial: self.serial.state(),
             post_code: self.post_code,
             vga: self.vga.state(),
+            i8042: self.i8042.state(),
         }
     }
 
@@ -233,16 +288,19 @@ impl Board {
             tracing::debug!(port, value, "isa-debug-exit");
             return PioOutcome::Exit(debug_exit::exit_status(value));
         }
+        let mut outcome = PioOutcome::Continue;
         for (index, &byte) in data.iter().enumerate() {
             if let Some(port) = u16::try_from(index)
                 .ok()
                 .and_then(|index| port.checked_add(index))
             {
-                self.write_byte(port, byte, now_ns);
+                if let Some(ending) = self.write_byte(port, byte, now_ns) {
+                    outcome = ending;
+                }
             }
         }
         self.forward_serial_irq();
-        PioOutcome::Continue
+        outcome
     }
 
     fn read_byte(&mut self, port: u16, now_ns: u64) -> u8 {
@@ -254,6 +312,9 @@ impl Board {
             Some((PortDevice::Serial, offset)) => self.serial.read(offset),
             Some((PortDevice::DebugExit | PortDevice::Post, _)) => 0xff,
             Some((PortDevice::Vga, offset)) => self.vga.read(offset),
+            Some((PortDevice::I8042, _)) => self.i8042.read(port),
+            Some((PortDevice::AcpiPm, _)) if port == PM1A_CONTROL_PORT => SCI_ENABLE,
+            Some((PortDevice::AcpiPm, _)) => 0,
             None => {
                 tracing::debug!(port, "read of unassigned port");
                 0xff
@@ -261,7 +322,8 @@ impl Board {
         }
     }
 
-    fn write_byte(&mut self, port: u16, value: u8, now_ns: u64) {
+    /// Writes one byte; returns how the machine ends if the write ends it.
+    fn write_byte(&mut self, port: u16, value: u8, now_ns: u64) -> Option<PioOutcome> {
         match self.bus.lookup(port) {
             Some((PortDevice::PicMaster | PortDevice::PicSlave, _)) => self.pic.write(port, value),
             Some((PortDevice::Pit, _)) => self.pit.write(port, value, now_ns),
@@ -276,8 +338,25 @@ impl Board {
             // 0xf4; the device takes whole writes at its own ports.
             Some((PortDevice::DebugExit, _)) => {}
             Some((PortDevice::Vga, offset)) => self.vga.write(offset, value),
+            Some((PortDevice::I8042, _)) => {
+                if self.i8042.write(port, value) == I8042Write::Reset {
+                    return Some(PioOutcome::Reset);
+                }
+            }
+            Some((PortDevice::AcpiPm, _)) => {
+                // The control register's high byte: SLP_EN and SLP_TYP. A word
+                // write reaches it as its second byte.
+                if port == PM1A_CONTROL_PORT + 1
+                    && value & SLEEP_ENABLE_HIGH != 0
+                    && (value >> 2) & 7 == SLEEP_TYPE_S5
+                {
+                    return Some(PioOutcome::PowerOff);
+                }
+                tracing::debug!(port, value, "ACPI PM1 register write ignored");
+            }
             None => tracing::debug!(port, value, "write to unassigned port ignored"),
         }
+        None
     }
 
     /// Turns serial interrupt requests into an IRQ 4 edge.
@@ -627,6 +706,16 @@ impl BoardState {
         encode_serial(&mut w, &self.serial);
         w.put_u8(self.post_code);
         vga::encode(&mut w, &self.vga);
+        let i8042 = &self.i8042;
+        for value in [
+            i8042.status,
+            i8042.output,
+            i8042.command_byte,
+            i8042.output_port,
+            i8042.pending_command,
+        ] {
+            w.put_u8(value);
+        }
         w
     }
 
@@ -668,6 +757,13 @@ impl BoardState {
             serial: decode_serial(&mut r)?,
             post_code: r.u8()?,
             vga: vga::decode(&mut r)?,
+            i8042: I8042State {
+                status: r.u8()?,
+                output: r.u8()?,
+                command_byte: r.u8()?,
+                output_port: r.u8()?,
+                pending_command: r.u8()?,
+            },
         };
         if r.remaining() != 0 {
             return Err(StateError::TrailingBytes {
@@ -742,16 +838,54 @@ mod tests {
     #[test]
     fn port_map_is_disjoint_and_complete() {
         let (board, _) = new_board();
-        assert_eq!(board.bus().ranges().count(), 9);
+        assert_eq!(board.bus().ranges().count(), 12);
         assert_eq!(board.bus().lookup(0x3fd), Some((PortDevice::Serial, 5)));
         assert_eq!(board.bus().lookup(0x3d5), Some((PortDevice::Vga, 0x15)));
-        assert!(board.claims_port(0x3d4) && !board.claims_port(0x64));
+        assert!(board.claims_port(0x3d4) && board.claims_port(0x64));
+        assert!(!board.claims_port(0x62) && !board.claims_port(0x606));
+        assert_eq!(board.bus().lookup(0x605), Some((PortDevice::AcpiPm, 5)));
         assert_eq!(board.bus().lookup(0xf7), Some((PortDevice::DebugExit, 3)));
         let mut bus = board_bus();
         assert!(matches!(
             bus.insert(PortRange::new(0x3f0, 0x10), PortDevice::Post),
             Err(crate::BusError::Overlap { .. })
         ));
+    }
+
+    #[test]
+    fn the_keyboard_controller_resets_and_the_sleep_register_powers_off() {
+        let (mut board, _) = new_board();
+        let mut status = [0u8];
+        board.pio_read(0x64, &mut status, 0);
+        assert_eq!(status[0] & 0x03, 0, "no data, input buffer empty");
+        assert_eq!(board.pio_write(0x64, &[0xfe], 0), PioOutcome::Reset);
+        let mut control = [0u8; 2];
+        board.pio_read(PM1A_CONTROL_PORT, &mut control, 0);
+        assert_eq!(control, [1, 0], "SCI_EN: always in ACPI mode");
+        // Clearing WAK_STS, sleep types other than S5, S5 without SLP_EN: nothing.
+        assert_eq!(board.pio_write(0x600, &[0, 0x80], 0), PioOutcome::Continue);
+        assert_eq!(board.pio_write(0x604, &[1, 0x24], 0), PioOutcome::Continue);
+        assert_eq!(board.pio_write(0x604, &[1, 0x14], 0), PioOutcome::Continue);
+        // As ACPICA writes it: the type first, then the type with SLP_EN.
+        let s5 = u16::from(SLEEP_TYPE_S5) << 10 | 1;
+        assert_eq!(
+            board.pio_write(0x604, &s5.to_le_bytes(), 0),
+            PioOutcome::Continue
+        );
+        assert_eq!(
+            board.pio_write(0x604, &(s5 | 1 << 13).to_le_bytes(), 0),
+            PioOutcome::PowerOff
+        );
+        // The controller's state survives a snapshot.
+        board.pio_write(0x64, &[0xaa], 0);
+        let state = board.state();
+        let decoded = BoardState::from_bytes(&state.to_bytes()).expect("decodes");
+        assert_eq!(decoded, state);
+        let mut restored =
+            Board::from_state(&decoded, Box::new(std::io::sink())).expect("restores");
+        let mut data = [0u8];
+        restored.pio_read(0x60, &mut data, 0);
+        assert_eq!(data[0], 0x55);
     }
 
     #[test]

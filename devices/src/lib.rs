@@ -1,6 +1,7 @@
 //! User-space PC devices for lore-dbg: 8259A PIC pair, 8254 PIT (with port 0x61),
 //! MC146818 CMOS RTC, 16550A UART (through `vm-superio`), isa-debug-exit, the VGA
-//! registers of a text console, a port
+//! registers of a text console, an i8042 keyboard controller with nothing
+//! attached, the ACPI sleep registers, a port
 //! I/O bus, and the [`board::Board`] that wires them together.
 //!
 //! Invariants shared by every model here:
@@ -18,6 +19,7 @@ pub mod board;
 pub mod bus;
 mod codec;
 pub mod debug_exit;
+pub mod i8042;
 pub mod pic;
 pub mod pit;
 pub mod rtc;

@@ -20,6 +20,7 @@
 //! image file only up to the size of guest memory, which bounds any image that can
 //! boot, so a device or a huge file cannot exhaust host memory.
 
+pub mod acpi;
 mod elf;
 pub mod linux;
 pub mod multiboot2;

@@ -1,6 +1,7 @@
 //! The low memory of a PC after its BIOS ran: the real-mode interrupt vectors,
 //! the BIOS data area, the extended BIOS data area, a blank 80×25 text screen,
-//! and the memory map with the hole between 640 KiB and 1 MiB.
+//! the ACPI tables (`super::acpi`), and the memory map with the hole between
+//! 640 KiB and 1 MiB.
 //!
 //! There is no BIOS behind it. Kernels that drop back to real mode to ask the
 //! BIOS (Xen's trampoline asks for the memory map, disks and video modes) find
@@ -150,8 +151,9 @@ pub fn bios_data_area() -> [u8; 0x100] {
 }
 
 /// Writes the interrupt vectors and their stubs, the BIOS data area, the EBDA's
-/// size word and a blank text screen.
+/// size word, the ACPI tables ([`super::acpi`]) and a blank text screen.
 pub fn prepare_low_memory(memory: &mut GuestMemory) -> Result<(), MemoryError> {
+    super::acpi::write_tables(memory)?;
     memory.write(0, &interrupt_vectors())?;
     for (offset, code) in [UNSUPPORTED_STUB, IRET_STUB] {
         memory.write((u64::from(STUB_SEGMENT) << 4) + u64::from(offset), code)?;

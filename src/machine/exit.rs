@@ -71,6 +71,9 @@ pub enum ExitOutcome {
     Halted,
     /// The guest wrote `status` to isa-debug-exit.
     Ended(i32),
+    /// The guest reset or powered off the machine: the run ends there with
+    /// status 0, as `qemu -no-reboot` ends.
+    PoweredDown(PowerDown),
     /// The input source could not answer the exit.
     Unanswered(InputError),
     /// The guest cannot go on.
@@ -82,8 +85,9 @@ pub enum ExitOutcome {
 pub enum GuestFailure {
     /// `KVM_EXIT_SHUTDOWN`: a triple fault.
     TripleFault,
-    /// KVM could not emulate an instruction.
-    InternalError,
+    /// KVM could not emulate an instruction (`KVM_EXIT_INTERNAL_ERROR`): which
+    /// one, where, and what avoids it.
+    InternalError(Box<super::emulation::EmulationFailure>),
     /// VM entry failed.
     FailEntry {
         /// Hardware reason.
@@ -95,24 +99,45 @@ pub enum GuestFailure {
     Unexpected(String),
     /// An access outside RAM or to a port no device answers, under `--strict`.
     Astray(String),
-    /// The guest asked to reset the machine, which lore-dbg does not do.
+}
+
+/// How a guest ended the machine's power.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PowerDown {
+    /// A reset request, and how it was made.
     Reset(String),
+    /// ACPI soft-off (S5) through the PM1a control register.
+    PowerOff,
+}
+
+impl fmt::Display for PowerDown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Reset(how) => write!(
+                f,
+                "the guest rebooted ({how}); the run ends here with status 0, as qemu -no-reboot ends it"
+            ),
+            Self::PowerOff => write!(
+                f,
+                "the guest powered off (ACPI S5 through the PM1a control register, port {:#x}); the run ends here with status 0",
+                lore_devices::board::PM1A_CONTROL_PORT
+            ),
+        }
+    }
 }
 
 impl fmt::Display for GuestFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::TripleFault => write!(f, "a triple fault"),
-            Self::InternalError => {
-                write!(f, "internal error (KVM could not emulate an instruction)")
-            }
+            Self::InternalError(failure) => write!(f, "{failure}"),
             Self::FailEntry { reason, cpu } => {
                 write!(
                     f,
                     "VM entry failed (hardware reason {reason:#x} on cpu {cpu})"
                 )
             }
-            Self::Unexpected(what) | Self::Astray(what) | Self::Reset(what) => {
+            Self::Unexpected(what) | Self::Astray(what) => {
                 write!(f, "{what}")
             }
         }
@@ -130,6 +155,8 @@ pub struct Peripherals {
     pub history: ExitHistory,
     /// Accesses that nothing answers.
     pub astray: Astray,
+    /// How the guest ended the machine's power, once it did.
+    pub power_down: Option<PowerDown>,
 }
 
 /// Guest RAM as the exit handler needs it: to serve accesses to trapped pages.
@@ -198,6 +225,7 @@ pub fn handle_exit(
         msrs,
         history,
         astray,
+        power_down,
     } = peripherals;
     let outcome = match exit {
         VcpuExit::IoIn(port, data) => {
@@ -215,7 +243,19 @@ pub fn handle_exit(
             }
         }
         VcpuExit::IoOut(port, data) => {
-            if let Some(failure) = astray.note_port_write(port, data, board) {
+            if let Some(how) = super::astray::reset_request(port, data) {
+                history.push(
+                    ordinal,
+                    ExitRecord::PioOut {
+                        port,
+                        value: port_value(data),
+                    },
+                );
+                let how = PowerDown::Reset(how);
+                *power_down = Some(how.clone());
+                return Entry::Exit(ExitOutcome::PoweredDown(how));
+            }
+            if let Some(failure) = astray.note_port_write(port, board) {
                 return Entry::Exit(ExitOutcome::Failed(failure));
             }
             let now_ns = inputs.guest_ns();
@@ -229,6 +269,18 @@ pub fn handle_exit(
             match board.pio_write(port, data, now_ns) {
                 PioOutcome::Continue => ExitOutcome::Continue,
                 PioOutcome::Exit(status) => ExitOutcome::Ended(status),
+                PioOutcome::Reset => {
+                    let how = PowerDown::Reset(format!(
+                        "{:#x} to the keyboard controller at port {port:#x}: its reset line",
+                        port_value(data)
+                    ));
+                    *power_down = Some(how.clone());
+                    ExitOutcome::PoweredDown(how)
+                }
+                PioOutcome::PowerOff => {
+                    *power_down = Some(PowerDown::PowerOff);
+                    ExitOutcome::PoweredDown(PowerDown::PowerOff)
+                }
             }
         }
         VcpuExit::MmioRead(address, data) => {
@@ -329,7 +381,9 @@ pub fn handle_exit(
             }
         }
         VcpuExit::Shutdown => ExitOutcome::Failed(GuestFailure::TripleFault),
-        VcpuExit::InternalError => ExitOutcome::Failed(GuestFailure::InternalError),
+        // What the instruction was is read by `Machine::enter`, which has the
+        // vCPU's registers and the page tables.
+        VcpuExit::InternalError => ExitOutcome::Failed(GuestFailure::InternalError(Box::default())),
         VcpuExit::FailEntry(reason, cpu) => {
             ExitOutcome::Failed(GuestFailure::FailEntry { reason, cpu })
         }

@@ -18,11 +18,12 @@
 //! kick signal mask are per thread).
 
 pub mod astray;
+pub mod emulation;
 pub mod exit;
 pub mod history;
 pub mod inputs;
 
-pub use exit::{Entry, ExitOutcome, GuestFailure, Peripherals, StopState, TrappedRam};
+pub use exit::{Entry, ExitOutcome, GuestFailure, Peripherals, PowerDown, StopState, TrappedRam};
 pub use inputs::{InputError, Inputs, LiveInputs};
 
 use crate::boot::{self, BootError};
@@ -148,6 +149,9 @@ enum SyncRegs {
     On,
 }
 
+/// The vector of #BP.
+const BREAKPOINT_VECTOR: u8 = 3;
+
 /// Debug stops whose synced registers are compared with `KVM_GET_REGS` and
 /// `KVM_GET_SREGS` before they are trusted.
 const SYNC_REGS_CHECKS: u32 = 16;
@@ -195,6 +199,7 @@ impl Machine {
                 msrs: TimeMsrs::default(),
                 history: ExitHistory::default(),
                 astray: astray::Astray::new(astray::AstrayPolicy::Count, spec.memory_size),
+                power_down: None,
             },
             image_end: entry.image_end,
             protocol: entry.protocol,
@@ -229,10 +234,9 @@ impl Machine {
                 }
                 if matches!(
                     entry,
-                    Entry::Exit(ExitOutcome::Failed(GuestFailure::InternalError))
-                ) && self.skip_reserved_nop()?
-                {
-                    return Ok(Entry::Exit(ExitOutcome::Continue));
+                    Entry::Exit(ExitOutcome::Failed(GuestFailure::InternalError(_)))
+                ) {
+                    return self.after_emulation_failure();
                 }
                 Ok(entry)
             }
@@ -297,73 +301,88 @@ impl Machine {
         }
     }
 
-    /// Where KVM's instruction emulator (which runs guest ring 0 on nested hosts
-    /// like ours) gives up on an instruction of the reserved-NOP space that a CPU
-    /// without the feature executes as a NOP — `rdssp` (shadow stacks, absent from
-    /// the guest's CPUID), `endbr`, the hint NOPs — the VMM does what the CPU
-    /// would: moves `rip` past it. Returns whether it did. The skip is a function
-    /// of guest state, so a replay on the same kind of host does the same at the
-    /// same exit.
-    fn skip_reserved_nop(&mut self) -> Result<bool, VmmError> {
-        use iced_x86::{Code, Decoder, DecoderOptions};
+    /// Where KVM's instruction emulator (which runs guest ring 0 on hosts like
+    /// ours) gives up on an instruction, does what the CPU would where the VMM
+    /// can ([`emulation::decide`]): moves `rip` past a reserved NOP, raises #BP
+    /// for an `int3`; otherwise says which instruction failed, where, and what
+    /// avoids it. Each decision is a function of guest state at the exit, so a
+    /// replay, which meets the same exit, decides the same.
+    fn after_emulation_failure(&mut self) -> Result<Entry, VmmError> {
+        let suberror = {
+            let run = self.vm.vcpu_mut().get_kvm_run();
+            // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, for which KVM
+            // fills the `internal` member of the exit union.
+            unsafe { run.__bindgen_anon_1.internal.suberror }
+        };
         let sregs = self
             .vm
             .vcpu()
             .get_sregs()
             .map_err(kvm_op("KVM_GET_SREGS"))?;
         let mut regs = self.vm.vcpu().get_regs().map_err(kvm_op("KVM_GET_REGS"))?;
-        let linear = sregs.cs.base.wrapping_add(regs.rip);
-        let mut bytes = [0u8; 15];
-        let Some(physical) = crate::vmm::paging::translate(self.vm.memory(), &sregs, linear) else {
-            return Ok(false);
-        };
-        // An instruction that crosses a page is left alone (rare; reported as is).
-        let in_page = (crate::PAGE_SIZE - physical % crate::PAGE_SIZE).min(15) as usize;
-        if self
-            .vm
-            .memory()
-            .read(physical, &mut bytes[..in_page])
-            .is_err()
-        {
-            return Ok(false);
+        let found = emulation::read_instruction(self.vm.memory(), &sregs, regs.rip);
+        let decision = emulation::decide(found, regs.rip, sregs.cs.dpl, suberror, self.vm.cpuid());
+        match decision {
+            emulation::Decision::SkipTo(next_rip) => {
+                tracing::debug!(
+                    rip = format!("{:#x}", regs.rip),
+                    "KVM could not emulate a reserved NOP: skipped"
+                );
+                regs.rip = next_rip;
+                self.vm
+                    .vcpu()
+                    .set_regs(&regs)
+                    .map_err(kvm_op("KVM_SET_REGS"))?;
+            }
+            emulation::Decision::Breakpoint { next_rip } => {
+                tracing::debug!(
+                    rip = format!("{:#x}", regs.rip),
+                    "KVM could not emulate int3: #BP raised by the VMM"
+                );
+                self.raise_breakpoint(&mut regs, next_rip)?;
+            }
+            emulation::Decision::Fail(failure) => {
+                return Ok(Entry::Exit(ExitOutcome::Failed(
+                    GuestFailure::InternalError(Box::new(failure)),
+                )))
+            }
         }
-        let bitness = if sregs.cs.l != 0 {
-            64
-        } else if sregs.cs.db != 0 {
-            32
-        } else {
-            16
-        };
-        let mut decoder =
-            Decoder::with_ip(bitness, &bytes[..in_page], regs.rip, DecoderOptions::NONE);
-        let instruction = decoder.decode();
-        let reserved_nop = matches!(
-            instruction.code(),
-            Code::Rdsspd_r32
-                | Code::Rdsspq_r64
-                | Code::Endbr32
-                | Code::Endbr64
-                | Code::Nopw
-                | Code::Nopd
-                | Code::Nopq
-                | Code::Nop_rm16
-                | Code::Nop_rm32
-                | Code::Nop_rm64
-        ) || format!("{:?}", instruction.code()).starts_with("Reservednop");
-        if instruction.is_invalid() || !reserved_nop {
-            return Ok(false);
-        }
-        tracing::debug!(
-            rip = format!("{:#x}", regs.rip),
-            code = ?instruction.code(),
-            "KVM could not emulate a reserved NOP: skipped"
-        );
-        regs.rip = instruction.next_ip();
+        Ok(Entry::Exit(ExitOutcome::Continue))
+    }
+
+    /// Raises the #BP of the `int3` at `regs.rip`, whose next instruction is at
+    /// `next_rip`: the handler's frame must hold `next_rip`, once, as after a
+    /// real `int3`. Measured on our hosts' KVM (the one whose emulator fails on
+    /// `int3`): an injected #BP pushes the `rip` the VMM set, so `rip` moves to
+    /// `next_rip` first; left at the `int3`, the guest runs it again and
+    /// fails again, forever (tests/run_guests.rs checks the frame). KVM on
+    /// VMX or SVM hardware adds an instruction length itself when it injects a
+    /// software exception, but there guest ring 0 runs on the CPU and `int3`
+    /// never reaches the emulator.
+    fn raise_breakpoint(
+        &mut self,
+        regs: &mut kvm_bindings::kvm_regs,
+        next_rip: u64,
+    ) -> Result<(), VmmError> {
+        regs.rip = next_rip;
         self.vm
             .vcpu()
-            .set_regs(&regs)
+            .set_regs(regs)
             .map_err(kvm_op("KVM_SET_REGS"))?;
-        Ok(true)
+        let mut events = self
+            .vm
+            .vcpu()
+            .get_vcpu_events()
+            .map_err(kvm_op("KVM_GET_VCPU_EVENTS"))?;
+        events.exception.injected = 1;
+        events.exception.nr = BREAKPOINT_VECTOR;
+        events.exception.has_error_code = 0;
+        events.exception.error_code = 0;
+        events.flags = 0;
+        self.vm
+            .vcpu()
+            .set_vcpu_events(&events)
+            .map_err(kvm_op("KVM_SET_VCPU_EVENTS"))
     }
 
     /// The registers `KVM_RUN` just left in `kvm_run`, if the host syncs them and
@@ -435,6 +454,11 @@ impl Machine {
     /// What the machine does about accesses that go astray (default: count).
     pub fn set_astray_policy(&mut self, policy: astray::AstrayPolicy) {
         self.peripherals.astray.set_policy(policy);
+    }
+
+    /// How the guest ended the machine's power, if it did.
+    pub fn power_down(&self) -> Option<&PowerDown> {
+        self.peripherals.power_down.as_ref()
     }
 
     /// The accesses that went astray so far.

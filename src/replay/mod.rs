@@ -862,6 +862,11 @@ impl Replayer {
             }
         };
         let astray = self.machine.astray();
+        if astray.policy() == crate::machine::astray::AstrayPolicy::Report {
+            if let (Ok(_), Some(how)) = (&result, self.machine.power_down()) {
+                eprintln!("lore-dbg: {how}");
+            }
+        }
         if astray.policy() == crate::machine::astray::AstrayPolicy::Report && !astray.is_empty() {
             eprintln!(
                 "lore-dbg: the guest went astray; accesses nothing answered:\n{}",
@@ -1079,7 +1084,9 @@ impl Replayer {
                     // instruction whose write it handed to user space.
                     Ok(0)
                 }
-                (Entry::Exit(ExitOutcome::Failed(GuestFailure::InternalError)), _) if watching => {
+                (Entry::Exit(ExitOutcome::Failed(GuestFailure::InternalError(_))), _)
+                    if watching =>
+                {
                     self.step_untrapped()?;
                     if !setup.single_step {
                         if let Some(stop) = self.watch_stop() {
@@ -1865,6 +1872,7 @@ fn served(entry: Entry, consumed: bool) -> Served {
     let handled = match entry {
         Entry::Exit(ExitOutcome::Continue | ExitOutcome::Halted) => Ok(None),
         Entry::Exit(ExitOutcome::Ended(status)) => Ok(Some(status)),
+        Entry::Exit(ExitOutcome::PoweredDown(_)) => Ok(Some(0)),
         Entry::Exit(ExitOutcome::Unanswered(error)) => Err(error.to_string()),
         Entry::Exit(ExitOutcome::Failed(failure)) => Err(format!(
             "the guest stopped with {failure} (not in the recording)"

@@ -1054,6 +1054,10 @@ impl Runner {
             ExitOutcome::Continue => Ok(RunState::Running),
             ExitOutcome::Halted => Ok(RunState::Halted),
             ExitOutcome::Ended(status) => Ok(RunState::Exited(status)),
+            ExitOutcome::PoweredDown(how) => {
+                eprintln!("lore-dbg: {how}");
+                Ok(RunState::Exited(0))
+            }
             ExitOutcome::Unanswered(InputError::Log(error)) => Err(RunError::Trace(error)),
             ExitOutcome::Unanswered(InputError::NotRecorded(what)) => Err(RunError::GuestFailure {
                 reason: what,
@@ -1063,10 +1067,6 @@ impl Runner {
                 Err(RunError::TripleFault(self.guest_stop()))
             }
             ExitOutcome::Failed(GuestFailure::Astray(what)) => Err(RunError::Astray {
-                what,
-                stop: self.guest_stop(),
-            }),
-            ExitOutcome::Failed(GuestFailure::Reset(what)) => Err(RunError::Reset {
                 what,
                 stop: self.guest_stop(),
             }),

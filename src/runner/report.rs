@@ -45,14 +45,6 @@ pub enum RunError {
         /// Where the guest stood.
         stop: Box<GuestStop>,
     },
-    /// The guest asked to reset the machine.
-    #[error("{what} {stop}")]
-    Reset {
-        /// How it asked.
-        what: String,
-        /// Where the guest stood.
-        stop: Box<GuestStop>,
-    },
     /// Writing the trace failed (e.g. a full disk).
     #[error("cannot write the trace")]
     Trace(#[from] crate::trace::TraceError),
