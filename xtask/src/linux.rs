@@ -282,7 +282,24 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
 struct GdbResult {
     passed: usize,
     total: usize,
+    /// Checks this host cannot do (the break, where hardware breakpoints never
+    /// fire), which lore-dbg refused with the reason: neither passed nor failed.
+    unsupported: Vec<String>,
     transcript: String,
+}
+
+/// `gdb-checks: K/N [unsupported=NAME]...`, the last line of `gdb-checks.py`.
+fn parse_gdb_summary(transcript: &str) -> Option<(usize, usize, Vec<String>)> {
+    let line = transcript
+        .lines()
+        .find_map(|line| line.strip_prefix("gdb-checks: "))?;
+    let mut words = line.split_whitespace();
+    let (passed, total) = words.next()?.split_once('/')?;
+    let unsupported = words
+        .filter_map(|word| word.strip_prefix("unsupported="))
+        .map(str::to_string)
+        .collect();
+    Some((passed.parse().ok()?, total.parse().ok()?, unsupported))
 }
 
 /// Waits for the lab to serve the trace, makes the symbol file, runs the checks.
@@ -328,18 +345,19 @@ fn gdb_checks(
         transcript.push_str(&String::from_utf8_lossy(&output.stderr));
         if transcript.contains("gdb-connect: OK") {
             fs::write(&transcript_path, &transcript)?;
-            let (passed, total) = transcript
-                .lines()
-                .find_map(|line| line.strip_prefix("gdb-checks: "))
-                .and_then(|counts| counts.trim().split_once('/'))
-                .and_then(|(k, n)| Some((k.parse().ok()?, n.parse().ok()?)))
-                .unwrap_or((
-                    transcript.matches(": PASS:").count(),
-                    transcript.matches("gdb-check: ").count().max(3),
-                ));
+            // No summary line: gdb stopped half way; count what it printed.
+            let (passed, total, unsupported) =
+                parse_gdb_summary(&transcript).unwrap_or_else(|| {
+                    (
+                        transcript.matches(": PASS:").count(),
+                        transcript.matches("gdb-check: ").count().max(1) + 1,
+                        Vec::new(),
+                    )
+                });
             return Ok(GdbResult {
                 passed,
                 total,
+                unsupported,
                 transcript,
             });
         }
@@ -486,6 +504,7 @@ fn judge(
             ));
         }
     }
+    let mut gdb_unsupported = Vec::new();
     let (gdb_passed, gdb_total) = match gdb {
         None => (0, 0),
         Some(Ok(result)) => {
@@ -502,11 +521,12 @@ fn judge(
                     share.join("gdb.out").display()
                 ));
             }
+            gdb_unsupported = result.unsupported;
             (result.passed, result.total)
         }
         Some(Err(error)) => {
             failures.push(format!("gdb: {error:#}"));
-            (0, 3)
+            (0, 4)
         }
     };
     for failure in &failures {
@@ -517,10 +537,14 @@ fn judge(
         (ends.len() == replays.len()).then(|| ends.iter().sum::<f64>() / ends.len() as f64)
     };
     println!(
-        "linux-lab: boot={} record/run={} replay/record={} replays-identical={identical}/3 gdb-checks={gdb_passed}/{gdb_total}",
+        "linux-lab: boot={} record/run={} replay/record={} replays-identical={identical}/3 gdb-checks={gdb_passed}/{gdb_total}{}",
         seconds(run.init),
         ratio(record.end, run.end),
         ratio(replay_mean, record.end),
+        gdb_unsupported
+            .iter()
+            .map(|name| format!(" unsupported={name}"))
+            .collect::<String>(),
     );
     Ok(if failures.is_empty() {
         ExitCode::SUCCESS
@@ -532,6 +556,17 @@ fn judge(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_gdb_summary_line_counts_and_names_unsupported_checks() {
+        let transcript = "gdb-check: break: UNSUPPORTED: ...\ngdb-checks: 3/3 unsupported=break\n";
+        assert_eq!(
+            parse_gdb_summary(transcript),
+            Some((3, 3, vec!["break".to_string()]))
+        );
+        assert_eq!(parse_gdb_summary("gdb-checks: 2/4\n"), Some((2, 4, vec![])));
+        assert_eq!(parse_gdb_summary("gdb-connect: OK\n"), None);
+    }
 
     #[test]
     fn the_command_line_presets_the_tsc_and_loops_per_jiffy() {
