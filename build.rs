@@ -229,7 +229,14 @@ fn main() {
         run(&mut cmd);
     }
 
-    build_linux_guests(&src.join("linux"), &guest_dir, &obj_dir, &cc, &ld, quiet_rwx);
+    build_linux_guests(
+        &src.join("linux"),
+        &guest_dir,
+        &obj_dir,
+        &cc,
+        &ld,
+        quiet_rwx,
+    );
 
     println!("cargo:rustc-env=LORE_GUEST_DIR={}", guest_dir.display());
 }
@@ -254,7 +261,11 @@ fn build_linux_guests(
     ] {
         let object = obj_dir.join(format!("{name}.o"));
         let mut cmd = Command::new(cc);
-        cmd.args(["-m64", "-c"]).args(define).arg(&source).arg("-o").arg(&object);
+        cmd.args(["-m64", "-c"])
+            .args(define)
+            .arg(&source)
+            .arg("-o")
+            .arg(&object);
         run(&mut cmd);
         let mut cmd = Command::new(ld);
         cmd.arg("-T").arg(&script).args([

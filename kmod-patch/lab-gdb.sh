@@ -8,7 +8,8 @@
 # software watchpoint: hardware breakpoints never fire in the lab), single-steps
 # into `read_tsc`, steps over its `rdtsc`, reverse-steps back over it and steps
 # over it again. The value must be the same both times (it comes from the trace),
-# and the reverse step must land on the `rdtsc`. Prints the gdb transcript and
+# and the reverse step must land on the `rdtsc`; the value must be one of the
+# trace's logged TSC reads (`lore-dbg info --events`). Prints the gdb transcript and
 # "lab-gdb: PASS", or what failed (exit 1). Needs gdb.
 set -eu
 cd "$(dirname "$0")/.."
@@ -62,8 +63,18 @@ first=$(sed -n 's/^stepi: rdtsc read //p' "$work/gdb.out" 2>/dev/null)
 again=$(sed -n 's/^stepi again: rdtsc read //p' "$work/gdb.out" 2>/dev/null)
 at=$(sed -n 's/^at the rdtsc: pc=//p' "$work/gdb.out" 2>/dev/null)
 back=$(sed -n 's/^reverse-stepi: pc=//p' "$work/gdb.out" 2>/dev/null)
-if [ -n "$first" ] && [ "$first" = "$again" ] && [ -n "$at" ] && [ "$at" = "$back" ]; then
-    echo "lab-gdb: PASS (rdtsc at $at read $first, forward and again after reverse-stepi)"
+# The value gdb saw must be one the recorder logged: read the trace's events on
+# this host (reading a trace needs no KVM).
+recorded=no
+if [ -n "$first" ] && target/release/lore-dbg info --events "$work/tsc" >"$work/events.txt" 2>&1 &&
+    grep -q ": tsc-read value $first\$" "$work/events.txt"; then
+    recorded=yes
+fi
+if [ -n "$first" ] && [ "$first" = "$again" ] && [ -n "$at" ] && [ "$at" = "$back" ] && [ $recorded = yes ]; then
+    echo "lab-gdb: PASS (rdtsc at $at read $first, forward and again after reverse-stepi; the trace's tsc-read events hold it)"
+elif [ $recorded = no ] && [ -n "$first" ]; then
+    echo "lab-gdb: FAIL: gdb read $first, which no tsc-read event of the trace holds (events in $work/events.txt)"
+    exit 1
 else
     echo "lab-gdb: FAIL: rdtsc read '$first' then '$again'; at '$at', reverse-stepi to '$back' (files in $work)"
     exit 1

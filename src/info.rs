@@ -260,7 +260,10 @@ impl TraceInfo {
             writeln!(
                 out,
                 "kernel:       Linux {} ({}{})",
-                kernel.kernel_version.as_deref().unwrap_or("(no version string)"),
+                kernel
+                    .kernel_version
+                    .as_deref()
+                    .unwrap_or("(no version string)"),
                 kernel.format,
                 kernel
                     .compression

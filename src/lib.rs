@@ -20,6 +20,7 @@ pub mod machine;
 pub mod record;
 pub mod replay;
 pub mod runner;
+pub mod symbols;
 pub mod trace;
 pub mod vga;
 pub mod vmm;

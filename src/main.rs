@@ -63,6 +63,14 @@ enum Command {
     /// is `monitor writes RANGE` inside gdb.
     #[command(override_usage = "lore-dbg writes [TRACE] SYMBOL|ADDR[:LEN] [--json]")]
     Writes(WritesArgs),
+    /// Turn a kernel's System.map or /proc/kallsyms into an ELF symbol file gdb
+    /// loads (`gdb FILE -ex 'target remote ...'`), for kernels shipped stripped.
+    ///
+    /// Code symbols become functions, data symbols variables, each sized up to
+    /// the next symbol and typed as the widest unsigned integer of at most 8
+    /// bytes that fits (a guess: cast for anything else); no source lines.
+    /// Modules' symbols are left out.
+    Symbols(SymbolsArgs),
     /// List the traces in the default trace directory.
     Ls,
 }
@@ -135,6 +143,12 @@ struct ReplayArgs {
     /// reverse-continue, reverse-stepi, watch, break, `monitor help`.
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:1234")]
     gdb: Option<String>,
+    /// With --gdb: the guest's symbols for `monitor writes SYMBOL` (an ELF file
+    /// such as a vmlinux, or a System.map / /proc/kallsyms listing) instead of
+    /// the recorded image's. For gdb itself, `lore-dbg symbols` turns a listing
+    /// into a file gdb loads.
+    #[arg(long, value_name = "FILE", requires = "gdb")]
+    symbols: Option<PathBuf>,
     /// Start from snapshot N of the trace instead of from boot (see `lore-dbg info`).
     #[arg(long, value_name = "N", conflicts_with = "gdb")]
     from_snapshot: Option<u32>,
@@ -149,6 +163,22 @@ struct DebugArgs {
     /// The gdb to run.
     #[arg(long, default_value = "gdb")]
     gdb_binary: PathBuf,
+    /// Symbols for gdb and `monitor writes` instead of the recorded image's: an
+    /// ELF file (a vmlinux with debug information) or a System.map or
+    /// /proc/kallsyms listing, turned into a symbol file gdb loads (functions
+    /// and variables by name; variables typed as integers of their size).
+    #[arg(long, value_name = "FILE")]
+    symbols: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct SymbolsArgs {
+    /// A System.map or /proc/kallsyms listing (`ADDRESS TYPE NAME` lines, as `nm`
+    /// prints them).
+    listing: PathBuf,
+    /// The ELF file to write.
+    #[arg(short, long, value_name = "FILE")]
+    output: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -165,6 +195,11 @@ struct WritesArgs {
     /// bytes).
     #[arg(long)]
     json: bool,
+    /// Resolve SYMBOL, and name the writers' functions, from FILE instead of
+    /// the recorded image: an ELF file, or a System.map or /proc/kallsyms
+    /// listing (names only, no source lines).
+    #[arg(long, value_name = "FILE")]
+    symbols: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -183,6 +218,11 @@ struct InfoArgs {
     /// every snapshot restored with its state decoded. Exit status 2 on any problem.
     #[arg(long)]
     verify: bool,
+    /// List every event of the log instead, one line each: the exit it belongs
+    /// to, its kind and its values (a port read's value, a TSC read's counter,
+    /// where an interrupt was injected), as `rr dump` does.
+    #[arg(long, conflicts_with_all = ["json", "measure", "verify"])]
+    events: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -574,7 +614,28 @@ fn resolve_trace(given: &Option<PathBuf>) -> Result<PathBuf> {
     }
 }
 
-fn gdb_session(dir: &std::path::Path) -> Result<lore_dbg::gdb::GdbSession> {
+/// The symbols `monitor writes` and `lore-dbg writes` resolve names with: the
+/// user's `--symbols` file, else the recorded image's.
+fn guest_symbols(
+    dir: &std::path::Path,
+    symbols: Option<&std::path::Path>,
+) -> Result<lore_dbg::writes::GuestSymbols, lore_dbg::writes::WritesError> {
+    match symbols {
+        Some(path) => lore_dbg::writes::GuestSymbols::open_any(path),
+        None => {
+            lore_dbg::writes::GuestSymbols::open(&dir.join(lore_dbg::trace::layout::IMAGE_FILE))
+        }
+    }
+}
+
+fn gdb_session(
+    dir: &std::path::Path,
+    symbols: Option<&std::path::Path>,
+) -> Result<lore_dbg::gdb::GdbSession> {
+    if let Some(path) = symbols {
+        // A bad --symbols file is the user's mistake: say so before serving.
+        guest_symbols(dir, Some(path))?;
+    }
     let (header, input) = record::load(dir)?;
     record::check_host_can_replay(&input)?;
     let replayer = lore_dbg::replay::Replayer::new(input, Box::new(std::io::stdout()))
@@ -582,8 +643,7 @@ fn gdb_session(dir: &std::path::Path) -> Result<lore_dbg::gdb::GdbSession> {
     let timeline = lore_dbg::replay::timeline::Timeline::new(replayer)
         .with_context(|| format!("starting the replay of {}", dir.display()))?;
     let session = lore_dbg::gdb::GdbSession::new(timeline, header);
-    let image = dir.join(lore_dbg::trace::layout::IMAGE_FILE);
-    Ok(match lore_dbg::writes::GuestSymbols::open(&image) {
+    Ok(match guest_symbols(dir, symbols) {
         Ok(symbols) => session.with_symbols(symbols),
         Err(error) => {
             tracing::warn!(%error, "no symbols for `monitor writes`: ranges by address only");
@@ -592,14 +652,28 @@ fn gdb_session(dir: &std::path::Path) -> Result<lore_dbg::gdb::GdbSession> {
     })
 }
 
-fn serve_gdb(dir: &std::path::Path, address: &str) -> Result<ExitCode> {
-    let mut session = gdb_session(dir)?;
+fn serve_gdb(
+    dir: &std::path::Path,
+    address: &str,
+    symbols: Option<&std::path::Path>,
+) -> Result<ExitCode> {
+    let mut session = gdb_session(dir, symbols)?;
     let listener = std::net::TcpListener::bind(address)
         .with_context(|| format!("cannot listen for gdb on {address}"))?;
     let local = listener.local_addr().context("listening address")?;
     eprintln!(
         "lore-dbg: waiting for gdb on {local}: gdb {} -ex 'target remote {local}'",
-        dir.join(lore_dbg::trace::layout::IMAGE_FILE).display()
+        match symbols {
+            Some(path) if !looks_like_elf_file(path) => format!(
+                "SYMBOLS.elf (from `lore-dbg symbols {} -o SYMBOLS.elf`)",
+                path.display()
+            ),
+            Some(path) => path.display().to_string(),
+            None => dir
+                .join(lore_dbg::trace::layout::IMAGE_FILE)
+                .display()
+                .to_string(),
+        }
     );
     lore_stub::serve_until_killed(&listener, &mut session, |ended| match ended {
         Ok(end) => eprintln!(
@@ -616,12 +690,43 @@ fn serve_gdb(dir: &std::path::Path, address: &str) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Whether `path` starts like an ELF file (an unreadable file is not one).
+fn looks_like_elf_file(path: &std::path::Path) -> bool {
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut file| std::io::Read::read_exact(&mut file, &mut magic))
+        .is_ok()
+        && lore_dbg::boot::looks_like_elf(&magic)
+}
+
+/// A file removed when dropped: the symbol file `debug` makes for gdb.
+struct TemporaryFile(PathBuf);
+
+impl Drop for TemporaryFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 fn debug(args: DebugArgs) -> Result<ExitCode> {
     let dir = resolve_trace(&args.trace)?;
-    let mut session = gdb_session(&dir)?;
+    let mut session = gdb_session(&dir, args.symbols.as_deref())?;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("cannot listen for gdb")?;
     let local = listener.local_addr().context("listening address")?;
-    let image = dir.join(lore_dbg::trace::layout::IMAGE_FILE);
+    let mut made_for_gdb = None;
+    let image = match &args.symbols {
+        Some(path) if !looks_like_elf_file(path) => {
+            let (elf, _) = lore_dbg::symbols::symbol_file(path)?;
+            let file = TemporaryFile(
+                std::env::temp_dir().join(format!("lore-dbg-symbols-{}.elf", std::process::id())),
+            );
+            std::fs::write(&file.0, elf)
+                .with_context(|| format!("cannot write {}", file.0.display()))?;
+            made_for_gdb.insert(file).0.clone()
+        }
+        Some(path) => path.clone(),
+        None => dir.join(lore_dbg::trace::layout::IMAGE_FILE),
+    };
     let mut gdb = std::process::Command::new(&args.gdb_binary)
         .arg(&image)
         .args(["-ex", &format!("target remote {local}")])
@@ -639,7 +744,7 @@ fn replay(args: ReplayArgs) -> Result<ExitCode> {
         if args.vga.vga != VgaArg::Off {
             anyhow::bail!("--vga shows a replay that runs to its end; under gdb, `monitor screen` shows the screen at any point");
         }
-        return serve_gdb(&dir, address);
+        return serve_gdb(&dir, address, args.symbols.as_deref());
     }
     let mut screen = args.vga.watch()?;
     let outcome = record::replay_showing(
@@ -664,6 +769,18 @@ fn replay(args: ReplayArgs) -> Result<ExitCode> {
 
 fn info(args: InfoArgs) -> Result<ExitCode> {
     let dir = resolve_trace(&args.trace)?;
+    if args.events {
+        let (trace, _) = lore_dbg::trace::TraceDir::open(&dir)?;
+        let log = trace.read_events(record::MAX_EVENTS)?;
+        let mut stdout = std::io::stdout().lock();
+        for event in &log.events {
+            writeln!(stdout, "{event}").context("cannot write the events")?;
+        }
+        if let Some(truncation) = &log.truncation {
+            eprintln!("lore-dbg: the log ends early: {truncation}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let verification = args.verify.then(|| Verification::run(&dir));
     let mut info = match TraceInfo::read(&dir) {
         Ok(info) => info,
@@ -705,6 +822,26 @@ fn info(args: InfoArgs) -> Result<ExitCode> {
     }
 }
 
+fn symbols(args: SymbolsArgs) -> Result<ExitCode> {
+    let (elf, map) = lore_dbg::symbols::symbol_file(&args.listing)?;
+    let Some(map) = map else {
+        anyhow::bail!(
+            "{} is already an ELF file: give it to gdb as it is",
+            args.listing.display()
+        );
+    };
+    std::fs::write(&args.output, elf)
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    eprintln!(
+        "lore-dbg: wrote {} symbols to {} ({} lines skipped: modules', absolute and undefined symbols); gdb {} -ex 'target remote ADDR'",
+        map.symbols.len(),
+        args.output.display(),
+        map.skipped,
+        args.output.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn writes(args: WritesArgs) -> Result<ExitCode> {
     let (trace, range) = match args.operands.as_slice() {
         [range] => (None, range),
@@ -712,8 +849,7 @@ fn writes(args: WritesArgs) -> Result<ExitCode> {
         _ => anyhow::bail!("give [TRACE] SYMBOL|ADDR[:LEN]"),
     };
     let dir = resolve_trace(&trace)?;
-    let image = dir.join(lore_dbg::trace::layout::IMAGE_FILE);
-    let symbols = lore_dbg::writes::GuestSymbols::open(&image)?;
+    let symbols = guest_symbols(&dir, args.symbols.as_deref())?;
     let range = symbols.range(range)?;
     let (_, input) = record::load(&dir)?;
     let replayer = lore_dbg::replay::Replayer::new(input, Box::new(std::io::sink()))
@@ -806,6 +942,7 @@ fn main() -> ExitCode {
         Command::Info(args) => info(args),
         Command::Debug(args) => debug(args),
         Command::Writes(args) => writes(args),
+        Command::Symbols(args) => symbols(args),
         Command::Ls => list(),
     };
     match result {

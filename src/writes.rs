@@ -48,6 +48,9 @@ pub enum WritesError {
         /// What the parser said.
         reason: String,
     },
+    /// A symbol listing (`--symbols`) cannot be used.
+    #[error(transparent)]
+    SymbolMap(#[from] crate::symbols::SymbolMapError),
     /// The range does not parse or names no symbol.
     #[error("'{range}': {reason}")]
     Range {
@@ -110,18 +113,7 @@ impl GuestSymbols {
             path: path.to_path_buf(),
             source,
         })?;
-        let file = object::File::parse(&*bytes).map_err(|error| WritesError::ImageFormat {
-            path: path.to_path_buf(),
-            reason: error.to_string(),
-        })?;
-        let symbols = file
-            .symbols()
-            .filter_map(|symbol| {
-                let name = symbol.name().ok()?;
-                (!name.is_empty() && symbol.address() != 0)
-                    .then(|| (name.to_string(), symbol.address(), symbol.size()))
-            })
-            .collect();
+        let symbols = Self::elf_symbols(&bytes, path)?;
         let loader = match addr2line::Loader::new(path) {
             Ok(loader) => Some(loader),
             Err(error) => {
@@ -130,6 +122,35 @@ impl GuestSymbols {
             }
         };
         Ok(Self { loader, symbols })
+    }
+
+    /// Reads the symbols of `path`: an ELF file as [`GuestSymbols::open`] does,
+    /// or a System.map / `/proc/kallsyms` listing (names and addresses, no lines;
+    /// see [`crate::symbols`]).
+    pub fn open_any(path: &Path) -> Result<Self, WritesError> {
+        let (elf, map) = crate::symbols::symbol_file(path)?;
+        match map {
+            None => Self::open(path),
+            Some(_) => Ok(Self {
+                loader: None,
+                symbols: Self::elf_symbols(&elf, path)?,
+            }),
+        }
+    }
+
+    fn elf_symbols(bytes: &[u8], path: &Path) -> Result<Vec<(String, u64, u64)>, WritesError> {
+        let file = object::File::parse(bytes).map_err(|error| WritesError::ImageFormat {
+            path: path.to_path_buf(),
+            reason: error.to_string(),
+        })?;
+        Ok(file
+            .symbols()
+            .filter_map(|symbol| {
+                let name = symbol.name().ok()?;
+                (!name.is_empty() && symbol.address() != 0)
+                    .then(|| (name.to_string(), symbol.address(), symbol.size()))
+            })
+            .collect())
     }
 
     /// No symbols: ranges by address only.

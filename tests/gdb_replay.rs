@@ -120,13 +120,18 @@ impl Session {
 
 /// Runs `gdb -batch` on `dir`'s image against `server` with `commands`.
 fn gdb(dir: &Path, server: &Server, commands: &[&str]) -> Session {
+    gdb_on(&dir.join("guest.elf"), server, commands)
+}
+
+/// Runs gdb on the symbols of `file` against `server`.
+fn gdb_on(file: &Path, server: &Server, commands: &[&str]) -> Session {
     let mut command = Command::new("sh");
     command
         .arg("-c")
         .arg("exec \"$0\" \"$@\" 2>&1")
         .arg("gdb")
         .args(["-batch", "-nx"])
-        .arg(dir.join("guest.elf"))
+        .arg(file)
         .args(["-ex", "set pagination off", "-ex", "set width 0"])
         .arg("-ex")
         .arg(format!("target remote 127.0.0.1:{}", server.port));
@@ -1088,4 +1093,88 @@ fn a_watch_on_live_page_tables_falls_back_to_single_steps() {
     s.expect(4, "= 1");
     s.expect(5, " 0 guest accesses to watched pages trapped");
     s.expect(7, "= 0x60");
+}
+
+/// A stripped kernel comes with a System.map: `lore-dbg symbols` turns one into a
+/// file gdb loads, with functions to break on and variables to watch, and
+/// `writes --symbols` resolves names from it. Here the listing is `nm`'s of a
+/// corpus guest, so gdb's answers can be checked against the guest's source. Data
+/// symbols get an integer type of their size, so `watch canary` needs no cast.
+#[test]
+fn a_system_map_gives_gdb_functions_and_variables_by_name() {
+    require_tools();
+    common::require_program("nm", "binutils");
+    let dir = record_trace("canary", "gdb-system-map");
+    let scratch = dir.parent().expect("trace in a scratch directory");
+    let listing = Command::new("nm")
+        .arg(dir.join("guest.elf"))
+        .output()
+        .expect("run nm");
+    assert!(listing.status.success(), "{listing:?}");
+    let map = scratch.join("System.map");
+    std::fs::write(&map, &listing.stdout).unwrap();
+    let symbol_file = scratch.join("symbols.elf");
+    let made = common::lore(&[
+        "symbols",
+        map.to_str().unwrap(),
+        "-o",
+        symbol_file.to_str().unwrap(),
+    ]);
+    assert_eq!(made.code(), 0, "{made:#?}");
+    assert!(made.stderr.contains("symbols to"), "{made:#?}");
+
+    let server = serve(&dir);
+    let s = gdb_on(
+        &symbol_file,
+        &server,
+        &[
+            "break fill_round", // 0
+            "continue",         // 1
+            "info symbol $pc",  // 2
+            "delete",           // 3
+            "continue",         // 4: to the end
+            "p/x canary",       // 5
+            "watch canary",     // 6
+            "reverse-continue", // 7
+            "info symbol $pc",  // 8
+        ],
+    );
+    s.expect(0, "Breakpoint 1 at");
+    s.expect(1, "in fill_round ()");
+    s.expect(2, "fill_round in section .text");
+    s.expect(5, "0xdeadbeef");
+    s.expect(7, &format!("Old value = {}", decimal(0xdead_beef)));
+    s.expect(7, "fill_round");
+    s.expect(8, "fill_round + ");
+    drop(server);
+
+    // `writes` names the writer from the listing as from the image.
+    let from_map = common::lore(&[
+        "writes",
+        dir.to_str().unwrap(),
+        "canary",
+        "--json",
+        "--symbols",
+        map.to_str().unwrap(),
+    ]);
+    assert_eq!(from_map.code(), 0, "{from_map:#?}");
+    assert!(
+        from_map.stdout.contains("\"function\": \"fill_round\""),
+        "{from_map:#?}"
+    );
+    let hidden = scratch.join("kallsyms");
+    std::fs::write(
+        &hidden,
+        "0000000000000000 T fill_round\n0000000000000000 D canary\n",
+    )
+    .unwrap();
+    let refused = common::lore(&[
+        "writes",
+        dir.to_str().unwrap(),
+        "canary",
+        "--symbols",
+        hidden.to_str().unwrap(),
+    ]);
+    assert_eq!(refused.code(), 2, "{refused:#?}");
+    assert!(refused.stderr.contains("kptr_restrict"), "{refused:#?}");
 }

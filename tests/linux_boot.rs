@@ -62,7 +62,11 @@ fn a_pvh_vmlinux_boots() {
     require_kvm();
     let finished = run_linux("pvh-vmlinux", &built("linux-pvh.elf"));
     assert_eq!(finished.code(), EXIT_OK, "{finished:#?}");
-    assert_eq!(finished.stdout, expected_output("PVH entry"), "{finished:#?}");
+    assert_eq!(
+        finished.stdout,
+        expected_output("PVH entry"),
+        "{finished:#?}"
+    );
 }
 
 #[test]
@@ -145,9 +149,15 @@ fn a_linux_boot_records_replays_and_verifies() {
         ),
         "{info}"
     );
-    assert!(info.contains(&format!("initrd:       {} bytes", INITRD.len())), "{info}");
+    assert!(
+        info.contains(&format!("initrd:       {} bytes", INITRD.len())),
+        "{info}"
+    );
     let info = record_replay_info("record-boot32", &boot32_bzimage(), "32-bit boot protocol");
-    assert!(info.contains("boot:         Linux, 32-bit boot protocol"), "{info}");
+    assert!(
+        info.contains("boot:         Linux, 32-bit boot protocol"),
+        "{info}"
+    );
 }
 
 fn assert_clean_error(finished: &common::Finished, needle: &str) {
@@ -174,6 +184,13 @@ fn linux_images_refuse_multiboot_options_and_say_what_to_do() {
     // An initrd that does not fit: --mem.
     std::fs::write(&kernel, built("linux-pvh.elf")).expect("write");
     std::fs::write(&initrd, vec![0u8; 7 << 20]).expect("write");
-    let finished = lore(&["run", utf8(&kernel), "--mem", "8M", "--initrd", utf8(&initrd)]);
+    let finished = lore(&[
+        "run",
+        utf8(&kernel),
+        "--mem",
+        "8M",
+        "--initrd",
+        utf8(&initrd),
+    ]);
     assert_clean_error(&finished, "use --mem 9M or more");
 }

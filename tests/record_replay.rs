@@ -432,6 +432,28 @@ fn echo_replays_without_its_input() {
         assert_eq!(replayed.code(), 1, "replay {round}: {replayed:#?}");
         assert!(replayed.stderr.contains(MATCHED), "{replayed:#?}");
     }
+    // `info --events` lists the log, one event a line: the typed characters are
+    // the values of reads of the receive register.
+    let listed = lore(&["info", "--events", utf8(&trace)]);
+    assert_eq!(listed.code(), 0, "{listed:#?}");
+    let lines: Vec<&str> = listed.stdout.lines().collect();
+    assert_eq!(lines.len(), read_events(&trace).len(), "{listed:#?}");
+    let typed: String = lines
+        .iter()
+        .filter_map(|line| {
+            line.split_once(": pio-in port 0x3f8 len 1 value ")?
+                .1
+                .strip_prefix("0x")
+        })
+        .map(|hex| char::from(u8::from_str_radix(hex, 16).expect("hex value")))
+        .collect();
+    assert_eq!(typed, "hello there\nquit\n", "{listed:#?}");
+    assert!(
+        lines
+            .last()
+            .is_some_and(|line| line.ends_with(": end status 1")),
+        "{listed:#?}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

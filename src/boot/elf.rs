@@ -296,7 +296,10 @@ mod tests {
     #[test]
     fn notes_are_read_until_a_malformed_one() {
         let mut segment = Vec::new();
-        for (name, note_type, desc) in [(&b"Xen\0"[..], 18u32, &[1u8, 2, 3, 4, 0, 0, 0, 0][..]), (b"GNU\0", 3, b"abc")] {
+        for (name, note_type, desc) in [
+            (&b"Xen\0"[..], 18u32, &[1u8, 2, 3, 4, 0, 0, 0, 0][..]),
+            (b"GNU\0", 3, b"abc"),
+        ] {
             segment.extend_from_slice(&(name.len() as u32).to_le_bytes());
             segment.extend_from_slice(&(desc.len() as u32).to_le_bytes());
             segment.extend_from_slice(&note_type.to_le_bytes());

@@ -161,7 +161,9 @@ pub enum LinuxError {
     #[error("the PVH entry note gives {0:#x}, which is not a 32-bit physical address")]
     BadPvhEntry(u64),
     /// More than one initrd.
-    #[error("{0} initrds given: a Linux kernel takes one (concatenate cpio archives into one file)")]
+    #[error(
+        "{0} initrds given: a Linux kernel takes one (concatenate cpio archives into one file)"
+    )]
     TooManyInitrds(usize),
     /// The command line exceeds what the kernel accepts.
     #[error("the command line is {len} bytes; this kernel accepts at most {max}")]
@@ -170,6 +172,18 @@ pub enum LinuxError {
         len: usize,
         /// The header's `cmdline_size` (or what the information area holds).
         max: usize,
+    },
+    /// The kernel with its bss runs past the end of RAM.
+    #[error("the kernel with its bss needs memory up to {end:#x} but the guest has {memory_mib} MiB: use --mem {needed_mib}M or more{initrd_note}")]
+    KernelDoesNotFit {
+        /// First byte past the kernel.
+        end: u64,
+        /// Guest memory, MiB.
+        memory_mib: u64,
+        /// What would do, MiB, initrd included.
+        needed_mib: u64,
+        /// " (for the kernel and the initrd)" when there is one.
+        initrd_note: &'static str,
     },
     /// The area the kernel's own decompressor needs lies past the end of RAM.
     #[error("the kernel decompresses itself into {start:#x}..{end:#x} (its pref_address and init_size) but the guest has {memory_mib} MiB: use --mem {needed_mib}M or more")]
@@ -236,13 +250,19 @@ fn u8_at(bytes: &[u8], offset: usize) -> Option<u8> {
     bytes.get(offset).copied()
 }
 fn u16_at(bytes: &[u8], offset: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(bytes.get(offset..offset + 2)?.try_into().ok()?))
+    Some(u16::from_le_bytes(
+        bytes.get(offset..offset + 2)?.try_into().ok()?,
+    ))
 }
 fn u32_at(bytes: &[u8], offset: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(bytes.get(offset..offset + 4)?.try_into().ok()?))
+    Some(u32::from_le_bytes(
+        bytes.get(offset..offset + 4)?.try_into().ok()?,
+    ))
 }
 fn u64_at(bytes: &[u8], offset: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(bytes.get(offset..offset + 8)?.try_into().ok()?))
+    Some(u64::from_le_bytes(
+        bytes.get(offset..offset + 8)?.try_into().ok()?,
+    ))
 }
 
 /// Whether `image` has a bzImage's setup header ("HdrS" at 0x202).
@@ -373,10 +393,11 @@ pub fn pvh_entry(image: &[u8]) -> Result<Option<u32>, LinuxError> {
 /// every vmlinux carries), to say the right thing when it has no PVH note.
 fn has_linux_note(image: &[u8]) -> bool {
     elf::parse(image).is_ok_and(|parsed| {
-        parsed
-            .notes
-            .iter()
-            .any(|range| elf::notes(&image[range.clone()]).iter().any(|note| note.name == b"Linux"))
+        parsed.notes.iter().any(|range| {
+            elf::notes(&image[range.clone()])
+                .iter()
+                .any(|note| note.name == b"Linux")
+        })
     })
 }
 
@@ -444,7 +465,11 @@ fn vmlinux_of(image: &[u8], header: &SetupHeader) -> Result<Option<(Vec<u8>, u32
     };
     let vmlinux = match payload::decompress(&image[range]) {
         Ok((format, vmlinux)) => {
-            tracing::debug!(format = format.name(), bytes = vmlinux.len(), "decompressed the kernel");
+            tracing::debug!(
+                format = format.name(),
+                bytes = vmlinux.len(),
+                "decompressed the kernel"
+            );
             vmlinux
         }
         Err(PayloadError::Unsupported(format)) => {
@@ -459,7 +484,9 @@ fn vmlinux_of(image: &[u8], header: &SetupHeader) -> Result<Option<(Vec<u8>, u32
     match pvh_entry(&vmlinux)? {
         Some(entry) => Ok(Some((vmlinux, entry))),
         None => {
-            tracing::info!("the kernel has no PVH entry (CONFIG_PVH): booting by the 32-bit boot protocol");
+            tracing::info!(
+                "the kernel has no PVH entry (CONFIG_PVH): booting by the 32-bit boot protocol"
+            );
             Ok(None)
         }
     }
@@ -489,7 +516,9 @@ fn place_initrd(
     limit_note: &'static str,
 ) -> Result<u64, BootError> {
     let len = data.len() as u64;
-    let start = top.checked_sub(len).map(|start| start & !(INITRD_ALIGN - 1));
+    let start = top
+        .checked_sub(len)
+        .map(|start| start & !(INITRD_ALIGN - 1));
     match start {
         Some(start) if start >= lowest => {
             memory.write(start, data)?;
@@ -500,7 +529,9 @@ fn place_initrd(
             kernel_end: lowest,
             top,
             limit_note,
-            needed_mib: mib_for(lowest.next_multiple_of(INITRD_ALIGN) + len.next_multiple_of(INITRD_ALIGN)),
+            needed_mib: mib_for(
+                lowest.next_multiple_of(INITRD_ALIGN) + len.next_multiple_of(INITRD_ALIGN),
+            ),
         }
         .into()),
     }
@@ -546,7 +577,8 @@ pub(super) fn load(
                 Some((vmlinux, entry)) => (Some(vmlinux), Some(entry)),
                 None if protocol == Protocol::LinuxPvh => {
                     return Err(LinuxError::PvhUnavailable(
-                        "no PVH note in its payload, or a payload lore-dbg cannot decompress".into(),
+                        "no PVH note in its payload, or a payload lore-dbg cannot decompress"
+                            .into(),
                     )
                     .into())
                 }
@@ -585,7 +617,25 @@ fn load_pvh(
             memory_size: segment.memory_size,
         })
         .collect();
-    let kernel_end = super::place_segments(memory, vmlinux, &segments)?;
+    let kernel_end = match super::place_segments(memory, vmlinux, &segments) {
+        Err(BootError::DoesNotFit { end, memory_size }) => {
+            return Err(LinuxError::KernelDoesNotFit {
+                end,
+                memory_mib: memory_size >> 20,
+                needed_mib: mib_for(
+                    end.next_multiple_of(INITRD_ALIGN)
+                        .saturating_add(initrd.map_or(0, |data| data.len() as u64)),
+                ),
+                initrd_note: if initrd.is_some() {
+                    " (for the kernel and the initrd)"
+                } else {
+                    ""
+                },
+            }
+            .into())
+        }
+        placed => placed?,
+    };
     let initrd_range = match initrd {
         Some(data) => {
             let start = place_initrd(memory, data, kernel_end, memory.size(), "")?;
@@ -777,7 +827,11 @@ pub fn boot_params(
     // Memory above 1 MiB in KiB: the 16-bit field saturates as the BIOS's did.
     let above_1m_kib = memory_size.saturating_sub(pc::HIGH_MEMORY) >> 10;
     put_u16(&mut params, z::EXT_MEM_K, above_1m_kib.min(0xfc00) as u16);
-    put_u32(&mut params, z::ALT_MEM_K, above_1m_kib.min(u64::from(u32::MAX)) as u32);
+    put_u32(
+        &mut params,
+        z::ALT_MEM_K,
+        above_1m_kib.min(u64::from(u32::MAX)) as u32,
+    );
     // The 80x25 colour text screen of pc::TEXT_SCREEN, as the setup code
     // would have found it (mode 3, cursor at the top left, a VGA).
     params[z::ORIG_VIDEO_MODE] = 3;

@@ -114,7 +114,7 @@ pub enum BootError {
     #[error("multiboot address fields are inconsistent: {0}")]
     BadAddresses(String),
     /// The image does not fit in guest memory.
-    #[error("the image needs memory up to {end:#x} but the guest has only {memory_size:#x} bytes (use --mem)")]
+    #[error("the image needs memory up to {end:#x} but the guest has only {memory_size:#x} bytes (use --mem {}M or more)", .end.div_ceil(1 << 20))]
     DoesNotFit {
         /// First byte past the image.
         end: u64,
@@ -631,7 +631,9 @@ fn linux_image(kernel: &[u8], protocol: Protocol) -> Result<Option<linux::LinuxI
             linux::identify(kernel)?.ok_or(linux::LinuxError::NotLinux)?,
         )),
         Protocol::Auto => {
-            if find_header(kernel).is_ok() || multiboot2::find_header(kernel).is_ok_and(|found| found.is_some()) {
+            if find_header(kernel).is_ok()
+                || multiboot2::find_header(kernel).is_ok_and(|found| found.is_some())
+            {
                 return Ok(None);
             }
             Ok(linux::identify(kernel)?)

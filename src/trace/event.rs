@@ -144,6 +144,59 @@ pub enum Event {
     },
 }
 
+/// One line per event, as `lore-dbg info --events` lists a log: the exit it
+/// belongs to, its kind, and its values in hexadecimal.
+impl std::fmt::Display for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {}: {}", self.exit(), self.kind())?;
+        match self {
+            Self::PioIn {
+                port, len, value, ..
+            } => write!(f, " port {port:#x} len {len} value {value:#x}"),
+            Self::MmioRead {
+                address,
+                len,
+                value,
+                ..
+            } => write!(f, " address {address:#x} len {len} value {value:#x}"),
+            Self::MsrRead {
+                index,
+                value: Some(value),
+                ..
+            } => write!(f, " msr {index:#x} value {value:#x}"),
+            Self::MsrRead {
+                index, value: None, ..
+            } => write!(f, " msr {index:#x} #GP"),
+            Self::TscRead { value, .. } => write!(f, " value {value:#x}"),
+            Self::Interrupt { at, vector } => {
+                write!(f, " vector {vector:#x}")?;
+                if let Position::Async { landmark, .. } = at {
+                    write!(f, " at rip {:#x}", landmark.rip)?;
+                    if let Some(ticks) = landmark.ticks {
+                        write!(f, " after {ticks} ticks")?;
+                    }
+                }
+                Ok(())
+            }
+            Self::RegisterCheck { regs, .. } => {
+                write!(f, " rip {:#x} rflags {:#x}", regs[16], regs[17])
+            }
+            Self::Snapshot {
+                index, guest_ns, ..
+            } => write!(f, " {index} at guest time {guest_ns} ns"),
+            Self::End {
+                status, stopped, ..
+            } => {
+                write!(f, " status {status}")?;
+                if *stopped {
+                    write!(f, " (stopped by the user)")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 /// When the recorder delivered interrupts, relative to when they were due: what
 /// its delivery policy cost the guest (`lore-dbg info`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

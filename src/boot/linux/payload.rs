@@ -114,9 +114,8 @@ pub enum PayloadError {
 /// Decompresses a bzImage payload (as the setup header delimits it: the
 /// compressed stream, then the uncompressed size as a `u32`).
 pub fn decompress(payload: &[u8]) -> Result<(Compression, Vec<u8>), PayloadError> {
-    let format = Compression::detect(payload).ok_or_else(|| {
-        PayloadError::UnknownFormat(payload.iter().take(8).copied().collect())
-    })?;
+    let format = Compression::detect(payload)
+        .ok_or_else(|| PayloadError::UnknownFormat(payload.iter().take(8).copied().collect()))?;
     let corrupt = |source| PayloadError::Corrupt { format, source };
     // The size the build appended, as a hint for the buffer (bounded).
     let hint = payload
@@ -139,11 +138,8 @@ pub fn decompress(payload: &[u8]) -> Result<(Compression, Vec<u8>), PayloadError
             // appended size after it is not a second stream.
             let stream = liblzma::stream::Stream::new_stream_decoder(u64::MAX, 0)
                 .map_err(|error| corrupt(error.into()))?;
-            read_bounded(
-                liblzma::read::XzDecoder::new_stream(payload, stream),
-                hint,
-            )
-            .map_err(corrupt)?
+            read_bounded(liblzma::read::XzDecoder::new_stream(payload, stream), hint)
+                .map_err(corrupt)?
         }
         Compression::Zstd => {
             let decoder = zstd::stream::read::Decoder::with_buffer(payload)
@@ -163,9 +159,7 @@ pub fn decompress(payload: &[u8]) -> Result<(Compression, Vec<u8>), PayloadError
 /// [`MAX_DECOMPRESSED`] (which the caller refuses).
 fn read_bounded(reader: impl Read, hint: usize) -> std::io::Result<Vec<u8>> {
     let mut out = Vec::with_capacity(hint);
-    reader
-        .take(MAX_DECOMPRESSED + 1)
-        .read_to_end(&mut out)?;
+    reader.take(MAX_DECOMPRESSED + 1).read_to_end(&mut out)?;
     Ok(out)
 }
 
@@ -222,9 +216,11 @@ pub fn compress(format: Compression, data: &[u8]) -> Option<Vec<u8>> {
             filters.x86();
             let options = liblzma::stream::LzmaOptions::new_preset(6).ok()?;
             filters.lzma2(&options);
-            let stream =
-                liblzma::stream::Stream::new_stream_encoder(&filters, liblzma::stream::Check::Crc32)
-                    .ok()?;
+            let stream = liblzma::stream::Stream::new_stream_encoder(
+                &filters,
+                liblzma::stream::Check::Crc32,
+            )
+            .ok()?;
             let mut encoder = liblzma::write::XzEncoder::new_stream(Vec::new(), stream);
             encoder.write_all(data).ok()?;
             encoder.finish().ok()?
@@ -335,7 +331,10 @@ mod tests {
             for len in (0..payload.len()).step_by(7) {
                 if let Ok((_, decoded)) = decompress(&payload[..len]) {
                     // A cut that keeps the whole stream loses only the size.
-                    assert!(format == Compression::None || decoded == data, "{format:?} {len}");
+                    assert!(
+                        format == Compression::None || decoded == data,
+                        "{format:?} {len}"
+                    );
                 }
             }
             let mut flipped = payload.clone();

@@ -74,13 +74,19 @@ fn check_pvh_boot(memory: &GuestMemory, state: &EntryState) {
     assert_eq!(read_u32(memory, info + 4), 1, "version");
     assert_eq!(read_u32(memory, info + 12), 1, "nr_modules");
     assert_eq!(read_u64(memory, info + 32), 0, "rsdp_paddr");
-    assert_eq!(c_string(memory, read_u64(memory, info + 24)), "console=ttyS0");
+    assert_eq!(
+        c_string(memory, read_u64(memory, info + 24)),
+        "console=ttyS0"
+    );
     let module = read_u64(memory, info + 16);
     let (start, size) = (read_u64(memory, module), read_u64(memory, module + 8));
     assert_eq!(size, 5000);
     assert_eq!(start % 4096, 0, "page aligned");
     assert!(start >= LOAD + 300 + 0x4000, "above the kernel's bss");
-    assert!(start + size <= 32 * MIB && start + size > 32 * MIB - 4096, "high");
+    assert!(
+        start + size <= 32 * MIB && start + size > 32 * MIB - 4096,
+        "high"
+    );
     assert_eq!(read(memory, start, 5000), initrd(5000)[0].data);
     assert_eq!(state.image_end, start + size);
     let map = read_u64(memory, info + 40);
@@ -103,7 +109,10 @@ fn check_pvh_boot(memory: &GuestMemory, state: &EntryState) {
 #[test]
 fn a_pvh_vmlinux_boots_by_pvh() {
     let image = pvh_vmlinux();
-    assert_eq!(identify(&image).unwrap(), Some(LinuxImage::PvhVmlinux((LOAD + 0x10) as u32)));
+    assert_eq!(
+        identify(&image).unwrap(),
+        Some(LinuxImage::PvhVmlinux((LOAD + 0x10) as u32))
+    );
     let mut memory = GuestMemory::new(32 * MIB).unwrap();
     let modules = initrd(5000);
     let state = load_boot(&mut memory, &boot(&image, "console=ttyS0", &modules)).unwrap();
@@ -146,7 +155,10 @@ fn setup_header_fields() {
     assert_eq!(header.version, 0x020f);
     assert_eq!(header.code32_start, 0x10_0000);
     assert_eq!(header.cmdline_size, 2047);
-    assert_eq!((header.pref_address, header.init_size), (0x100_0000, 0x30_0000));
+    assert_eq!(
+        (header.pref_address, header.init_size),
+        (0x100_0000, 0x30_0000)
+    );
     assert!(header.relocatable);
     assert_eq!(header.header, 0x1f1..0x26c);
     assert_eq!(
@@ -173,7 +185,10 @@ fn old_protocols_zimages_and_cut_headers_are_refused() {
     ));
     let mut image = synthetic::bzimage(&BzImageSpec::new(&protected_mode));
     image[0x211] = 0;
-    assert!(matches!(parse_setup_header(&image), Err(LinuxError::NotBzImage)));
+    assert!(matches!(
+        parse_setup_header(&image),
+        Err(LinuxError::NotBzImage)
+    ));
     let image = synthetic::bzimage(&BzImageSpec::new(&protected_mode));
     assert!(matches!(
         parse_setup_header(&image[..0x300]),
@@ -220,9 +235,16 @@ fn the_32bit_protocol_fills_the_zero_page() {
     assert_eq!(size, 10_000);
     assert_eq!(ramdisk % 4096, 0);
     assert!(u64::from(ramdisk + size) <= 64 * MIB);
-    assert!(u64::from(ramdisk) >= 0x10_0000 + 2 * 700, "clear of init_size");
+    assert!(
+        u64::from(ramdisk) >= 0x10_0000 + 2 * 700,
+        "clear of init_size"
+    );
     assert_eq!(read(&memory, u64::from(ramdisk), 10_000), modules[0].data);
-    assert_eq!(read(&memory, z(0x2), 2), (63 * 1024u16).to_le_bytes(), "ext_mem_k");
+    assert_eq!(
+        read(&memory, z(0x2), 2),
+        (63 * 1024u16).to_le_bytes(),
+        "ext_mem_k"
+    );
     assert_eq!(read_u32(&memory, z(0x1e0)), 63 * 1024, "alt_mem_k");
     let regions = pc::memory_regions(64 * MIB);
     assert_eq!(read(&memory, z(0x1e8), 1), [regions.len() as u8]);
@@ -261,7 +283,10 @@ fn a_relocatable_kernel_reserves_its_decompression_area() {
     let mut memory = GuestMemory::new(40 * MIB).unwrap();
     let error = load_boot(&mut memory, &boot(&image, "", &[])).unwrap_err();
     assert!(
-        matches!(error, BootError::Linux(LinuxError::DecompressorDoesNotFit { needed_mib: 48, .. })),
+        matches!(
+            error,
+            BootError::Linux(LinuxError::DecompressorDoesNotFit { needed_mib: 48, .. })
+        ),
         "{error}"
     );
     assert!(error.to_string().contains("--mem 48M"), "{error}");
@@ -296,9 +321,15 @@ fn a_vmlinux_without_pvh_note_is_refused_with_advice() {
     let image = synthetic::vmlinux(&code(), LOAD, 0, None);
     let mut memory = GuestMemory::new(32 * MIB).unwrap();
     let error = load_boot(&mut memory, &boot(&image, "", &[])).unwrap_err();
-    assert!(matches!(error, BootError::Linux(LinuxError::NoPvhNote)), "{error}");
+    assert!(
+        matches!(error, BootError::Linux(LinuxError::NoPvhNote)),
+        "{error}"
+    );
     let text = error.to_string();
-    assert!(text.contains("bzImage") && text.contains("CONFIG_PVH"), "{text}");
+    assert!(
+        text.contains("bzImage") && text.contains("CONFIG_PVH"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -336,7 +367,10 @@ fn a_recorded_protocol_is_followed() {
     let mut memory = GuestMemory::new(32 * MIB).unwrap();
     let mut forced = boot(&image, "", &[]);
     forced.protocol = Protocol::Linux32;
-    assert_eq!(load_boot(&mut memory, &forced).unwrap().protocol, Protocol::Linux32);
+    assert_eq!(
+        load_boot(&mut memory, &forced).unwrap().protocol,
+        Protocol::Linux32
+    );
     let plain = boot32_image(&[0x90; 64]);
     let mut forced = boot(&plain, "", &[]);
     forced.protocol = Protocol::LinuxPvh;
@@ -372,7 +406,10 @@ fn one_initrd_and_bounded_command_lines() {
     let line = "y".repeat(2048);
     assert!(matches!(
         load_boot(&mut memory, &boot(&image, &line, &[])),
-        Err(BootError::Linux(LinuxError::CommandLineTooLong { len: 2048, max: 2047 }))
+        Err(BootError::Linux(LinuxError::CommandLineTooLong {
+            len: 2048,
+            max: 2047
+        }))
     ));
 }
 
