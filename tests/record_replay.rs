@@ -323,6 +323,13 @@ fn every_corpus_guest_replays_bit_for_bit() {
             status: 1,
             expect: "handler ran 1 time(s)",
         },
+        Case {
+            tag: "board-fwait",
+            guest: "board",
+            args: vec!["--cmdline".into(), "test=fwait".into()],
+            status: 1,
+            expect: "fwait: done",
+        },
         // A reset and a power-off end the recording, and the replay, with 0.
         Case {
             tag: "board-reboot",

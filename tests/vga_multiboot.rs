@@ -292,12 +292,12 @@ fn vga_text_draws_the_screen_above_the_serial_output_in_a_terminal() {
     assert!(below.contains(&"all checks passed"), "serial below: {pane}");
 }
 
-/// A flat multiboot image that reads port 0x64 (no device) and writes 0x20 to
+/// A flat multiboot image that reads port 0x92 (no device) and writes 0x20 to
 /// 0xfee000b0 (the absent local APIC), then exits with status 1.
 fn stray_image(dir: &Path) -> PathBuf {
     let code = [
-        0xe4, 0x64, // in al, 0x64
-        0xe4, 0x64, // in al, 0x64
+        0xe4, 0x92, // in al, 0x92
+        0xe4, 0x92, // in al, 0x92
         0xb8, 0x20, 0, 0, 0, // mov eax, 0x20
         0xa3, 0xb0, 0x00, 0xe0, 0xfe, // mov [0xfee000b0], eax
         0xb0, 0x00, // mov al, 0
@@ -320,7 +320,7 @@ fn going_astray_is_reported_and_strict_stops_there() {
     assert_eq!(relaxed.code(), 1, "{relaxed:#?}");
     let said: Vec<&str> = relaxed.stderr.lines().collect();
     assert!(
-        said[0].contains("reads port 0x64 (the i8042 keyboard controller)"),
+        said[0].contains("reads port 0x92 (system control port A (A20, reset))"),
         "{relaxed:#?}"
     );
     assert!(
@@ -329,14 +329,14 @@ fn going_astray_is_reported_and_strict_stops_there() {
     );
     assert_eq!(
         said.iter()
-            .filter(|line| line.contains("port 0x64"))
+            .filter(|line| line.contains("port 0x92"))
             .count(),
         1,
         "one line per region: {relaxed:#?}"
     );
     assert!(relaxed
         .stderr
-        .contains("port 0x0064 (the i8042 keyboard controller): 2 reads, 0 writes"));
+        .contains("port 0x0092 (system control port A (A20, reset)): 2 reads, 0 writes"));
     assert!(relaxed.stderr.contains("0 reads, 1 writes"), "{relaxed:#?}");
 
     let strict = run(&["run", image, "--strict"]);
@@ -344,7 +344,7 @@ fn going_astray_is_reported_and_strict_stops_there() {
     assert!(
         strict
             .stderr
-            .contains("the guest went astray: the guest reads port 0x64"),
+            .contains("the guest went astray: the guest reads port 0x92"),
         "{strict:#?}"
     );
     assert!(strict.stderr.contains("registers:") && strict.stderr.contains("RIP="));

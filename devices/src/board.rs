@@ -47,8 +47,9 @@ pub const POST_PORT: u16 = 0x80;
 /// IRQ line of PIT channel 0.
 pub const PIT_IRQ: u8 = 0;
 
-/// The ACPI PM1a event block (FADT `PM1a_EVT_BLK`, 4 bytes): PM1 status and
-/// enable, which read 0 (no event ever) and ignore writes.
+/// The ACPI PM1a event block (FADT `PM1a_EVT_BLK`, 4 bytes): PM1 status, which
+/// reads 0 (no event ever comes), and PM1 enable, which keeps what the guest
+/// enables (ACPICA reads back the global lock's enable bit).
 pub const PM1A_EVENT_PORT: u16 = 0x600;
 /// Bytes of the PM1a event block.
 pub const PM1A_EVENT_LEN: u8 = 4;
@@ -149,6 +150,9 @@ pub struct BoardState {
     pub vga: VgaState,
     /// The keyboard controller.
     pub i8042: I8042State,
+    /// The ACPI PM1 enable register (what the guest enabled; no event ever
+    /// comes).
+    pub pm1_enable: u16,
 }
 
 /// All devices of the machine behind one port I/O bus.
@@ -161,6 +165,7 @@ pub struct Board {
     post_code: u8,
     vga: Vga,
     i8042: I8042,
+    pm1_enable: u16,
 }
 
 impl fmt::Debug for Board {
@@ -236,6 +241,7 @@ impl Board {
             post_code: 0,
             vga: Vga::new(),
             i8042: I8042::new(),
+            pm1_enable: 0,
         }
     }
 
@@ -250,6 +256,7 @@ impl Board {
             post_code: state.post_code,
             vga: Vga::from_state(&state.vga),
             i8042: I8042::from_state(&state.i8042),
+            pm1_enable: state.pm1_enable,
         })
     }
 
@@ -263,6 +270,7 @@ impl Board {
             post_code: self.post_code,
             vga: self.vga.state(),
             i8042: self.i8042.state(),
+            pm1_enable: self.pm1_enable,
         }
     }
 
@@ -313,8 +321,15 @@ impl Board {
             Some((PortDevice::DebugExit | PortDevice::Post, _)) => 0xff,
             Some((PortDevice::Vga, offset)) => self.vga.read(offset),
             Some((PortDevice::I8042, _)) => self.i8042.read(port),
-            Some((PortDevice::AcpiPm, _)) if port == PM1A_CONTROL_PORT => SCI_ENABLE,
-            Some((PortDevice::AcpiPm, _)) => 0,
+            Some((PortDevice::AcpiPm, offset)) => match offset {
+                // PM1 status: no event ever.
+                0 | 1 => 0,
+                // PM1 enable: what the guest enabled (ACPICA reads it back).
+                2 | 3 => self.pm1_enable.to_le_bytes()[usize::from(offset - 2)],
+                // PM1 control: SCI_EN, always in ACPI mode.
+                4 => SCI_ENABLE,
+                _ => 0,
+            },
             None => {
                 tracing::debug!(port, "read of unassigned port");
                 0xff
@@ -342,6 +357,11 @@ impl Board {
                 if self.i8042.write(port, value) == I8042Write::Reset {
                     return Some(PioOutcome::Reset);
                 }
+            }
+            Some((PortDevice::AcpiPm, offset @ (2 | 3))) => {
+                let mut enable = self.pm1_enable.to_le_bytes();
+                enable[usize::from(offset - 2)] = value;
+                self.pm1_enable = u16::from_le_bytes(enable);
             }
             Some((PortDevice::AcpiPm, _)) => {
                 // The control register's high byte: SLP_EN and SLP_TYP. A word
@@ -716,6 +736,7 @@ impl BoardState {
         ] {
             w.put_u8(value);
         }
+        w.put_u16(self.pm1_enable);
         w
     }
 
@@ -764,6 +785,7 @@ impl BoardState {
                 output_port: r.u8()?,
                 pending_command: r.u8()?,
             },
+            pm1_enable: r.u16()?,
         };
         if r.remaining() != 0 {
             return Err(StateError::TrailingBytes {
@@ -866,6 +888,15 @@ mod tests {
         assert_eq!(board.pio_write(0x600, &[0, 0x80], 0), PioOutcome::Continue);
         assert_eq!(board.pio_write(0x604, &[1, 0x24], 0), PioOutcome::Continue);
         assert_eq!(board.pio_write(0x604, &[1, 0x14], 0), PioOutcome::Continue);
+        // The enable register keeps what was enabled (the global lock's GBL_EN),
+        // the status register stays clear.
+        assert_eq!(
+            board.pio_write(0x602, &[0x20, 0x01], 0),
+            PioOutcome::Continue
+        );
+        let mut enable = [0u8; 4];
+        board.pio_read(0x600, &mut enable, 0);
+        assert_eq!(enable, [0, 0, 0x20, 0x01]);
         // As ACPICA writes it: the type first, then the type with SLP_EN.
         let s5 = u16::from(SLEEP_TYPE_S5) << 10 | 1;
         assert_eq!(

@@ -7,11 +7,15 @@
  *             often the handler ran (KVM's emulator on our hosts cannot run
  *             `int3` in ring 0, and lore-dbg raises the #BP itself); status 0
  *             when the frame points just past the `int3`, exactly once
+ *   fwait     `fninit; fwait` in ring 0: KVM's emulator on our hosts cannot
+ *             run `fwait`, which lore-dbg skips where no x87 exception is pending
  *   cx16      a `cmpxchg16b` in ring 0, which KVM's emulator on our hosts
  *             cannot run: lore-dbg names it and what avoids it
  *   reboot    waits for the keyboard controller's input buffer to empty, as
  *             Linux's kb_wait() does, then pulses its reset line (0xFE to port
  *             0x64): the run ends with status 0, as qemu -no-reboot does
+ *   cpuid     prints the CPUID feature bits the guest sees (leaves 1, 7 and
+ *             0x80000001), and whether CX16, POPCNT, XSAVE and SMAP are offered
  *   poweroff  finds the ACPI RSDP by scanning the BIOS area 0xE0000-0xFFFFF as
  *             Linux does, checks every checksum on the way to the FADT, reads
  *             the sleep type of \_S5 from the DSDT's AML and writes it with
@@ -65,6 +69,18 @@ static int test_int3(void)
     kprintf("int3: at %p, #BP returned to %p (the next instruction: %p), handler ran %lu time(s)\n",
             (void *)int3_at, (void *)bp_return, (void *)after_int3, bp_hits);
     return bp_return == (uint64_t)(uintptr_t)after_int3 && bp_hits == 1 ? 0 : 10;
+}
+
+/* ------------------------------------------------------------------ */
+/* fwait                                                               */
+
+static int test_fwait(void)
+{
+    uint16_t status = 0xffff;
+    /* No x87 exception pending after fninit: fwait does nothing. */
+    __asm__ volatile("fninit\n\tfwait\n\tfnstsw %0" : "=m"(status) :: "memory");
+    kprintf("fwait: done, x87 status word 0x%x\n", status);
+    return status == 0 ? 0 : 13;
 }
 
 /* ------------------------------------------------------------------ */
@@ -226,6 +242,27 @@ static int test_poweroff(void)
     return 27;
 }
 
+/* ------------------------------------------------------------------ */
+/* cpuid                                                               */
+
+static void cpuid(uint32_t leaf, uint32_t sub, uint32_t r[4])
+{
+    __asm__ volatile("cpuid" : "=a"(r[0]), "=b"(r[1]), "=c"(r[2]), "=d"(r[3]) : "a"(leaf), "c"(sub));
+}
+
+static int test_cpuid(void)
+{
+    uint32_t l1[4], l7[4], e1[4];
+    cpuid(1, 0, l1);
+    cpuid(7, 0, l7);
+    cpuid(0x80000001, 0, e1);
+    kprintf("cpuid: leaf 1 ecx 0x%x edx 0x%x; leaf 7 ebx 0x%x ecx 0x%x; leaf 0x80000001 ecx 0x%x edx 0x%x\n",
+            l1[2], l1[3], l7[1], l7[2], e1[2], e1[3]);
+    kprintf("cpuid: cx16 %u popcnt %u xsave %u smap %u\n", (l1[2] >> 13) & 1, (l1[2] >> 23) & 1,
+            (l1[2] >> 26) & 1, (l7[1] >> 20) & 1);
+    return 0;
+}
+
 int main(uint32_t mb_magic, const struct mb_info *mbi)
 {
     (void)mbi;
@@ -233,17 +270,21 @@ int main(uint32_t mb_magic, const struct mb_info *mbi)
         return EXIT_BAD_MAGIC;
     char test[16];
     if (cmdline_get("test", test, sizeof(test)) < 0) {
-        puts("board: give test=int3|cx16|reboot|poweroff\n");
+        puts("board: give test=int3|fwait|cx16|cpuid|reboot|poweroff\n");
         return 2;
     }
     if (strcmp(test, "int3") == 0)
         return test_int3();
     if (strcmp(test, "cx16") == 0)
         return test_cx16();
+    if (strcmp(test, "fwait") == 0)
+        return test_fwait();
     if (strcmp(test, "reboot") == 0)
         return test_reboot();
     if (strcmp(test, "poweroff") == 0)
         return test_poweroff();
+    if (strcmp(test, "cpuid") == 0)
+        return test_cpuid();
     kprintf("board: no test '%s'\n", test);
     return 3;
 }

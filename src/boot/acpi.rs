@@ -46,6 +46,13 @@ pub const FACS_ADDRESS: u64 = 0xf_01c0;
 /// Where the DSDT is.
 pub const DSDT_ADDRESS: u64 = 0xf_0200;
 
+// The layout: the RSDP where the 16-byte scan of 0xE0000-0xFFFFF finds it,
+// the FACS 64-byte aligned, no table overlapping the next.
+const _: () = assert!(RSDP_ADDRESS % 16 == 0 && RSDP_ADDRESS >= 0xe_0000);
+const _: () = assert!(RSDP_ADDRESS + 36 <= XSDT_ADDRESS && XSDT_ADDRESS + 44 <= FADT_ADDRESS);
+const _: () = assert!(FADT_ADDRESS + FADT_LEN as u64 <= FACS_ADDRESS);
+const _: () = assert!(FACS_ADDRESS % 64 == 0 && FACS_ADDRESS + 64 <= DSDT_ADDRESS);
+
 /// OEM ID of every table.
 const OEM_ID: &[u8; 6] = b"LOREDB";
 /// OEM table ID of every table.
@@ -243,8 +250,6 @@ mod tests {
         assert_eq!(rsdp[15], 2);
         assert_eq!(u32_at(&rsdp, 20), 36);
         assert_eq!(u64_at(&rsdp, 24), XSDT_ADDRESS);
-        assert_eq!(RSDP_ADDRESS % 16, 0, "found by a 16-byte scan");
-        assert!((0xe_0000..0x10_0000).contains(&RSDP_ADDRESS));
     }
 
     #[test]
@@ -259,7 +264,6 @@ mod tests {
         assert_eq!(xsdt().len(), 44);
         let facs = facs();
         assert_eq!((&facs[..4], u32_at(&facs, 4)), (&b"FACS"[..], 64));
-        assert_eq!(FACS_ADDRESS % 64, 0);
     }
 
     #[test]
@@ -286,9 +290,6 @@ mod tests {
         assert_eq!(u64_at(&fadt, 176), 0x604);
         assert_eq!(&fadt[148..152], &[1, 32, 0, 3]);
         assert_eq!(u64_at(&fadt, 152), 0x600);
-        // Ends inside the BIOS area, clear of the FACS and the DSDT.
-        assert!(FADT_ADDRESS + FADT_LEN as u64 <= FACS_ADDRESS);
-        assert!(FACS_ADDRESS + 64 <= DSDT_ADDRESS);
     }
 
     #[test]
@@ -306,7 +307,7 @@ mod tests {
     #[test]
     fn the_tables_land_in_memory_below_the_real_mode_stubs() {
         let mut memory = GuestMemory::new(2 << 20).unwrap();
-        assert_eq!(write_tables(&mut memory), Ok(RSDP_ADDRESS));
+        assert_eq!(write_tables(&mut memory).unwrap(), RSDP_ADDRESS);
         let mut signature = [0u8; 8];
         memory.read(RSDP_ADDRESS, &mut signature).unwrap();
         assert_eq!(&signature, b"RSD PTR ");

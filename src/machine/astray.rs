@@ -265,7 +265,6 @@ mod tests {
     fn counts_unanswered_ports_and_memory_by_region() {
         let board = board();
         let mut astray = Astray::new(AstrayPolicy::Count, 16 << 20);
-        let data = [0u8; 1];
         for _ in 0..3 {
             assert!(astray.note_port_read(0x2f8, &board).is_none());
         }
@@ -286,7 +285,6 @@ mod tests {
     fn strict_fails_at_the_first_access() {
         let board = board();
         let mut astray = Astray::new(AstrayPolicy::Strict, 16 << 20);
-        let data = [0u8; 1];
         assert!(astray.note_port_read(0x40, &board).is_none());
         let failure = astray.note_port_write(0x2f8, &board);
         let Some(GuestFailure::Astray(text)) = failure else {

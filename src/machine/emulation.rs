@@ -11,6 +11,8 @@
 //!   stacks, hint NOPs), which a CPU without the feature runs as a NOP: `rip`
 //!   moves past it;
 //! * `int3`: the VMM raises the #BP the CPU would (`Machine::enter` injects it);
+//! * `fwait` (`wait`): with no unmasked x87 exception pending (FSW.ES clear) it
+//!   does nothing, so `rip` moves past it (`Machine::enter` reads the FSW);
 //! * anything else ends the run with an [`EmulationFailure`] that names the
 //!   instruction, its address and ring, and what avoids it: the CPUID flag that
 //!   `--cpu baseline` hides (the guest used the instruction because CPUID
@@ -129,6 +131,13 @@ pub enum Decision {
         /// The address after the `int3`.
         next_rip: u64,
     },
+    /// `fwait`: move `rip` here unless an x87 exception is pending.
+    FpuWait {
+        /// The address after the `fwait`.
+        next_rip: u64,
+        /// What to say if an exception is pending.
+        otherwise: EmulationFailure,
+    },
     /// The run cannot go on.
     Fail(EmulationFailure),
 }
@@ -151,6 +160,19 @@ pub fn decide(
             if found.instruction.code() == Code::Int3 {
                 return Decision::Breakpoint {
                     next_rip: found.instruction.next_ip(),
+                };
+            }
+            if found.instruction.code() == Code::Wait {
+                return Decision::FpuWait {
+                    next_rip: found.instruction.next_ip(),
+                    otherwise: EmulationFailure {
+                        rip,
+                        ring,
+                        suberror,
+                        text: found.text(),
+                        bytes: found.hex(),
+                        advice: Advice::Lab,
+                    },
                 };
             }
         }
@@ -238,13 +260,15 @@ const ABM: FeatureBit = FeatureBit::new("ABM (LZCNT)", 0x8000_0001, 2, 5);
 fn feature_of(instruction: &Instruction) -> Option<(FeatureBit, Option<&'static str>)> {
     use Mnemonic::*;
     let feature = match instruction.mnemonic() {
-        Cmpxchg16b => (CX16, None),
-        Popcnt => (POPCNT, None),
+        // `clearcpuid=N` takes Linux's X86_FEATURE_* bit numbers: word 4 is
+        // CPUID leaf 1 ECX, word 9 leaf 7 EBX.
+        Cmpxchg16b => (CX16, Some("clearcpuid=141")),
+        Popcnt => (POPCNT, Some("clearcpuid=151")),
         Xsave | Xsave64 | Xsaveopt | Xsaveopt64 | Xsavec | Xsavec64 | Xsaves | Xsaves64
         | Xrstor | Xrstor64 | Xrstors | Xrstors64 | Xgetbv | Xsetbv => (XSAVE, Some("noxsave")),
-        Clac | Stac => (SMAP, Some("clearcpuid=smap")),
+        Clac | Stac => (SMAP, Some("clearcpuid=308")),
         Rdfsbase | Rdgsbase | Wrfsbase | Wrgsbase => (FSGSBASE, Some("nofsgsbase")),
-        Invpcid => (INVPCID, Some("noinvpcid")),
+        Invpcid => (INVPCID, Some("clearcpuid=298")),
         Lzcnt => (ABM, None),
         Tzcnt | Andn | Bextr | Blsi | Blsmsk | Blsr => (BMI1, None),
         Bzhi | Mulx | Pdep | Pext | Rorx | Sarx | Shlx | Shrx => (BMI2, None),
@@ -277,11 +301,14 @@ pub enum Advice {
         /// A Linux command-line option that avoids it.
         kernel_option: Option<&'static str>,
     },
-    /// The guest runs the instruction although its CPUID does not offer the
-    /// feature.
+    /// The guest runs the instruction although the CPUID table lore-dbg gives
+    /// it does not offer the feature (it does not ask, or this host's KVM shows
+    /// the host's bit anyway).
     NotOffered {
         /// The feature's name.
         feature: &'static str,
+        /// A Linux command-line option that avoids it.
+        kernel_option: Option<&'static str>,
     },
     /// Nothing avoids it on this host.
     #[default]
@@ -294,8 +321,9 @@ fn advice(instruction: &Instruction, cpuid: &CpuidTable) -> Advice {
             feature: feature.name,
             kernel_option,
         },
-        Some((feature, _)) => Advice::NotOffered {
+        Some((feature, kernel_option)) => Advice::NotOffered {
             feature: feature.name,
+            kernel_option,
         },
         None => Advice::Lab,
     }
@@ -351,13 +379,26 @@ impl fmt::Display for EmulationFailure {
                     ": this host's KVM emulates guest ring 0 and cannot emulate it; the guest uses it because its CPUID offers {feature}: --cpu baseline hides {feature}"
                 )?;
                 if let Some(option) = kernel_option {
-                    write!(f, " (for Linux, so does the kernel option `{option}`)")?;
+                    write!(
+                        f,
+                        " (for Linux, the kernel option `{option}` avoids it too, also where this host's KVM shows the guest the host's bit anyway)"
+                    )?;
                 }
                 Ok(())
             }
-            Advice::NotOffered { feature } => write!(
+            Advice::NotOffered {
+                feature,
+                kernel_option: Some(option),
+            } => write!(
                 f,
-                ": the guest runs it although its CPUID does not offer {feature}; {LAB}"
+                ": the guest runs it although the CPUID table lore-dbg gives it does not offer {feature} (where this host's KVM shows the guest the host's bit anyway, a kernel still finds it); for Linux the kernel option `{option}` avoids it; otherwise {LAB}"
+            ),
+            Advice::NotOffered {
+                feature,
+                kernel_option: None,
+            } => write!(
+                f,
+                ": the guest runs it although the CPUID table lore-dbg gives it does not offer {feature}; {LAB}"
             ),
             Advice::Lab => write!(f, ": {LAB}"),
         }
@@ -425,7 +466,14 @@ mod tests {
             1,
             &table(0),
         ));
-        assert_eq!(hidden.advice, Advice::NotOffered { feature: "CX16" });
+        assert_eq!(
+            hidden.advice,
+            Advice::NotOffered {
+                feature: "CX16",
+                kernel_option: Some("clearcpuid=141")
+            }
+        );
+        assert!(hidden.to_string().contains("`clearcpuid=141`"), "{hidden}");
         assert!(hidden.to_string().contains("-p xtask -- lab"));
     }
 
@@ -469,16 +517,23 @@ mod tests {
     }
 
     #[test]
-    fn fwait_and_unreadable_code_send_to_the_lab() {
-        let fwait = failure(decide(
-            Some(decoded(&[0x9b], 0x10)),
+    fn fwait_is_skipped_where_nothing_is_pending_and_unreadable_code_sends_to_the_lab() {
+        let Decision::FpuWait {
+            next_rip,
+            otherwise,
+        } = decide(
+            Some(decoded(&[0x9b, 0xdb, 0xe3], 0x10)),
             0x10,
             0,
             1,
             &table(u32::MAX),
-        ));
-        assert_eq!(fwait.advice, Advice::Lab);
-        assert!(fwait.to_string().contains("`wait`"), "{fwait}");
+        )
+        else {
+            panic!("fwait");
+        };
+        assert_eq!(next_rip, 0x11);
+        assert_eq!(otherwise.advice, Advice::Lab);
+        assert!(otherwise.to_string().contains("`wait`"), "{otherwise}");
         let nothing = failure(decide(None, 0xdead_0000, 3, 1, &table(0)));
         let text = nothing.to_string();
         assert!(text.contains("no code could be read there"), "{text}");

@@ -151,6 +151,9 @@ enum SyncRegs {
 
 /// The vector of #BP.
 const BREAKPOINT_VECTOR: u8 = 3;
+/// The x87 status word's error summary: an unmasked exception is pending, which
+/// `fwait` would raise.
+const X87_FSW_ERROR_SUMMARY: u16 = 1 << 7;
 
 /// Debug stops whose synced registers are compared with `KVM_GET_REGS` and
 /// `KVM_GET_SREGS` before they are trusted.
@@ -303,8 +306,8 @@ impl Machine {
 
     /// Where KVM's instruction emulator (which runs guest ring 0 on hosts like
     /// ours) gives up on an instruction, does what the CPU would where the VMM
-    /// can ([`emulation::decide`]): moves `rip` past a reserved NOP, raises #BP
-    /// for an `int3`; otherwise says which instruction failed, where, and what
+    /// can ([`emulation::decide`]): moves `rip` past a reserved NOP or an
+    /// `fwait` with nothing pending, raises #BP for an `int3`; otherwise says which instruction failed, where, and what
     /// avoids it. Each decision is a function of guest state at the exit, so a
     /// replay, which meets the same exit, decides the same.
     fn after_emulation_failure(&mut self) -> Result<Entry, VmmError> {
@@ -340,6 +343,26 @@ impl Machine {
                     "KVM could not emulate int3: #BP raised by the VMM"
                 );
                 self.raise_breakpoint(&mut regs, next_rip)?;
+            }
+            emulation::Decision::FpuWait {
+                next_rip,
+                otherwise,
+            } => {
+                let fpu = self.vm.vcpu().get_fpu().map_err(kvm_op("KVM_GET_FPU"))?;
+                if fpu.fsw & X87_FSW_ERROR_SUMMARY != 0 {
+                    return Ok(Entry::Exit(ExitOutcome::Failed(
+                        GuestFailure::InternalError(Box::new(otherwise)),
+                    )));
+                }
+                tracing::debug!(
+                    rip = format!("{:#x}", regs.rip),
+                    "KVM could not emulate fwait: nothing pending, skipped"
+                );
+                regs.rip = next_rip;
+                self.vm
+                    .vcpu()
+                    .set_regs(&regs)
+                    .map_err(kvm_op("KVM_SET_REGS"))?;
             }
             emulation::Decision::Fail(failure) => {
                 return Ok(Entry::Exit(ExitOutcome::Failed(

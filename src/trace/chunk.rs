@@ -669,10 +669,10 @@ pub(crate) mod tests {
         writer.write_chunk(5, b"abc").unwrap();
         let expected = hex(concat!(
             "4c4f524544424700",                 // magic
-            "07000000",                         // version
+            "08000000",                         // version
             "02000000",                         // file kind, reserved
             "101112131415161718191a1b1c1d1e1f", // recording id
-            "1c689517",                         // CRC-32 of the preamble
+            "d56380f4",                         // CRC-32 of the preamble
             "43484e4b",                         // chunk magic
             "05000000",                         // kind, no compression, reserved
             "00000000",                         // sequence
