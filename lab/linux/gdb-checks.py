@@ -123,7 +123,9 @@ def watch_jiffies(command, ticks):
     in the timer interrupt's path with jiffies moved the right way."""
     jiffies = jiffies_address()
     value_before = jiffies_value()
-    run("watch *(unsigned long *) %#x" % jiffies)
+    # The symbol file types data symbols by their size (`lore-dbg symbols`), so
+    # `watch jiffies` works as written.
+    run("watch jiffies")
     out = ""
     for _ in range(ticks):
         out = run(command)

@@ -10,7 +10,7 @@
 //! 3. The lab boots (patched KVM, or `--stock`) with `nokaslr` and runs
 //!    `lab/linux/inside.sh`: lore-dbg `run`, `record`, three `replay`s, timed, then
 //!    `replay --gdb` on the forwarded port; meanwhile a thread here turns the lab's
-//!    `/proc/kallsyms` into a symbol file ([`crate::ksyms`]) and runs gdb with
+//!    `/proc/kallsyms` into a symbol file (`lore-dbg symbols`) and runs gdb with
 //!    `lab/linux/gdb-checks.py` against it.
 //! 4. What came back is judged and summed up in one line:
 //!    `linux-lab: boot=<s> record/run=<x> replay/record=<x> replays-identical=<k>/3
@@ -31,7 +31,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::bench::{target_dir, workspace_root};
-use crate::ksyms;
 use crate::lab::{self, Cpio, KernelFiles};
 
 /// The inner guest's memory: Debian's kernel wants more than lore-dbg's default.
@@ -140,8 +139,9 @@ pub fn run(mut options: lab::Options) -> Result<ExitCode> {
         let share = share.clone();
         let linux_dir = linux_dir.clone();
         let script = root.join("lab").join("linux").join("gdb-checks.py");
+        let lore = target.join("release").join("lore-dbg");
         let stop = stop.clone();
-        std::thread::spawn(move || gdb_checks(&share, &linux_dir, &script, port, &stop))
+        std::thread::spawn(move || gdb_checks(&lore, &share, &linux_dir, &script, port, &stop))
     });
 
     options.share = Some(share.clone());
@@ -304,6 +304,7 @@ fn parse_gdb_summary(transcript: &str) -> Option<(usize, usize, Vec<String>)> {
 
 /// Waits for the lab to serve the trace, makes the symbol file, runs the checks.
 fn gdb_checks(
+    lore: &Path,
     share: &Path,
     linux_dir: &Path,
     script: &Path,
@@ -320,14 +321,19 @@ fn gdb_checks(
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    let kallsyms = fs::read_to_string(share.join("kallsyms")).context("the lab's kallsyms")?;
-    let symbols = ksyms::parse_kallsyms(&kallsyms);
-    if symbols.is_empty() {
-        bail!("the lab's /proc/kallsyms lists no kernel addresses (kptr_restrict?)");
-    }
-    let elf = ksyms::elf_from_kallsyms(&symbols).context("too many symbol runs for ELF")?;
     let symbol_file = linux_dir.join("vmlinux-kallsyms.elf");
-    fs::write(&symbol_file, elf)?;
+    let output = Command::new(lore)
+        .args(["symbols", "-o"])
+        .arg(&symbol_file)
+        .arg(share.join("kallsyms"))
+        .output()
+        .context("cannot run lore-dbg symbols")?;
+    if !output.status.success() {
+        bail!(
+            "lore-dbg symbols on the lab's kallsyms failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
     let transcript_path = share.join("gdb.out");
     let started = Instant::now();
     loop {

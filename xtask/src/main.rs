@@ -15,7 +15,7 @@
 //! COMMAND…` runs COMMAND in the lab, a QEMU VM with Debian's kernel and our own
 //! (patched, or stock) KVM ([`lab`]; `kmod-patch/README.md`); `lab --linux` boots
 //! that kernel under lore-dbg inside it, records, replays and debugs it, next to
-//! QEMU TCG on this host ([`linux`], symbols for gdb from [`ksyms`]).
+//! QEMU TCG on this host ([`linux`]).
 //!
 //! Modules: [`exec`] times whole processes, [`tools`] holds the corpus and the
 //! exact command lines, [`revdbg`] drives gdb for the reverse-debugging figures,
@@ -25,7 +25,6 @@
 mod bench;
 mod exec;
 mod host;
-mod ksyms;
 mod lab;
 mod linux;
 mod report;
