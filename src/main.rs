@@ -620,13 +620,35 @@ fn guest_symbols(
     dir: &std::path::Path,
     symbols: Option<&std::path::Path>,
 ) -> Result<lore_dbg::writes::GuestSymbols, lore_dbg::writes::WritesError> {
+    let image = dir.join(lore_dbg::trace::layout::IMAGE_FILE);
     match symbols {
         Some(path) => lore_dbg::writes::GuestSymbols::open_any(path),
+        // A Linux bzImage is no ELF file: addresses still work, names need --symbols.
+        None if !looks_like_elf_file(&image) => {
+            tracing::info!(
+                "the recorded image is not an ELF file: no symbol names without --symbols"
+            );
+            Ok(lore_dbg::writes::GuestSymbols::empty())
+        }
+        None => lore_dbg::writes::GuestSymbols::open(&image),
+    }
+}
+
+/// What gdb is started on for `dir`'s trace: the user's symbols, else the
+/// recorded image if gdb can read it (a bzImage it cannot: gdb then starts
+/// without a file and takes the architecture from the stub).
+fn file_for_gdb(dir: &std::path::Path, symbols: Option<&std::path::Path>) -> Option<PathBuf> {
+    match symbols {
+        Some(path) => Some(path.to_path_buf()),
         None => {
-            lore_dbg::writes::GuestSymbols::open(&dir.join(lore_dbg::trace::layout::IMAGE_FILE))
+            let image = dir.join(lore_dbg::trace::layout::IMAGE_FILE);
+            looks_like_elf_file(&image).then_some(image)
         }
     }
 }
+
+/// Said when the recorded image gives gdb no symbols.
+const NO_SYMBOLS_HINT: &str = "the recorded image is not an ELF file gdb can read (a Linux bzImage): gdb gets no symbols; give --symbols with a vmlinux that has debug information, or the kernel's System.map or /proc/kallsyms";
 
 fn gdb_session(
     dir: &std::path::Path,
@@ -661,20 +683,18 @@ fn serve_gdb(
     let listener = std::net::TcpListener::bind(address)
         .with_context(|| format!("cannot listen for gdb on {address}"))?;
     let local = listener.local_addr().context("listening address")?;
-    eprintln!(
-        "lore-dbg: waiting for gdb on {local}: gdb {} -ex 'target remote {local}'",
-        match symbols {
-            Some(path) if !looks_like_elf_file(path) => format!(
-                "SYMBOLS.elf (from `lore-dbg symbols {} -o SYMBOLS.elf`)",
-                path.display()
-            ),
-            Some(path) => path.display().to_string(),
-            None => dir
-                .join(lore_dbg::trace::layout::IMAGE_FILE)
-                .display()
-                .to_string(),
+    let gdb_file = match file_for_gdb(dir, symbols) {
+        Some(path) if !looks_like_elf_file(&path) => format!(
+            "SYMBOLS.elf (from `lore-dbg symbols {} -o SYMBOLS.elf`) ",
+            path.display()
+        ),
+        Some(path) => format!("{} ", path.display()),
+        None => {
+            eprintln!("lore-dbg: {NO_SYMBOLS_HINT}");
+            String::new()
         }
-    );
+    };
+    eprintln!("lore-dbg: waiting for gdb on {local}: gdb {gdb_file}-ex 'target remote {local}'");
     lore_stub::serve_until_killed(&listener, &mut session, |ended| match ended {
         Ok(end) => eprintln!(
             "lore-dbg: {end}; waiting for gdb on {local} (gdb's `kill` or Ctrl-C stops the server)"
@@ -714,21 +734,24 @@ fn debug(args: DebugArgs) -> Result<ExitCode> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("cannot listen for gdb")?;
     let local = listener.local_addr().context("listening address")?;
     let mut made_for_gdb = None;
-    let image = match &args.symbols {
-        Some(path) if !looks_like_elf_file(path) => {
-            let (elf, _) = lore_dbg::symbols::symbol_file(path)?;
+    let image = match file_for_gdb(&dir, args.symbols.as_deref()) {
+        Some(path) if !looks_like_elf_file(&path) => {
+            let (elf, _) = lore_dbg::symbols::symbol_file(&path)?;
             let file = TemporaryFile(
                 std::env::temp_dir().join(format!("lore-dbg-symbols-{}.elf", std::process::id())),
             );
             std::fs::write(&file.0, elf)
                 .with_context(|| format!("cannot write {}", file.0.display()))?;
-            made_for_gdb.insert(file).0.clone()
+            Some(made_for_gdb.insert(file).0.clone())
         }
-        Some(path) => path.clone(),
-        None => dir.join(lore_dbg::trace::layout::IMAGE_FILE),
+        Some(path) => Some(path),
+        None => {
+            eprintln!("lore-dbg: {NO_SYMBOLS_HINT}");
+            None
+        }
     };
     let mut gdb = std::process::Command::new(&args.gdb_binary)
-        .arg(&image)
+        .args(&image)
         .args(["-ex", &format!("target remote {local}")])
         .spawn()
         .with_context(|| format!("cannot start {} (install gdb)", args.gdb_binary.display()))?;

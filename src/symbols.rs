@@ -498,7 +498,9 @@ ffffffffc0000000 t module_fn\t[some_module]
         assert_eq!(find("__bss_start").size(), LAST_SYMBOL_SPAN);
         assert!(file.symbols().all(|s| s.name() != Ok("module_fn")));
         // Data symbols are typed for gdb: DWARF variables at their addresses.
-        let info = file.section_by_name(".debug_info").expect("DWARF for the data symbols");
+        let info = file
+            .section_by_name(".debug_info")
+            .expect("DWARF for the data symbols");
         assert!(!info.data().unwrap().is_empty());
         assert_eq!(integer_type(8), ("unsigned long", 8));
         assert_eq!(integer_type(0x1000), ("unsigned long", 8));

@@ -194,3 +194,60 @@ fn linux_images_refuse_multiboot_options_and_say_what_to_do() {
     ]);
     assert_clean_error(&finished, "use --mem 9M or more");
 }
+
+/// A bzImage is not an ELF file gdb can read: `replay --gdb` says how to get
+/// symbols, gdb runs without a file (the stub gives it the architecture), and
+/// `writes` takes addresses.
+#[test]
+fn a_bzimage_trace_serves_gdb_without_symbols_and_says_how_to_get_them() {
+    require_kvm();
+    common::require_program("gdb", "gdb");
+    let image = synthetic::wrap_vmlinux(&built("linux-pvh.elf"), Compression::Gzip).expect("gzip");
+    let (kernel, initrd) = files("gdb-bzimage", &image);
+    let trace = kernel.with_file_name("trace");
+    let recorded = lore(&[
+        "record",
+        utf8(&kernel),
+        "--initrd",
+        utf8(&initrd),
+        "-o",
+        utf8(&trace),
+    ]);
+    assert_eq!(recorded.code(), EXIT_OK, "{recorded:#?}");
+    let server = common::serve(&trace);
+    assert!(
+        server
+            .stderr()
+            .contains("gdb gets no symbols; give --symbols"),
+        "{}",
+        server.stderr()
+    );
+    let mut gdb = std::process::Command::new("gdb");
+    gdb.args(["-batch", "-nx", "-ex"])
+        .arg(format!("target remote 127.0.0.1:{}", server.port))
+        .args([
+            "-ex",
+            "stepi",
+            "-ex",
+            "p/x $pc",
+            "-ex",
+            "reverse-stepi",
+            "-ex",
+            "p/x $pc",
+        ]);
+    let session = common::run_with_timeout(gdb, b"", common::DEFAULT_TIMEOUT);
+    let pcs: Vec<&str> = session
+        .stdout
+        .lines()
+        .filter_map(|line| line.strip_prefix("$"))
+        .collect();
+    assert_eq!(pcs.len(), 2, "{session:#?}\n{}", server.stderr());
+    assert_ne!(
+        pcs[0].split('=').nth(1),
+        pcs[1].split('=').nth(1),
+        "{session:#?}"
+    );
+    drop(server);
+    let listed = lore(&["writes", utf8(&trace), "0x9000:8"]);
+    assert_eq!(listed.code(), 0, "{listed:#?}");
+}
