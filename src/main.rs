@@ -113,7 +113,9 @@ struct RecordArgs {
     /// or just after the loop the guest is in, where replay finds it with few
     /// breakpoint hits instead of one per loop iteration. Guests see it as an
     /// interrupt that arrived that much later. 0 delivers at once; `info` reports
-    /// the latency it caused.
+    /// the latency it caused. Where hardware breakpoints never fire (the lab): how
+    /// long an interrupt waits for an exit before it is delivered between exits,
+    /// which makes the trace unreplayable there (50 ms at least).
     #[arg(long, value_name = "DURATION", default_value = "50ms", value_parser = parse_duration)]
     max_delay: std::time::Duration,
 }

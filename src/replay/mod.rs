@@ -355,6 +355,9 @@ pub struct Replayer {
     /// [`Replayer::take_dirty_since_mark`]); every read of KVM's dirty log feeds it.
     dirty_since_mark: Vec<u64>,
     truncated: Option<String>,
+    /// The recording's `rdtsc`/`rdtscp` ran without exits (stock KVM): their
+    /// values are not in the log, the likely cause of a divergence.
+    tsc_unrecorded: bool,
     stats: ReplayStats,
     /// The trace's branch counter; `None` with the landmark clock.
     counter: Option<Box<dyn BranchCounter>>,
@@ -439,6 +442,7 @@ impl Replayer {
             },
             dirty_since_mark: vec![0; pages.div_ceil(64) as usize],
             truncated: input.truncated,
+            tsc_unrecorded: !input.tsc_exits,
             stats: ReplayStats::default(),
             counter,
             overflow_signal,
@@ -1456,6 +1460,13 @@ impl Replayer {
             }
         }
         details.push_str(&self.recent_events());
+        let what = if self.tsc_unrecorded {
+            format!(
+                "{what} (this trace was recorded on a KVM without KVM_CAP_X86_USER_NONDET: the guest's rdtsc/rdtscp values are not in it, so if the guest reads the TSC, as every kernel does, that is the likely cause; record with the patched KVM of kmod-patch/)"
+            )
+        } else {
+            what
+        };
         ReplayError::Divergence {
             exit: self.cursor.exits,
             what,

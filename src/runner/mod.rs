@@ -137,7 +137,9 @@ enum LastStop {
 }
 
 /// How long (guest time) an interrupt waits for an exit where breakpoints never
-/// fire before it is delivered between exits anyway.
+/// fire before it is delivered between exits anyway, at least: `--max-delay`
+/// raises it (a kernel that keeps interrupts off across many exits, printing to
+/// the serial console, or computes for long without one, needs more).
 const UNFINDABLE_WAIT_NS: u64 = 50_000_000;
 
 /// A booted machine, ready to run live.
@@ -161,6 +163,9 @@ pub struct Runner {
     /// (see [`crate::vmm::probe`]); where they never fire, interrupts that arrive
     /// between exits are delivered at the next exit.
     landmarks_findable: bool,
+    /// Where landmarks are unfindable: how long an interrupt waits for an exit
+    /// (guest nanoseconds) before it is delivered between exits anyway.
+    unfindable_wait_ns: u64,
     /// The interrupt held back now, if any.
     hold: Option<Hold>,
     /// Guest time at which the pending interrupt was first seen.
@@ -296,6 +301,7 @@ impl Runner {
             single_stepping: false,
             max_delay_ns: 0,
             landmarks_findable: true,
+            unfindable_wait_ns: UNFINDABLE_WAIT_NS,
             hold: None,
             due_since_ns: None,
             hold_record: std::collections::HashMap::new(),
@@ -361,8 +367,11 @@ impl Runner {
     /// clock, every interrupt that arrives between exits is then delivered at the
     /// next exit (a deferred injection), where replay needs no breakpoint, and no
     /// interrupt is held for a cold point (finding one takes a breakpoint too).
+    /// An interrupt waits for an exit for `max_delay` (`record_to`), 50 ms at
+    /// least.
     pub fn landmarks_unfindable(&mut self) {
         self.landmarks_findable = false;
+        self.unfindable_wait_ns = self.max_delay_ns.max(UNFINDABLE_WAIT_NS);
         self.max_delay_ns = 0;
     }
 
@@ -432,7 +441,7 @@ impl Runner {
     fn waited_in_vain_for_an_exit(&self, waited_ns: u64) -> Result<bool, RunError> {
         let only_for_breakpoints =
             !self.landmarks_findable && self.tick_clock().is_none() && self.machine.in_ring0()?;
-        Ok(only_for_breakpoints && waited_ns >= UNFINDABLE_WAIT_NS)
+        Ok(only_for_breakpoints && waited_ns >= self.unfindable_wait_ns)
     }
 
     /// Whether the next entry single-steps one instruction under the software

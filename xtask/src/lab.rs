@@ -35,29 +35,40 @@ use crate::bench::{build_lore, find_guests, target_dir, workspace_root};
 pub struct Options {
     /// Load the distribution's KVM modules instead of the patched ones.
     #[arg(long)]
-    stock: bool,
+    pub stock: bool,
     /// A host directory to mount at `/share` inside the lab (read-write).
     #[arg(long, value_name = "DIR")]
-    share: Option<PathBuf>,
+    pub share: Option<PathBuf>,
     /// Forward this TCP port of the host's loopback to the same port inside (QEMU
     /// user networking; inside, eth0 is 10.0.2.15): for `lore-dbg replay --gdb
     /// 0.0.0.0:PORT` inside and gdb outside.
     #[arg(long, value_name = "PORT")]
-    forward: Option<u16>,
+    pub forward: Option<u16>,
     /// Debian kernel release to boot, e.g. `6.1.0-57-amd64`. Default: the newest
     /// `linux-headers-6.1.0-*-amd64` in the package index.
     #[arg(long, value_name = "RELEASE")]
-    kernel: Option<String>,
+    pub kernel: Option<String>,
     /// Give up (and kill QEMU) after this many seconds.
     #[arg(long, default_value_t = 1800, value_name = "SECONDS")]
-    timeout: u64,
+    pub timeout: u64,
     /// Do not run `cargo build --release -p lore-dbg` first.
     #[arg(long)]
     no_build: bool,
+    /// Instead of a command: boot Debian's kernel under lore-dbg inside the lab
+    /// (run, record, three replays, gdb checks from this host) and under QEMU TCG
+    /// on this host, and print one summary line (`crate::linux`,
+    /// `lab/linux/`). `--share` and `--forward` default to
+    /// `target/lab/linux/share` and 47001 there.
+    #[arg(long, conflicts_with = "command")]
+    pub linux: bool,
     /// The command to run inside, as separate words (`-- lore-dbg record
     /// /guests/tsc.elf`); run by busybox `sh` in `/root`.
-    #[arg(last = true, required = true, value_name = "COMMAND")]
-    command: Vec<String>,
+    #[arg(last = true, required_unless_present = "linux", value_name = "COMMAND")]
+    pub command: Vec<String>,
+    /// Words added to the lab kernel's command line (`--linux` adds `nokaslr`,
+    /// so that its `/proc/kallsyms` holds the inner kernel's addresses).
+    #[arg(skip)]
+    pub kernel_args: Vec<String>,
 }
 
 /// The KVM modules and what they need, in the order they are loaded; the 9p
@@ -73,6 +84,9 @@ const DEBUG_EXIT_PORT: u16 = 0xf4;
 
 /// Boots the lab, runs the command, returns its status.
 pub fn run(options: Options) -> Result<ExitCode> {
+    if options.linux {
+        return crate::linux::run(options);
+    }
     let root = workspace_root();
     let target = target_dir(&root);
     let lab_dir = target.join("lab");
@@ -168,7 +182,14 @@ pub fn run(options: Options) -> Result<ExitCode> {
         .arg(&kernel.vmlinuz)
         .arg("-initrd")
         .arg(&initrd)
-        .args(["-append", "console=ttyS0 loglevel=4 panic=-1"])
+        .arg("-append")
+        .arg(
+            ["console=ttyS0", "loglevel=4", "panic=-1"]
+                .into_iter()
+                .chain(options.kernel_args.iter().map(String::as_str))
+                .collect::<Vec<_>>()
+                .join(" "),
+        )
         .arg("-serial")
         .arg(format!("file:{}", console.display()))
         .args(["-serial", "stdio"])
@@ -313,7 +334,7 @@ poweroff -f
 }
 
 /// The newest Debian 6.1 kernel release the package index has.
-fn newest_release() -> Result<String> {
+pub fn newest_release() -> Result<String> {
     let output = Command::new("apt-cache")
         .args([
             "search",
@@ -402,7 +423,7 @@ fn unpack(deb: &Path, into: &Path) -> Result<()> {
 }
 
 /// busybox-static's binary.
-fn fetch_busybox(target: &Path, lab_dir: &Path) -> Result<PathBuf> {
+pub fn fetch_busybox(target: &Path, lab_dir: &Path) -> Result<PathBuf> {
     let deb = download(target, "busybox-static")?;
     let dir = lab_dir.join("busybox");
     unpack(&deb, &dir)?;
@@ -440,8 +461,8 @@ fn patched_modules(root: &Path, target: &Path, release: &str) -> Result<PathBuf>
 
 /// The kernel and its modules, unpacked from `linux-image-RELEASE`.
 #[derive(Debug)]
-struct KernelFiles {
-    vmlinuz: PathBuf,
+pub struct KernelFiles {
+    pub vmlinuz: PathBuf,
     /// Module name (with `_` for `-`) to file.
     modules: BTreeMap<String, PathBuf>,
 }
@@ -451,7 +472,7 @@ fn module_key(name: &str) -> String {
 }
 
 impl KernelFiles {
-    fn fetch(target: &Path, lab_dir: &Path, release: &str) -> Result<Self> {
+    pub fn fetch(target: &Path, lab_dir: &Path, release: &str) -> Result<Self> {
         let deb = download(target, &format!("linux-image-{release}"))?;
         let dir = lab_dir.join(release);
         unpack(&deb, &dir)?;
@@ -565,7 +586,7 @@ fn shared_libraries(binary: &Path) -> Result<BTreeSet<PathBuf>> {
 
 /// A `newc` cpio archive, what the kernel unpacks as the initramfs.
 #[derive(Debug, Default)]
-struct Cpio {
+pub struct Cpio {
     bytes: Vec<u8>,
     inode: u32,
     dirs: HashSet<String>,
@@ -573,6 +594,11 @@ struct Cpio {
 
 impl Cpio {
     fn header(&mut self, name: &str, mode: u32, size: usize) {
+        self.header_with_device(name, mode, size, (0, 0));
+    }
+
+    /// A header; `device` is (major, minor) of a device node.
+    fn header_with_device(&mut self, name: &str, mode: u32, size: usize, device: (u32, u32)) {
         self.inode += 1;
         let fields = [
             self.inode,
@@ -584,8 +610,8 @@ impl Cpio {
             size as u32,
             0,
             0,
-            0,
-            0,
+            device.0,
+            device.1,
             name.len() as u32 + 1,
             0,
         ];
@@ -605,8 +631,17 @@ impl Cpio {
         }
     }
 
+    /// A character device node (`dev/console` for an initramfs whose `/init`
+    /// needs a console before it mounts devtmpfs).
+    pub fn char_device(&mut self, path: &str, major: u32, minor: u32) {
+        if let Some((parent, _)) = path.rsplit_once('/') {
+            self.dir(parent);
+        }
+        self.header_with_device(path, 0o020_600, 0, (major, minor));
+    }
+
     /// A directory and its parents.
-    fn dir(&mut self, path: &str) {
+    pub fn dir(&mut self, path: &str) {
         let mut prefix = String::new();
         for part in path.split('/') {
             if !prefix.is_empty() {
@@ -621,7 +656,7 @@ impl Cpio {
     }
 
     /// A regular file, its directories first.
-    fn file(&mut self, path: &str, data: &[u8], permissions: u32) {
+    pub fn file(&mut self, path: &str, data: &[u8], permissions: u32) {
         if let Some((parent, _)) = path.rsplit_once('/') {
             self.dir(parent);
         }
@@ -630,7 +665,7 @@ impl Cpio {
         self.pad();
     }
 
-    fn finish(mut self) -> Vec<u8> {
+    pub fn finish(mut self) -> Vec<u8> {
         self.header("TRAILER!!!", 0, 0);
         self.bytes
     }

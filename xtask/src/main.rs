@@ -13,7 +13,9 @@
 //!
 //! `cargo run --release -p xtask -- lab [--stock] [--share DIR] [--forward PORT] --
 //! COMMAND…` runs COMMAND in the lab, a QEMU VM with Debian's kernel and our own
-//! (patched, or stock) KVM ([`lab`]; `kmod-patch/README.md`).
+//! (patched, or stock) KVM ([`lab`]; `kmod-patch/README.md`); `lab --linux` boots
+//! that kernel under lore-dbg inside it, records, replays and debugs it, next to
+//! QEMU TCG on this host ([`linux`]).
 //!
 //! Modules: [`exec`] times whole processes, [`tools`] holds the corpus and the
 //! exact command lines, [`revdbg`] drives gdb for the reverse-debugging figures,
@@ -24,6 +26,7 @@ mod bench;
 mod exec;
 mod host;
 mod lab;
+mod linux;
 mod report;
 mod revbench;
 mod revdbg;
