@@ -31,6 +31,12 @@ fn cache() -> PathBuf {
 /// Downloads Debian package `package` (once) and extracts it; returns the
 /// directory it was extracted into.
 fn debian_package(package: &str) -> PathBuf {
+    // Tests run in parallel and two may want one package: one downloads, the
+    // other waits (a poisoned lock only means another test failed).
+    static DOWNLOADS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = DOWNLOADS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     require_program("dpkg-deb", "dpkg");
     let dir = cache().join(package);
     let extracted = dir.join("extracted");
