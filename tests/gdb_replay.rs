@@ -1178,3 +1178,52 @@ fn a_system_map_gives_gdb_functions_and_variables_by_name() {
     assert_eq!(refused.code(), 2, "{refused:#?}");
     assert!(refused.stderr.contains("kptr_restrict"), "{refused:#?}");
 }
+
+/// Where debug registers never stop a guest (the lab), a breakpoint's page is
+/// trapped instead; forced here with `LORE_BREAKPOINTS=traps`, gdb sees the same
+/// stops forwards and backwards as with the debug registers, an instruction that
+/// exits (`out`) on the trapped page included.
+#[test]
+fn breakpoints_by_page_traps_stop_where_debug_registers_do() {
+    require_tools();
+    let dir = record_trace("canary", "gdb-page-breakpoints");
+    let commands = [
+        "break fill_round",   // 0
+        "continue",           // 1
+        "p round_no",         // 2
+        "continue",           // 3
+        "p round_no",         // 4
+        "reverse-continue",   // 5
+        "p round_no",         // 6
+        "break serial_putc",  // 7: its `out` runs on the trapped page
+        "continue",           // 8
+        "info symbol $pc",    // 9
+        "stepi 3",            // 10
+        "reverse-stepi 3",    // 11
+        "info registers rip", // 12
+    ];
+    let by_registers = {
+        let server = common::serve_with_env(&dir, &[("LORE_BREAKPOINTS", "registers")]);
+        gdb(&dir, &server, &commands)
+    };
+    let server = common::serve_with_env(&dir, &[("LORE_BREAKPOINTS", "traps")]);
+    let by_traps = gdb(&dir, &server, &commands);
+    by_traps.expect(1, "Breakpoint 1, fill_round");
+    by_traps.expect(2, "= 0");
+    by_traps.expect(4, "= 1");
+    by_traps.expect(6, "= 0");
+    by_traps.expect(9, "serial_putc");
+    assert_eq!(by_traps.outputs.len(), by_registers.outputs.len());
+    for (index, (traps, registers)) in by_traps
+        .outputs
+        .iter()
+        .zip(&by_registers.outputs)
+        .enumerate()
+    {
+        assert_eq!(
+            traps, registers,
+            "output {index} (0: connecting): page traps and debug registers differ\n{}\n{}",
+            by_traps.transcript, by_registers.transcript
+        );
+    }
+}

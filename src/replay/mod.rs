@@ -487,6 +487,38 @@ impl Replayer {
         Ok(true)
     }
 
+    /// Traps the pages holding `breakpoints` (guest-virtual addresses,
+    /// translated through the current page tables) with every access exiting,
+    /// besides the watches' pages, and untraps pages no longer wanted; returns
+    /// whether any breakpoint page is trapped. A fetch from such a page cannot
+    /// be emulated, so the guest stops at every instruction there
+    /// ([`Replayer::resume`] stops at a breakpoint, runs any other instruction
+    /// untrapped). A breakpoint whose address does not translate now (paging
+    /// off, not mapped) cannot stop the guest and is said once.
+    fn trap_code_pages(&mut self, breakpoints: &[u64]) -> Result<bool, ReplayError> {
+        let mut traps = watch::trap_set(self.watches.watches());
+        let mut trapped = false;
+        if !breakpoints.is_empty() {
+            let (_, sregs) = self.vcpu_registers()?;
+            for &address in breakpoints {
+                match crate::vmm::paging::translate(self.machine.vm().memory(), &sregs, address) {
+                    Some(physical) => {
+                        traps.insert(physical / crate::PAGE_SIZE, crate::vmm::traps::TrapMode::Accesses);
+                        trapped = true;
+                    }
+                    None => tracing::warn!(
+                        address = format_args!("{address:#x}"),
+                        "a breakpoint's address is not mapped here: it cannot stop the guest on this host"
+                    ),
+                }
+            }
+        }
+        if *self.machine.vm().memory_map().traps() != traps {
+            self.machine.vm_mut().set_traps(&traps)?;
+        }
+        Ok(trapped)
+    }
+
     /// The watch hit the last run or step reported, with its bytes before and
     /// after the instruction.
     pub fn take_watch_hit(&mut self) -> Option<WatchHit> {
@@ -932,6 +964,22 @@ impl Replayer {
         interrupted: &mut dyn FnMut() -> bool,
     ) -> Result<EngineStop, ReplayError> {
         let stops = &stops[..stops.len().min(USER_HW_SLOTS)];
+        // Where debug registers never stop a guest (the lab), execution
+        // breakpoints become traps on the pages that hold them.
+        let by_traps = breakpoints_by_traps();
+        let code_breakpoints: Vec<u64> = stops
+            .iter()
+            .filter(|stop| by_traps && stop.condition == HwCondition::Execute)
+            .map(|stop| stop.address)
+            .collect();
+        let register_stops: Vec<HwBreakpoint> = stops
+            .iter()
+            .filter(|stop| !(by_traps && stop.condition == HwCondition::Execute))
+            .copied()
+            .collect();
+        let code_trapped = self.trap_code_pages(&code_breakpoints)?;
+        let mut code_armed = code_trapped;
+        let stops = &register_stops[..];
         self.settle()?;
         if let Some(status) = self.cursor.ended {
             return Ok(EngineStop::Ended { status });
@@ -942,7 +990,8 @@ impl Replayer {
         let rip = digest::rip(&self.registers_now()?);
         let mut step_over = stops
             .iter()
-            .any(|stop| stop.condition == HwCondition::Execute && stop.address == rip);
+            .any(|stop| stop.condition == HwCondition::Execute && stop.address == rip)
+            || code_breakpoints.contains(&rip);
         // The registers at the current stop, as the last entry left them; `None`
         // once anything may have changed them.
         let mut known: Option<Box<StopState>> = None;
@@ -1015,6 +1064,17 @@ impl Replayer {
             {
                 // The software counter does not see what runs from here.
                 self.cursor.ticks_since_exit = None;
+            }
+            // Breakpoint pages are trapped except while stepping over one
+            // instruction (a breakpoint where the run starts, or an instruction
+            // on such a page).
+            if code_trapped && step_over == code_armed {
+                if step_over {
+                    self.trap_code_pages(&[])?;
+                } else {
+                    self.trap_code_pages(&code_breakpoints)?;
+                }
+                code_armed = !step_over;
             }
             let setup = match finishing {
                 Some(next) => DebugSetup {
@@ -1089,8 +1149,19 @@ impl Replayer {
                     Ok(0)
                 }
                 (Entry::Exit(ExitOutcome::Failed(GuestFailure::InternalError(_))), _)
-                    if watching =>
+                    if watching || code_armed =>
                 {
+                    // A fetch from a page trapped for a breakpoint (KVM cannot
+                    // emulate an instruction it cannot read): the breakpoint, or
+                    // an instruction to step with the pages untrapped.
+                    if code_armed {
+                        let rip = digest::rip(&self.registers_now()?);
+                        if code_breakpoints.contains(&rip) && !setup.single_step {
+                            return Ok(EngineStop::Breakpoint { address: rip });
+                        }
+                        step_over = true;
+                        continue;
+                    }
                     self.step_untrapped()?;
                     if !setup.single_step {
                         if let Some(stop) = self.watch_stop() {
@@ -1118,6 +1189,10 @@ impl Replayer {
                     if single_step && self.cursor.exits != exits_before {
                         self.settle()?;
                         return Ok(EngineStop::Stepped);
+                    }
+                    if code_trapped {
+                        // The instruction stepped untrapped exited: it is done.
+                        step_over = false;
                     }
                     continue;
                 }
@@ -1861,6 +1936,19 @@ fn debug_setup(
 
 /// The caller's breakpoint or watchpoint that fired (DR6 bits 0-3), if one did:
 /// the first `user_slots` slots of `setup` are the caller's.
+/// Whether user execution breakpoints are page traps rather than debug
+/// registers: where hardware breakpoints never stop a guest (probed once per
+/// process, `vmm::probe`), or when `LORE_BREAKPOINTS=traps` asks for it
+/// (`registers` forces the debug registers).
+fn breakpoints_by_traps() -> bool {
+    static BY_TRAPS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *BY_TRAPS.get_or_init(|| match std::env::var("LORE_BREAKPOINTS").as_deref() {
+        Ok("traps") => true,
+        Ok("registers") => false,
+        _ => !crate::vmm::probe::breakpoints_fire().unwrap_or(true),
+    })
+}
+
 fn user_stop(setup: &DebugSetup, dr6: u64, user_slots: usize) -> Option<EngineStop> {
     let slot = (0..setup.breakpoints.len().min(user_slots)).find(|slot| dr6 & (1 << slot) != 0)?;
     let breakpoint = setup.breakpoints[slot];

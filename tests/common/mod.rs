@@ -234,6 +234,11 @@ impl Drop for Server {
 
 /// Serves `dir` to gdb on a free port; waits until the server listens.
 pub fn serve(dir: &Path) -> Server {
+    serve_with_env(dir, &[])
+}
+
+/// [`serve`] with environment variables set for the server.
+pub fn serve_with_env(dir: &Path, env: &[(&str, &str)]) -> Server {
     let mut last_error = String::new();
     for _attempt in 0..5 {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -241,6 +246,7 @@ pub fn serve(dir: &Path) -> Server {
             .expect("a free local port")
             .port();
         let mut child = lore_dbg()
+            .envs(env.iter().copied())
             .arg("replay")
             .arg(dir)
             .arg("--gdb")
