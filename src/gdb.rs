@@ -126,16 +126,6 @@ impl GdbSession {
 /// costs a memory slot and exits for the guest's accesses to it.
 const MAX_WATCHPOINTS: usize = 16;
 
-/// Why a continue with breakpoints is refused where they never fire.
-const BREAKPOINTS_NEVER_FIRE: &str = "hardware breakpoints never fire for guests on this host (probed with a test VM; the lab is such a host), so a continue would run past every breakpoint to the end of the history: delete the breakpoints and use a watchpoint (memory traps work here), or debug this trace on a host where they fire";
-
-/// Whether hardware breakpoints stop guests on this host, probed once (a
-/// throw-away VM); a failed probe counts as "they fire", as before the probe.
-fn host_breakpoints_fire() -> bool {
-    static FIRE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *FIRE.get_or_init(|| crate::vmm::probe::breakpoints_fire().unwrap_or(true))
-}
-
 /// gdb's stop conditions in the timeline's terms.
 fn timeline_stops(stops: &StopConditions) -> Result<Stops, String> {
     let breakpoints: Vec<u64> = stops
@@ -300,17 +290,6 @@ impl Debuggee for GdbSession {
             Ok(timeline_stops) => timeline_stops,
             Err(message) => return StopReason::Error(message),
         };
-        let continues = matches!(
-            request,
-            ResumeRequest::ContinueForward | ResumeRequest::ContinueBackward
-        );
-        if continues
-            && !timeline_stops.breakpoints.is_empty()
-            && !host_breakpoints_fire()
-            && !crate::replay::breakpoints_by_traps()
-        {
-            return StopReason::Error(BREAKPOINTS_NEVER_FIRE.to_string());
-        }
         let trapped_before = self.timeline.replayer().stats().trapped_accesses;
         let mut interrupted = || control.interrupt_requested();
         let result = match request {

@@ -1179,8 +1179,8 @@ fn a_system_map_gives_gdb_functions_and_variables_by_name() {
     assert!(refused.stderr.contains("kptr_restrict"), "{refused:#?}");
 }
 
-/// Breakpoints by page traps (`LORE_BREAKPOINTS=traps`, for hosts whose debug
-/// registers never stop a guest): gdb sees the same
+/// Where debug registers never stop a guest (the lab), a breakpoint's page is
+/// trapped instead; forced here with `LORE_BREAKPOINTS=traps`, gdb sees the same
 /// stops forwards and backwards as with the debug registers, an instruction that
 /// exits (`out`) on the trapped page included.
 #[test]
@@ -1203,7 +1203,7 @@ fn breakpoints_by_page_traps_stop_where_debug_registers_do() {
         "info registers rip", // 12
     ];
     let by_registers = {
-        let server = common::serve(&dir);
+        let server = common::serve_with_env(&dir, &[("LORE_BREAKPOINTS", "registers")]);
         gdb(&dir, &server, &commands)
     };
     let server = common::serve_with_env(&dir, &[("LORE_BREAKPOINTS", "traps")]);

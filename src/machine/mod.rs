@@ -325,6 +325,19 @@ impl Machine {
         let mut regs = self.vm.vcpu().get_regs().map_err(kvm_op("KVM_GET_REGS"))?;
         let found = emulation::read_instruction(self.vm.memory(), &sregs, regs.rip);
         let decision = emulation::decide(found, regs.rip, sregs.cs.dpl, suberror, self.vm.cpuid());
+        // An instruction on a page out of the memory map (a trap: watchpoints,
+        // breakpoints by page traps) failed because KVM could not fetch it, not
+        // because of what it is: the replayer runs it with the page mapped, so
+        // it is neither skipped nor emulated here.
+        if self.fetched_from_trapped_page(&sregs, regs.rip) {
+            if let emulation::Decision::Fail(failure) =
+                emulation::decide(None, regs.rip, sregs.cs.dpl, suberror, self.vm.cpuid())
+            {
+                return Ok(Entry::Exit(ExitOutcome::Failed(
+                    GuestFailure::InternalError(Box::new(failure)),
+                )));
+            }
+        }
         match decision {
             emulation::Decision::SkipTo(next_rip) => {
                 tracing::debug!(
@@ -371,6 +384,18 @@ impl Machine {
             }
         }
         Ok(Entry::Exit(ExitOutcome::Continue))
+    }
+
+    /// Whether the instruction at `rip` lies on a guest page that every access
+    /// exits from (`vmm::traps::TrapMode::Accesses`).
+    fn fetched_from_trapped_page(&self, sregs: &kvm_bindings::kvm_sregs, rip: u64) -> bool {
+        crate::vmm::paging::translate(self.vm.memory(), sregs, rip).is_some_and(|physical| {
+            self.vm
+                .memory_map()
+                .traps()
+                .get(&(physical / crate::PAGE_SIZE))
+                == Some(&crate::vmm::traps::TrapMode::Accesses)
+        })
     }
 
     /// Raises the #BP of the `int3` at `regs.rip`, whose next instruction is at

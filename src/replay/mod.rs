@@ -1937,13 +1937,17 @@ fn debug_setup(
 /// The caller's breakpoint or watchpoint that fired (DR6 bits 0-3), if one did:
 /// the first `user_slots` slots of `setup` are the caller's.
 /// Whether user execution breakpoints are page traps rather than debug
-/// registers: only when `LORE_BREAKPOINTS=traps` asks for it (docs/design.md,
-/// "Breakpoints by page traps": exact on our hosts' tests, but a Linux replay
-/// in the lab diverged with one set, so it is not yet the default where debug
-/// registers never fire).
+/// registers (docs/design.md, "Breakpoints by page traps"): where hardware
+/// breakpoints never stop a guest (probed once per process, `vmm::probe`), or
+/// when `LORE_BREAKPOINTS=traps` asks for it (`registers` forces the debug
+/// registers).
 pub fn breakpoints_by_traps() -> bool {
     static BY_TRAPS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *BY_TRAPS.get_or_init(|| std::env::var("LORE_BREAKPOINTS").as_deref() == Ok("traps"))
+    *BY_TRAPS.get_or_init(|| match std::env::var("LORE_BREAKPOINTS").as_deref() {
+        Ok("traps") => true,
+        Ok("registers") => false,
+        _ => !crate::vmm::probe::breakpoints_fire().unwrap_or(true),
+    })
 }
 
 fn user_stop(setup: &DebugSetup, dr6: u64, user_slots: usize) -> Option<EngineStop> {

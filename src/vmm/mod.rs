@@ -160,6 +160,7 @@ impl Vm {
         let sync_mask = kvm.check_extension_int(Cap::SyncRegs);
         let wanted = (KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS) as i32;
         let tsc_exits = enable_tsc_exits(&kvm, &vm, nondet)?;
+        exit_on_emulation_failure(&kvm, &vm);
         let features = HostFeatures {
             msr_filter: route_time_msrs(&vm),
             sync_regs: sync_mask > 0 && sync_mask & wanted == wanted,
@@ -261,6 +262,29 @@ fn enable_tsc_exits(kvm: &Kvm, vm: &VmFd, policy: NondetPolicy) -> Result<u32, V
     }
     nondet::enable(vm, mask).map_err(VmmError::NondetRefused)?;
     Ok(mask)
+}
+
+/// Asks KVM to report every instruction its emulator fails on to user space
+/// and nothing else (`KVM_CAP_EXIT_ON_EMULATION_FAILURE`). Without it KVM also
+/// queues a #UD for the guest with the internal-error exit in ring 0 (and in
+/// other rings injects the #UD without an exit), which the next entry delivers:
+/// a guest that lore-dbg carries past the instruction (docs/design.md,
+/// "Instructions KVM cannot emulate", "Breakpoints by page traps") would take an
+/// invalid-opcode fault that the recording never had. Hosts before Linux 5.16 lack
+/// it; lore-dbg then works as before.
+fn exit_on_emulation_failure(kvm: &Kvm, vm: &VmFd) {
+    if kvm.check_extension_raw(u64::from(kvm_bindings::KVM_CAP_EXIT_ON_EMULATION_FAILURE)) <= 0 {
+        tracing::debug!("KVM_CAP_EXIT_ON_EMULATION_FAILURE unavailable");
+        return;
+    }
+    let cap = kvm_enable_cap {
+        cap: kvm_bindings::KVM_CAP_EXIT_ON_EMULATION_FAILURE,
+        args: [1, 0, 0, 0],
+        ..Default::default()
+    };
+    if let Err(error) = vm.enable_cap(&cap) {
+        tracing::warn!(%error, "KVM_CAP_EXIT_ON_EMULATION_FAILURE refused");
+    }
 }
 
 /// Routes the time-dependent MSRs to user space; returns whether the host allowed it.
