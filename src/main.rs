@@ -263,6 +263,12 @@ struct RunArgs {
     /// header boots by multiboot2 either way).
     #[arg(long)]
     multiboot2: bool,
+    /// How a Linux bzImage is entered: `pvh` (the kernel's PVH entry, its
+    /// payload decompressed by lore-dbg), `boot32` (the 32-bit boot protocol:
+    /// the kernel's own decompressor runs, as after a boot loader), or `auto`:
+    /// PVH where the kernel has the note, else the 32-bit protocol.
+    #[arg(long, value_enum, default_value = "auto")]
+    linux_entry: LinuxEntryArg,
     #[command(flatten)]
     vga: VgaArgs,
     /// Stop with an error (registers and the last exits) at the first access to
@@ -294,6 +300,16 @@ impl From<CpuArg> for lore_dbg::vmm::cpuid::CpuProfile {
             CpuArg::Baseline => Self::Baseline,
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LinuxEntryArg {
+    /// PVH where the kernel has the note, else the 32-bit boot protocol.
+    Auto,
+    /// The PVH entry.
+    Pvh,
+    /// The 32-bit boot protocol.
+    Boot32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -453,10 +469,14 @@ fn run_config(args: RunArgs) -> Result<(RunConfig, String)> {
         read_modules(&args)?
     };
     let screen = args.vga.watch()?;
-    let protocol = if args.multiboot2 {
-        lore_dbg::boot::Protocol::Multiboot2
-    } else {
-        lore_dbg::boot::Protocol::Auto
+    let protocol = match (args.multiboot2, linux, args.linux_entry) {
+        (true, _, _) => lore_dbg::boot::Protocol::Multiboot2,
+        (false, true, LinuxEntryArg::Pvh) => lore_dbg::boot::Protocol::LinuxPvh,
+        (false, true, LinuxEntryArg::Boot32) => lore_dbg::boot::Protocol::Linux32,
+        (false, false, LinuxEntryArg::Pvh | LinuxEntryArg::Boot32) => {
+            anyhow::bail!("--linux-entry is for Linux kernels, and {name} is not one")
+        }
+        (false, _, LinuxEntryArg::Auto) => lore_dbg::boot::Protocol::Auto,
     };
     let command_line = match &args.guest {
         Some(path) if lore_dbg::boot::boots_by_multiboot1(&image, protocol) => {

@@ -251,3 +251,55 @@ fn a_bzimage_trace_serves_gdb_without_symbols_and_says_how_to_get_them() {
     let listed = lore(&["writes", utf8(&trace), "0x9000:8"]);
     assert_eq!(listed.code(), 0, "{listed:#?}");
 }
+
+/// `--linux-entry` picks the entry: PVH asked of a bzImage without the note is a
+/// clear error, and each entry asked of an image that has it boots by it.
+#[test]
+fn linux_entry_chooses_pvh_or_the_32bit_protocol() {
+    require_kvm();
+    let (kernel, initrd) = files("entry-pvh-refused", &boot32_bzimage());
+    let finished = lore(&[
+        "run",
+        utf8(&kernel),
+        "--initrd",
+        utf8(&initrd),
+        "--linux-entry",
+        "pvh",
+    ]);
+    assert_clean_error(&finished, "PVH");
+    let image = synthetic::wrap_vmlinux(&built("linux-pvh.elf"), Compression::Gzip).expect("gzip");
+    let (kernel, initrd) = files("entry-pvh", &image);
+    let finished = lore(&[
+        "run",
+        utf8(&kernel),
+        "--initrd",
+        utf8(&initrd),
+        "--cmdline",
+        CMDLINE,
+        "--linux-entry",
+        "pvh",
+    ]);
+    assert_eq!(finished.code(), EXIT_OK, "{finished:#?}");
+    assert_eq!(
+        finished.stdout,
+        expected_output("PVH entry"),
+        "{finished:#?}"
+    );
+    let (kernel, initrd) = files("entry-boot32", &boot32_bzimage());
+    let finished = lore(&[
+        "run",
+        utf8(&kernel),
+        "--initrd",
+        utf8(&initrd),
+        "--cmdline",
+        CMDLINE,
+        "--linux-entry",
+        "boot32",
+    ]);
+    assert_eq!(finished.code(), EXIT_OK, "{finished:#?}");
+    assert_eq!(
+        finished.stdout,
+        expected_output("32-bit boot protocol"),
+        "{finished:#?}"
+    );
+}
