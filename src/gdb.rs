@@ -406,7 +406,8 @@ impl Debuggee for GdbSession {
         Ok(format!(
             "guest {} (command line {:?}, {} MiB), recorded {} by lore-dbg {}\n\
              clock {}; {} exits in the recording\n\
-             replay so far: {}, {} register checks passed, {} guest accesses to watched pages trapped\n",
+             replay so far: {}, {} register checks passed, {} guest accesses to watched pages trapped, \
+             {} instructions stepped on breakpoints' trapped pages\n",
             self.header.guest_name,
             self.header.command_line,
             self.header.memory_size >> 20,
@@ -417,6 +418,7 @@ impl Debuggee for GdbSession {
             stats.describe_points(),
             stats.register_checks,
             stats.trapped_accesses,
+            stats.breakpoint_page_steps,
         ))
     }
 }

@@ -6,7 +6,7 @@
 //! model, because nested hosts differ from the hardware they report.
 
 use crate::clock::PmuCounter;
-use crate::vmm::nondet::{self, NondetPolicy};
+use crate::vmm::nondet::NondetPolicy;
 use crate::vmm::{probe, Vm, VmmError};
 use std::fmt;
 
@@ -49,7 +49,7 @@ impl HostReport {
             readonly_memory: kvm.check_extension(kvm_ioctls::Cap::ReadonlyMem),
             sync_regs: features.sync_regs,
             msr_filter: features.msr_filter,
-            tsc_exits: features.tsc_exits || nondet::probe(&kvm) != 0,
+            tsc_exits: features.tsc_exits,
             pmu: PmuCounter::available()
                 .map(|vendor| format!("{vendor:?}"))
                 .map_err(|unavailable| unavailable.why),

@@ -2,16 +2,7 @@
 
 mod common;
 
-use common::{flat_multiboot_image, lore, require_kvm, scratch_dir};
-
-fn assert_clean_error(finished: &common::Finished, needle: &str) {
-    assert_eq!(finished.code(), 2, "{finished:#?}");
-    assert!(
-        finished.stderr.contains(needle),
-        "expected '{needle}' in stderr: {finished:#?}"
-    );
-    assert!(!finished.stderr.contains("panicked"), "{finished:#?}");
-}
+use common::{assert_clean_error, flat_multiboot_image, lore, require_kvm, scratch_dir};
 
 #[test]
 fn not_an_elf() {

@@ -1213,6 +1213,23 @@ fn breakpoints_by_page_traps_stop_where_debug_registers_do() {
     by_traps.expect(4, "= 1");
     by_traps.expect(6, "= 0");
     by_traps.expect(9, "serial_putc");
+    // The stops came from the traps, not from debug registers.
+    let count = |server: &Server| {
+        let info = gdb(
+            &dir,
+            server,
+            &["break fill_round", "continue", "monitor info trace"],
+        );
+        let said = info.outputs.last().cloned().unwrap_or_default();
+        said.split(" instructions stepped on breakpoints' trapped pages")
+            .next()
+            .and_then(|before| before.rsplit(' ').next())
+            .and_then(|number| number.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no count in `monitor info trace`: {}", info.transcript))
+    };
+    assert!(count(&server) > 0);
+    let registers = common::serve_with_env(&dir, &[("LORE_BREAKPOINTS", "registers")]);
+    assert_eq!(count(&registers), 0);
     assert_eq!(by_traps.outputs.len(), by_registers.outputs.len());
     for (index, (traps, registers)) in by_traps
         .outputs

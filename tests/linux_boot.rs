@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{lore, require_kvm, scratch_dir};
+use common::{assert_clean_error, lore, require_kvm, scratch_dir};
 use lore_dbg::boot::linux::payload::Compression;
 use lore_dbg::boot::linux::synthetic::{self, BzImageSpec};
 use std::path::{Path, PathBuf};
@@ -158,15 +158,6 @@ fn a_linux_boot_records_replays_and_verifies() {
         info.contains("boot:         Linux, 32-bit boot protocol"),
         "{info}"
     );
-}
-
-fn assert_clean_error(finished: &common::Finished, needle: &str) {
-    assert_eq!(finished.code(), 2, "{finished:#?}");
-    assert!(
-        finished.stderr.contains(needle),
-        "expected '{needle}' in stderr: {finished:#?}"
-    );
-    assert!(!finished.stderr.contains("panicked"), "{finished:#?}");
 }
 
 #[test]

@@ -177,12 +177,24 @@ pub fn decide(
             }
         }
     }
+    Decision::Fail(failure(instruction, rip, ring, suberror, cpuid))
+}
+
+/// The report of an instruction KVM failed on and lore-dbg does not carry out
+/// (the arguments as for [`decide`]): what it is, where, and what avoids it.
+pub fn failure(
+    instruction: Option<GuestInstruction>,
+    rip: u64,
+    ring: u8,
+    suberror: u32,
+    cpuid: &CpuidTable,
+) -> EmulationFailure {
     let advice = instruction
         .as_ref()
         .filter(|found| !found.instruction.is_invalid())
         .map(|found| advice(&found.instruction, cpuid))
         .unwrap_or(Advice::Lab);
-    Decision::Fail(EmulationFailure {
+    EmulationFailure {
         rip,
         ring,
         suberror,
@@ -192,7 +204,7 @@ pub fn decide(
             .map(GuestInstruction::hex)
             .unwrap_or_default(),
         advice,
-    })
+    }
 }
 
 /// Whether the CPU runs `instruction` as a NOP when the guest's CPUID lacks its

@@ -324,20 +324,16 @@ impl Machine {
             .map_err(kvm_op("KVM_GET_SREGS"))?;
         let mut regs = self.vm.vcpu().get_regs().map_err(kvm_op("KVM_GET_REGS"))?;
         let found = emulation::read_instruction(self.vm.memory(), &sregs, regs.rip);
-        let decision = emulation::decide(found, regs.rip, sregs.cs.dpl, suberror, self.vm.cpuid());
+        let (rip, ring, cpuid) = (regs.rip, sregs.cs.dpl, self.vm.cpuid());
         // An instruction on a page out of the memory map (a trap: watchpoints,
         // breakpoints by page traps) failed because KVM could not fetch it, not
         // because of what it is: the replayer runs it with the page mapped, so
         // it is neither skipped nor emulated here.
-        if self.fetched_from_trapped_page(&sregs, regs.rip) {
-            if let emulation::Decision::Fail(failure) =
-                emulation::decide(None, regs.rip, sregs.cs.dpl, suberror, self.vm.cpuid())
-            {
-                return Ok(Entry::Exit(ExitOutcome::Failed(
-                    GuestFailure::InternalError(Box::new(failure)),
-                )));
-            }
-        }
+        let decision = if self.fetched_from_trapped_page(&sregs, rip) {
+            emulation::Decision::Fail(emulation::failure(found, rip, ring, suberror, cpuid))
+        } else {
+            emulation::decide(found, rip, ring, suberror, cpuid)
+        };
         match decision {
             emulation::Decision::SkipTo(next_rip) => {
                 tracing::debug!(

@@ -225,6 +225,9 @@ pub struct ReplayStats {
     /// Instructions KVM could not emulate on a trapped page, single-stepped
     /// with the pages untrapped.
     pub untrapped_steps: u64,
+    /// Instructions on pages trapped for breakpoints (docs/design.md,
+    /// "Breakpoints by page traps"), single-stepped with the pages mapped.
+    pub breakpoint_page_steps: u64,
 }
 
 impl ReplayStats {
@@ -1159,6 +1162,7 @@ impl Replayer {
                         if code_breakpoints.contains(&rip) && !setup.single_step {
                             return Ok(EngineStop::Breakpoint { address: rip });
                         }
+                        self.stats.breakpoint_page_steps += 1;
                         step_over = true;
                         continue;
                     }

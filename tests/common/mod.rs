@@ -232,6 +232,17 @@ impl Drop for Server {
     }
 }
 
+/// Asserts that `finished` is a clean error: status 2, `needle` in what it said
+/// on stderr, no panic.
+pub fn assert_clean_error(finished: &Finished, needle: &str) {
+    assert_eq!(finished.code(), 2, "{finished:#?}");
+    assert!(
+        finished.stderr.contains(needle),
+        "expected '{needle}' in stderr: {finished:#?}"
+    );
+    assert!(!finished.stderr.contains("panicked"), "{finished:#?}");
+}
+
 /// Serves `dir` to gdb on a free port; waits until the server listens.
 pub fn serve(dir: &Path) -> Server {
     serve_with_env(dir, &[])
